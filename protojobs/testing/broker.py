@@ -122,6 +122,9 @@ class Cluster:
     profile: str = "test"
     sasl_users: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.state_dir = Path(self.state_dir).resolve()  # the JVM runs with the node dir as cwd
+
     @property
     def ports(self) -> Ports:
         return Ports(self.base_port)
