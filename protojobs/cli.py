@@ -33,9 +33,49 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from protojobs import devrun
+    from protojobs import runner
 
-    return devrun.run(args.config, queues=args.queue or None, max_jobs=args.max_jobs)
+    return runner.run(args.config, queues=args.queue or None, max_jobs=args.max_jobs, processes=args.processes)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from protojobs import config
+
+    return config.validate_command(args.config, cluster=args.cluster)
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from protojobs import config
+
+    return config.show_command(args.config, fmt=args.format)
+
+
+def _cmd_dispatch(args: argparse.Namespace) -> int:
+    from protojobs import commands
+
+    if (args.payload is None) == (args.file is None):
+        print("dispatch: give a JSON payload or --file F.jsonl (not both)", file=sys.stderr)
+        return 2
+    return commands.dispatch(args.config, args.queue, args.payload, args.file, args.key, args.delay,
+                             args.at, args.job, args.id)
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from protojobs import commands
+
+    return commands.stats(args.config, args.queue, args.json)
+
+
+def _cmd_clear(args: argparse.Namespace) -> int:
+    from protojobs import commands
+
+    return commands.clear(args.config, args.queue, args.yes)
+
+
+def _cmd_topics(args: argparse.Namespace) -> int:
+    from protojobs import commands
+
+    return commands.topics_command(args.config, args.action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +102,36 @@ def build_parser() -> argparse.ArgumentParser:
     run = add("run", _cmd_run, "run workers for the queues of jobs.toml")
     run.add_argument("--queue", action="append", help="only this queue (repeatable)")
     run.add_argument("--max-jobs", type=int, default=0, help="stop after N jobs (0: run until stopped)")
+    run.add_argument("--processes", type=int, default=1, help="worker processes in the group (default 1)")
+
+    validate = add("validate", _cmd_validate, "check jobs.toml, its payload schemas and handlers")
+    validate.add_argument("--cluster", action="store_true", help="also check against the live cluster")
+
+    show = add("config", _cmd_config, "print the effective configuration (secrets redacted)")
+    show.add_argument("action", choices=["show"])
+    show.add_argument("--format", choices=["toml", "json"], default="toml")
+
+    dispatch = add("dispatch", _cmd_dispatch, "dispatch a job; prints its id once the broker acknowledged it")
+    dispatch.add_argument("queue")
+    dispatch.add_argument("payload", nargs="?", help="the job's data as JSON")
+    dispatch.add_argument("--file", help="a JSON-lines file: one job per line")
+    dispatch.add_argument("--key", help="message key (default: the queue's key field of the payload)")
+    dispatch.add_argument("--job", help="job name, for a queue with a jobs list")
+    dispatch.add_argument("--id", help="your own job id (idempotent re-dispatch)")
+    when = dispatch.add_mutually_exclusive_group()
+    when.add_argument("--delay", help="run after this long, e.g. 30s, 5m")
+    when.add_argument("--at", help="run at this time: ISO 8601 (UTC if no zone) or epoch seconds")
+
+    stats = add("stats", _cmd_stats, "depth, delayed and dead-lettered jobs, and group members")
+    stats.add_argument("--queue", action="append")
+    stats.add_argument("--json", action="store_true")
+
+    clear = add("clear", _cmd_clear, "delete a queue's pending jobs")
+    clear.add_argument("queue")
+    clear.add_argument("--yes", action="store_true", help="really delete")
+
+    topics = add("topics", _cmd_topics, "show (plan) or create/alter (apply) the topics jobs.toml implies")
+    topics.add_argument("action", choices=["plan", "apply"])
     return parser
 
 

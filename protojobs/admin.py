@@ -1,0 +1,213 @@
+"""Topics, stats and clear, read from and applied to the live cluster (AdminClient).
+
+- `topic_specs(settings)`: every topic jobs.toml implies (queues, delay tiers, dead-letter).
+- `plan` / `apply`: the diff between those specs and the cluster; apply creates topics, adds
+  partitions and alters topic configs (incrementally: keys we do not manage are left alone).
+  Fewer partitions or a different replication factor are refused: Kafka cannot do the first,
+  and the second needs a reassignment plan we do not guess.
+- `stats`: depth per queue from high watermarks and the group's committed offsets.
+- `clear`: `delete_records` up to the high watermark of a queue's topic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+    OffsetSpec,
+)
+
+from protojobs import topics
+from protojobs.clients import KAFKA_LOG
+from protojobs.config import Settings
+
+TIMEOUT = 15.0
+
+
+class AdminError(RuntimeError):
+    """A cluster operation failed or was refused; the message says which topic and why."""
+
+
+def client(settings: Settings) -> AdminClient:
+    conf: dict[str, Any] = {k: v for k, v in settings.kafka.consumer.items()
+                            if k.startswith(("security.", "sasl.", "ssl."))}
+    conf.update({"bootstrap.servers": settings.kafka.brokers, "logger": KAFKA_LOG})
+    return AdminClient(conf)
+
+
+def topic_specs(settings: Settings) -> list[topics.TopicSpec]:
+    """Every topic jobs.toml implies, in a stable order."""
+    prefix = settings.kafka.topic_prefix
+    queues = list(settings.queues.values())
+    parts = max(q.partitions for q in queues)
+    rf = max(q.replication_factor for q in queues)
+    retention = max(q.retention_ms for q in queues)
+    specs = [topics.TopicSpec(topics.queue_topic(prefix, q.name), q.partitions, q.replication_factor,
+                              {"retention.ms": str(q.retention_ms)}) for q in queues]
+    for tier in settings.tiers_ms:
+        specs.append(topics.TopicSpec(topics.delay_topic(prefix, tier), parts, rf,
+                                      {"retention.ms": str(max(retention, 2 * tier))}))
+    dead = sorted({q.dead_letter_topic for q in queues})
+    specs += [topics.TopicSpec(name, parts, rf, {"retention.ms": str(retention)}) for name in dead]
+    return specs
+
+
+@dataclass(frozen=True)
+class Change:
+    """One difference between a spec and the cluster. `unsafe` changes are refused by apply."""
+
+    topic: str
+    action: str  # create | add-partitions | alter-config | refuse | ok
+    detail: str
+    spec: topics.TopicSpec | None = None
+    config: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def unsafe(self) -> bool:
+        return self.action == "refuse"
+
+    def __str__(self) -> str:
+        return f"{self.action:15} {self.topic}: {self.detail}"
+
+
+def plan(admin: AdminClient, specs: Iterable[topics.TopicSpec]) -> list[Change]:
+    """What `apply` would do (nothing is changed)."""
+    specs = list(specs)
+    meta = admin.list_topics(timeout=TIMEOUT)
+    existing = {s.name: s for s in specs if s.name in meta.topics}
+    configs = _describe(admin, list(existing)) if existing else {}
+    changes = []
+    for spec in specs:
+        info = meta.topics.get(spec.name)
+        if info is None:
+            changes.append(Change(spec.name, "create", f"{spec.partitions} partitions, RF {spec.replication_factor}", spec))
+            continue
+        have_parts = len(info.partitions)
+        have_rf = len(next(iter(info.partitions.values())).replicas) if info.partitions else 0
+        if have_parts > spec.partitions:
+            changes.append(Change(spec.name, "refuse", f"has {have_parts} partitions, config asks {spec.partitions}: "
+                                  "Kafka cannot remove partitions; raise `partitions` or recreate the topic"))
+        elif have_parts < spec.partitions:
+            changes.append(Change(spec.name, "add-partitions", f"{have_parts} -> {spec.partitions} (WARNING: keys "
+                                  "move to other partitions; per-key order breaks across the change)", spec))
+        if have_rf != spec.replication_factor:
+            changes.append(Change(spec.name, "refuse", f"replication factor is {have_rf}, config asks "
+                                  f"{spec.replication_factor}: reassign replicas with kafka-reassign-partitions"))
+        differ = {k: v for k, v in spec.config.items() if configs.get(spec.name, {}).get(k) != v}
+        if differ:
+            changes.append(Change(spec.name, "alter-config", ", ".join(f"{k}={v}" for k, v in differ.items()),
+                                  spec, differ))
+    return changes
+
+
+def _describe(admin: AdminClient, names: list[str]) -> dict[str, dict[str, str]]:
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in names]
+    out: dict[str, dict[str, str]] = {}
+    for resource, future in admin.describe_configs(resources, request_timeout=TIMEOUT).items():
+        entries = future.result(timeout=TIMEOUT)
+        out[resource.name] = {k: e.value for k, e in entries.items() if e.value is not None}
+    return out
+
+
+def apply(admin: AdminClient, changes: Iterable[Change], allow: Iterable[str] = ("create", "add-partitions",
+                                                                              "alter-config")) -> list[Change]:
+    """Carry out the safe changes; raise AdminError listing refused ones (after doing the rest)."""
+    changes = list(changes)
+    allowed = set(allow)
+    creates = [c.spec for c in changes if c.action == "create" and "create" in allowed and c.spec]
+    if creates:
+        futures = admin.create_topics([NewTopic(s.name, s.partitions, s.replication_factor, config=dict(s.config))
+                                       for s in creates], request_timeout=TIMEOUT)
+        _wait(futures, ignore="TOPIC_ALREADY_EXISTS")
+    grows = [c.spec for c in changes if c.action == "add-partitions" and "add-partitions" in allowed and c.spec]
+    if grows:
+        _wait(admin.create_partitions([NewPartitions(s.name, s.partitions) for s in grows], request_timeout=TIMEOUT))
+    alters = [c for c in changes if c.action == "alter-config" and "alter-config" in allowed]
+    if alters:
+        resources = [ConfigResource(ConfigResource.Type.TOPIC, c.topic, incremental_configs=[
+            ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in c.config.items()])
+            for c in alters]
+        _wait(admin.incremental_alter_configs(resources))
+    refused = [c for c in changes if c.unsafe]
+    if refused:
+        raise AdminError("refused unsafe changes:\n" + "\n".join(str(c) for c in refused))
+    return [c for c in changes if c.action in allowed]
+
+
+def _wait(futures: Mapping[Any, Any], ignore: str = "") -> None:
+    for name, future in futures.items():
+        try:
+            future.result(timeout=TIMEOUT)
+        except Exception as err:  # noqa: BLE001 - KafkaException and timeouts alike
+            if ignore and ignore in str(err):
+                continue
+            raise AdminError(f"{name}: {err}") from err
+
+
+_ensured: set[tuple[str, str]] = set()
+
+
+def ensure_topics(settings: Settings, admin: AdminClient | None = None) -> None:
+    """Create the topics jobs.toml implies that do not exist yet (once per process)."""
+    key = (settings.kafka.brokers, settings.kafka.topic_prefix)
+    if key in _ensured:
+        return
+    admin = admin or client(settings)
+    apply(admin, [c for c in plan(admin, topic_specs(settings)) if c.action == "create"], allow=("create",))
+    _ensured.add(key)
+
+
+# --- stats and clear ----------------------------------------------------------------------------
+
+
+def watermarks(admin: AdminClient, topic: str) -> dict[int, tuple[int, int]]:
+    """partition -> (low, high) watermark."""
+    meta = admin.list_topics(topic, timeout=TIMEOUT).topics.get(topic)
+    if meta is None or meta.error is not None:
+        return {}
+    parts = [TopicPartition(topic, p) for p in meta.partitions]
+    low = admin.list_offsets({tp: OffsetSpec.earliest() for tp in parts}, request_timeout=TIMEOUT)
+    high = admin.list_offsets({tp: OffsetSpec.latest() for tp in parts}, request_timeout=TIMEOUT)
+    return {tp.partition: (low[tp].result(TIMEOUT).offset, high[tp].result(TIMEOUT).offset) for tp in parts}
+
+
+def committed(admin: AdminClient, group: str, topic: str, partitions: Iterable[int]) -> dict[int, int]:
+    """partition -> the group's committed offset (absent when the group never committed)."""
+    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in partitions])
+    result = admin.list_consumer_group_offsets([request], request_timeout=TIMEOUT)[group].result(TIMEOUT)
+    return {tp.partition: tp.offset for tp in result.topic_partitions if tp.offset >= 0}
+
+
+def topic_depth(admin: AdminClient, group: str, topic: str) -> dict[int, int]:
+    """partition -> records not yet consumed-and-committed by `group`."""
+    marks = watermarks(admin, topic)
+    done = committed(admin, group, topic, marks) if marks else {}
+    return {p: max(0, high - max(low, done.get(p, low))) for p, (low, high) in marks.items()}
+
+
+def group_members(admin: AdminClient, group: str) -> list[dict[str, Any]]:
+    try:
+        desc = admin.describe_consumer_groups([group], request_timeout=TIMEOUT)[group].result(TIMEOUT)
+    except Exception:  # noqa: BLE001 - a group that does not exist yet has no members
+        return []
+    return [{"client_id": m.client_id, "host": m.host,
+             "assignment": sorted(f"{tp.topic}[{tp.partition}]" for tp in m.assignment.topic_partitions)}
+            for m in desc.members]
+
+
+def clear(admin: AdminClient, topic: str) -> int:
+    """Delete every record of `topic` up to its high watermark; return how many were deleted."""
+    marks = watermarks(admin, topic)
+    targets = [TopicPartition(topic, p, high) for p, (low, high) in marks.items() if high > low]
+    if targets:
+        _wait(admin.delete_records(targets, request_timeout=TIMEOUT))
+    return sum(high - low for low, high in marks.values())

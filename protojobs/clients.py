@@ -1,0 +1,80 @@
+"""librdkafka client configurations, built in one place from `[kafka]`.
+
+Producers are idempotent (acks=all, safe retries); consumers never store an offset on their
+own (`enable.auto.offset.store=false`, `enable.auto.commit=false`: the worker commits the
+contiguous finished prefix) and use the cooperative-sticky protocol, so a rebalance revokes
+only the partitions that move and keeps the pause state of the others.
+`[kafka.producer]` / `[kafka.consumer]` pass any librdkafka property through (SASL, SSL...) and
+win over these defaults.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from confluent_kafka import KafkaError
+
+from protojobs.config import KafkaSettings
+
+log = logging.getLogger(__name__)
+KAFKA_LOG = logging.getLogger("protojobs.kafka")  # librdkafka's own log lines, through Python logging
+
+FATAL_CODES = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED,
+               KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
+               KafkaError.CLUSTER_AUTHORIZATION_FAILED}
+
+
+class ClientError(RuntimeError):
+    """A fatal client error (bad credentials, no authorization): retrying cannot fix it."""
+
+
+class ErrorWatch:
+    """An `error_cb` that remembers the first fatal error, so callers fail fast instead of letting
+    librdkafka retry a wrong password forever. The message never includes configuration."""
+
+    def __init__(self) -> None:
+        self.fatal: ClientError | None = None
+
+    def __call__(self, err: KafkaError) -> None:
+        if err.fatal() or err.code() in FATAL_CODES:
+            if self.fatal is None:
+                self.fatal = ClientError(f"Kafka refused the client: {err.str()} "
+                                         "(check the credentials in [kafka.producer] / [kafka.consumer])")
+        elif err.code() not in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
+            log.warning("kafka client error: %s", err.str())
+
+    def check(self) -> None:
+        if self.fatal is not None:
+            raise self.fatal
+
+
+def _common(kafka: KafkaSettings, watch: ErrorWatch) -> dict[str, Any]:
+    conf: dict[str, Any] = {"bootstrap.servers": kafka.brokers, "error_cb": watch, "logger": KAFKA_LOG}
+    if kafka.debug:
+        conf["debug"] = kafka.debug
+    return conf
+
+
+def producer_config(kafka: KafkaSettings, watch: ErrorWatch, **extra: Any) -> dict[str, Any]:
+    conf = _common(kafka, watch) | {
+        "enable.idempotence": True,
+        "acks": "all",
+        "compression.type": kafka.compression,
+        "linger.ms": 5,
+        "batch.num.messages": min(max(kafka.batch_size, 1), 1_000_000),
+        "queue.buffering.max.messages": max(100_000, kafka.batch_size * 2),
+    }
+    return conf | dict(kafka.producer) | extra
+
+
+def consumer_config(kafka: KafkaSettings, watch: ErrorWatch, group: str | None = None, **extra: Any) -> dict[str, Any]:
+    conf = _common(kafka, watch) | {
+        "group.id": group or kafka.group_id,
+        "auto.offset.reset": kafka.auto_offset_reset,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "partition.assignment.strategy": "cooperative-sticky",
+        "enable.partition.eof": False,
+    }
+    return conf | dict(kafka.consumer) | extra

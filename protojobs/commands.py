@@ -1,0 +1,172 @@
+"""The command functions behind the CLI: each returns an exit code and prints its result."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from protojobs import admin, config, topics
+from protojobs.durations import parse_ms
+from protojobs.producer import Dispatcher, DispatchError
+
+
+def _load(path: str | None) -> config.Settings | None:
+    try:
+        return config.load(path)
+    except config.ConfigError as err:
+        print(err, file=sys.stderr)
+        return None
+
+
+def dispatch(path: str | None, queue: str, payload: str | None, file: str | None, key: str | None,
+             delay: str | None, at: str | None, job: str | None, job_id: str | None) -> int:
+    settings = _load(path)
+    if settings is None:
+        return 1
+    options: dict[str, Any] = {"key": key, "job": job, "job_id": job_id}
+    try:
+        if delay:
+            options["delay_ms"] = parse_ms(delay)
+        if at:
+            options["at_ms"] = parse_time_ms(at)
+    except ValueError as err:
+        print(f"dispatch: {err}", file=sys.stderr)
+        return 2
+    dispatcher = Dispatcher(settings)
+    try:
+        if file is not None:
+            return _dispatch_file(dispatcher, queue, Path(file), options)
+        try:
+            data = json.loads(payload or "")
+        except json.JSONDecodeError as err:
+            print(f"dispatch: the payload is not JSON: {err}", file=sys.stderr)
+            return 1
+        print(dispatcher.dispatch(queue, data, **options))
+        return 0
+    except (DispatchError, ValueError) as err:
+        print(f"dispatch: {err}", file=sys.stderr)
+        return 1
+    finally:
+        dispatcher.close()
+
+
+def _dispatch_file(dispatcher: Dispatcher, queue: str, file: Path, options: dict[str, Any]) -> int:
+    items, bad = [], []
+    for number, line in enumerate(file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            items.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            bad.append(f"{file}:{number}: not JSON: {err}")
+    if bad:
+        print("\n".join(bad), file=sys.stderr)
+        return 1
+    options = {k: v for k, v in options.items() if k != "job_id"}
+    result = dispatcher.dispatch_many(queue, items, **options)
+    for job_id in result.ids:
+        print(job_id)
+    for index, problem in sorted(result.errors.items()):
+        print(f"{file}: job {index + 1}: {problem}", file=sys.stderr)
+    print(f"dispatched {len(result.ids)} of {len(items)} jobs", file=sys.stderr)
+    return 0 if result.ok else 1
+
+
+def parse_time_ms(text: str) -> int:
+    """ISO 8601 (with a zone, or UTC when none) or epoch seconds -> epoch ms."""
+    from datetime import UTC, datetime
+
+    try:
+        return int(float(text) * 1000)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"--at {text!r}: give an ISO 8601 time (2027-01-01T09:00:00Z) or epoch seconds") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def stats_data(settings: config.Settings, queues: Sequence[str] | None = None) -> dict[str, Any]:
+    """Depth per queue (and partition), jobs in delay tiers, dead-lettered, group members."""
+    client = admin.client(settings)
+    group, prefix = settings.kafka.group_id, settings.kafka.topic_prefix
+    out: dict[str, Any] = {"group": group, "queues": {}}
+    for name in queues or settings.queues:
+        depth = admin.topic_depth(client, group, topics.queue_topic(prefix, name))
+        out["queues"][name] = {"depth": sum(depth.values()), "partitions": {str(p): d for p, d in sorted(depth.items())}}
+    router = f"{group}-delays"
+    out["delayed"] = {topics.delay_topic(prefix, t): sum(admin.topic_depth(client, router,
+                      topics.delay_topic(prefix, t)).values()) for t in settings.tiers_ms}
+    dead = {}
+    for name in sorted({q.dead_letter_topic for q in settings.queues.values()}):
+        dead[name] = sum(high - low for low, high in admin.watermarks(client, name).values())
+    out["dead_letter"] = dead
+    out["members"] = admin.group_members(client, group)
+    return out
+
+
+def stats(path: str | None, queues: Sequence[str] | None, as_json: bool) -> int:
+    settings = _load(path)
+    if settings is None:
+        return 1
+    unknown = [q for q in queues or () if q not in settings.queues]
+    if unknown:
+        print(f"stats: unknown queue(s) {unknown}", file=sys.stderr)
+        return 1
+    data = stats_data(settings, queues)
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"group {data['group']}: {len(data['members'])} member(s)")
+    for m in data["members"]:
+        print(f"  {m['client_id']} {m['host']}: {', '.join(m['assignment']) or '-'}")
+    for name, q in data["queues"].items():
+        print(f"queue {name}: depth {q['depth']}  ({', '.join(f'p{p}={d}' for p, d in q['partitions'].items())})")
+    for name, n in data["delayed"].items():
+        print(f"delay tier {name}: {n} waiting")
+    for name, n in data["dead_letter"].items():
+        print(f"dead letter {name}: {n}")
+    return 0
+
+
+def clear(path: str | None, queue: str, yes: bool) -> int:
+    settings = _load(path)
+    if settings is None:
+        return 1
+    if queue not in settings.queues:
+        print(f"clear: unknown queue {queue!r}", file=sys.stderr)
+        return 1
+    client = admin.client(settings)
+    topic = topics.queue_topic(settings.kafka.topic_prefix, queue)
+    if not yes:
+        pending = sum(h - lo for lo, h in admin.watermarks(client, topic).values())
+        print(f"clear: would delete {pending} record(s) of {topic}; add --yes to do it", file=sys.stderr)
+        return 2
+    print(f"cleared {admin.clear(client, topic)} record(s) from {topic}")
+    return 0
+
+
+def topics_command(path: str | None, action: str) -> int:
+    settings = _load(path)
+    if settings is None:
+        return 1
+    client = admin.client(settings)
+    try:
+        changes = admin.plan(client, admin.topic_specs(settings))
+        for change in changes:
+            print(change)
+        if not changes:
+            print("topics: the cluster matches jobs.toml")
+        if action == "apply" and changes:
+            done = admin.apply(client, changes)
+            print(f"topics: applied {len(done)} change(s)")
+        return 1 if any(c.unsafe for c in changes) else 0
+    except admin.AdminError as err:
+        print(f"topics: {err}", file=sys.stderr)
+        return 1

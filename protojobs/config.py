@@ -1,0 +1,493 @@
+"""jobs.toml -> validated, frozen settings (DESIGN.md section 1).
+
+Layers, lowest precedence first:
+1. jobs.toml: `load(path)`, else $PROTOJOBS_CONFIG, else ./jobs.toml; parsed with tomllib first,
+   so a syntax error reports its line and column.
+2. `jobs.<PROTOJOBS_ENV>.toml` next to it (`app.toml` -> `app.production.toml`), only when
+   PROTOJOBS_ENV is set, and then it must exist. A plain jobs.toml works unchanged: no `[default]`
+   wrapper, no dynaconf `environments=True` (which ignores top-level tables outside `[default]`).
+3. `PROTOJOBS_<SECTION>__<KEY>[__<KEY>...]` entries of the `env` mapping (default os.environ):
+   an operator's variable beats both files. Values are typed as dynaconf types env values (TOML:
+   `8` -> 8, `true` -> True, `["1s", "5s"]` -> an array, anything else stays a string).
+Tables merge key by key; arrays and scalars replace. The merged tree is validated against
+schemas/protojobs.schema.json (the single source of truth of the shape and of the defaults),
+built into frozen dataclasses and cross-checked (protojobs.crosscheck). Every problem is
+reported at once in one ConfigError; a config is either fully valid or not loaded. Nothing else
+in protojobs reads the environment.
+
+Why no `Dynaconf(...)` object: dynaconf 3.3.5 reads `*_FOR_DYNACONF` variables from os.environ
+whatever its constructor is given (INCLUDES_, PRELOAD_, SETTINGS_FILE_, SECRETS_, ENVIRONMENTS_,
+MERGE_ENABLED_, NESTED_SEPARATOR_FOR_DYNACONF all change what it loads), takes no env mapping,
+and with merge_enabled=True concatenates arrays (an override file's tiers would be appended).
+So the layers are merged with dynaconf's `object_merge` and env values typed with its
+`parse_conf_data`, as its env loader does, reading only the `env` mapping given here.
+
+Names keep the case of the file. An override matches an existing key case-insensitively, `_`
+standing for `.` or `-` (PROTOJOBS_QUEUES__EMAILS__CONCURRENCY sets `queues.emails.concurrency`,
+PROTOJOBS_KAFKA__PRODUCER__SASL_PASSWORD sets `sasl.password`); a key the file lacks is
+lowercased (with `_` -> `.` inside kafka.producer / kafka.consumer). Only names with `__` after
+the prefix are overrides: PROTOJOBS_ENV, PROTOJOBS_CONFIG and other PROTOJOBS_* are not keys.
+
+The `default` queue: when the file declares no queue, one named `default` is built from
+[defaults]; its handler / jobs are those of [defaults] if any, else none (handler None, jobs ()):
+the facade (protojobs.jobs) then routes to the Job classes registered in code.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import functools
+import json
+import os
+import re
+import sys
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from functools import cached_property
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from dynaconf.utils import object_merge
+from dynaconf.utils.parse_conf import boolean_fix, parse_conf_data
+from jsonschema import Draft202012Validator
+
+from protojobs import crosscheck
+from protojobs.crosscheck import ConfigIssue, PayloadError, is_secret_key, key_path, to_toml
+from protojobs.durations import format_ms, parse_ms
+
+__all__ = ["ConfigError", "ConfigIssue", "KafkaSettings", "PayloadError", "QueueSettings", "RetryPolicy",
+           "Settings", "effective", "from_dict", "is_secret_key", "key_path", "load", "payload_validator",
+           "redacted", "show_command", "to_toml", "validate_command"]
+
+SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
+CONFIG_SCHEMA = SCHEMA_DIR / "protojobs.schema.json"
+ENV_PREFIX = "PROTOJOBS_"
+MISSING_FILE = "file not found (give --config or set PROTOJOBS_CONFIG)"
+
+
+class ConfigError(ValueError):
+    """Every problem found in a configuration; str() is one `path: message` line per issue."""
+
+    def __init__(self, issues: Sequence[ConfigIssue]) -> None:
+        self.issues = list(issues)
+        super().__init__("\n".join(str(issue) for issue in self.issues))
+
+
+class _Frozen:
+    """Mapping fields become read-only copies on construction."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, dict):
+                object.__setattr__(self, f.name, MappingProxyType(dict(value)))
+
+
+@dataclass(frozen=True)
+class KafkaSettings(_Frozen):
+    """[kafka]; `producer` / `consumer` are librdkafka properties passed through as written."""
+
+    brokers: str
+    group_id: str
+    topic_prefix: str
+    auto_offset_reset: str
+    enable_auto_commit: bool
+    compression: str
+    batch_size: int
+    timeout_ms: int
+    debug: str
+    dead_letter_topic: str
+    producer: Mapping[str, Any]
+    consumer: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class RetryPolicy(_Frozen):
+    """[retry.<name>]; `backoff` is "exponential", "fixed" or "list" (then `delays_ms` holds it)."""
+
+    name: str
+    max_attempts: int
+    backoff: str
+    delays_ms: tuple[int, ...]
+    base_ms: int
+    max_ms: int
+    multiplier: float
+    jitter: float
+    dead_letter_on: tuple[str, ...]
+    retry_on: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class QueueSettings(_Frozen):
+    """[queues.<name>] over [defaults] over the schema's defaults; `schema` is the loaded file."""
+
+    name: str
+    handler: str | None
+    jobs: tuple[str, ...]
+    schema_path: Path | None
+    schema: Mapping[str, Any] | None
+    retry: str
+    partitions: int
+    replication_factor: int
+    concurrency: int
+    ordering: str
+    key: str | None
+    delivery: str
+    timeout_ms: int
+    retention_ms: int
+    validate_on_consume: bool
+    dead_letter_topic: str
+    blocking_retries: bool
+
+    @cached_property
+    def _payload_validator(self) -> Callable[[Any], None]:
+        return crosscheck.compile_payload_schema(self.schema)
+
+
+@dataclass(frozen=True)
+class Settings(_Frozen):
+    """The whole configuration; `raw` is the merged tree (files + env) as validated."""
+
+    kafka: KafkaSettings
+    tiers_ms: tuple[int, ...]
+    retry: Mapping[str, RetryPolicy]
+    queues: Mapping[str, QueueSettings]
+    source: Path | None
+    raw: Mapping[str, Any]
+
+
+# ---------------------------------------------------------------- loading
+
+
+def config_path(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Path:
+    """The file `load` reads: `path`, else $PROTOJOBS_CONFIG, else ./jobs.toml."""
+    env = os.environ if env is None else env
+    return Path(path if path is not None else env.get("PROTOJOBS_CONFIG") or "jobs.toml")
+
+
+def load(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    import_handlers: bool = True,
+) -> Settings:
+    """Read, merge, validate and build; raises ConfigError listing every problem found."""
+    env = os.environ if env is None else env
+    source = config_path(path, env)
+    data = _read_toml(source)
+    env_name = env.get(f"{ENV_PREFIX}ENV", "")
+    if env_name:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", env_name):
+            raise ConfigError([ConfigIssue("PROTOJOBS_ENV", f"{env_name!r} is not an environment name")])
+        overlay = source.with_name(f"{source.stem}.{env_name}{source.suffix}")
+        overrides = _read_toml(overlay, f"selected by PROTOJOBS_ENV={env_name}")
+        data = object_merge(data, overrides, list_merge="shallow")
+    base = source.absolute().parent
+    if import_handlers and str(base) not in sys.path:
+        sys.path.insert(0, str(base))  # handlers are importable relative to jobs.toml, like an app dir
+    return _settings(data, base, source.absolute(), env, import_handlers)
+
+
+def from_dict(
+    data: Mapping[str, Any],
+    base_dir: Path,
+    env: Mapping[str, str] | None = None,
+    import_handlers: bool = True,
+) -> Settings:
+    """Like `load` for a tree already in memory (env overrides apply; PROTOJOBS_ENV does not)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError([ConfigIssue("config", f"must be a table (a mapping), not {type(data).__name__}")])
+    try:
+        tree = _plain(data)
+    except TypeError as exc:
+        raise ConfigError([ConfigIssue("config", f"not a TOML value: {exc}")]) from None
+    return _settings(tree, Path(base_dir), None, os.environ if env is None else env, import_handlers)
+
+
+def _read_toml(path: Path, why: str = "") -> dict[str, Any]:
+    def fail(message: str) -> ConfigError:
+        return ConfigError([ConfigIssue(str(path), message)])
+
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise fail(f"file not found ({why})" if why else MISSING_FILE) from None
+    except OSError as exc:
+        raise fail(f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise fail(f"not UTF-8 text (byte {exc.start})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise fail(f"invalid TOML: {exc}") from None
+
+
+def _settings(data: dict[str, Any], base_dir: Path, source: Path | None,
+              env: Mapping[str, str], import_handlers: bool) -> Settings:
+    secrets = crosscheck.secret_values(data)
+    data, origins, issues = _apply_env(copy.deepcopy(data), env)
+    secrets |= crosscheck.secret_values(data)
+    issues += crosscheck.schema_issues(data, _validator())
+    if issues:
+        raise ConfigError(crosscheck.finish(issues, origins, secrets))
+    settings, issues = _build(data, base_dir, source)
+    issues += crosscheck.check(settings, data, import_handlers=import_handlers)
+    if issues:
+        raise ConfigError(crosscheck.finish(issues, origins, secrets))
+    return settings
+
+
+# ---------------------------------------------------------------- environment overrides
+
+
+def _apply_env(
+    data: dict[str, Any], env: Mapping[str, str]
+) -> tuple[dict[str, Any], dict[str, str], list[ConfigIssue]]:
+    """Merge PROTOJOBS_<SECTION>__<KEY> variables; return the tree, path -> variable, issues."""
+    origins: dict[str, str] = {}
+    issues: list[ConfigIssue] = []
+    for var in sorted(env):
+        if not var.upper().startswith(ENV_PREFIX) or "__" not in var[len(ENV_PREFIX):]:
+            continue
+        keys = _env_keys(data, var[len(ENV_PREFIX):])
+        if keys is None:
+            issues.append(ConfigIssue(var, "empty key between '__' separators"))
+            continue
+        try:
+            value = _plain(parse_conf_data(boolean_fix(env[var]), tomlfy=True, box_settings={}))
+        except Exception as exc:  # dynaconf raises anything from its @token parsers
+            issues.append(ConfigIssue(key_path(keys), (
+                f"cannot use the value of {var} ({type(exc).__name__}): "
+                "plain TOML values and @int, @float, @bool, @str, @json only")))
+            continue
+        for key in reversed(keys):
+            value = {key: value}
+        data = object_merge(data, value, list_merge="shallow")
+        origins[key_path(keys)] = var
+    return data, origins, issues
+
+
+def _norm(name: str) -> str:
+    return name.lower().replace(".", "_").replace("-", "_")
+
+
+def _env_keys(data: Any, rest: str) -> list[str] | None:
+    """Resolve `KAFKA__PRODUCER__SASL_PASSWORD` to the tree's keys; None if a key is empty.
+
+    An existing key matches case-insensitively, with `_` standing for `.` or `-`, the longest
+    first (so a queue named `a__b` or `x_` is reachable); a new key is the lowercased name part.
+    """
+    keys: list[str] = []
+    node = data
+    while True:
+        here = _norm(rest)
+        names = list(node) if isinstance(node, dict) else []
+        known = [k for k in names if here == _norm(k) or here.startswith(_norm(k) + "__")]
+        if known:
+            key = max(known, key=lambda k: (len(k), k.lower() == rest[: len(k)].lower()))
+        else:
+            key = rest.split("__", 1)[0].lower()
+            if keys[:1] == ["kafka"] and len(keys) == 2 and keys[1] in ("producer", "consumer"):
+                key = rest.lower().replace("_", ".")
+        if not key:
+            return None
+        keys.append(key)
+        if len(key) >= len(rest):
+            return keys
+        rest = rest[len(key) + 2:]
+        node = node.get(key) if isinstance(node, dict) else None
+
+
+def _plain(value: Any) -> Any:
+    """A deep copy of plain TOML values (tables, arrays, scalars, dates); TypeError otherwise."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool | datetime.date | datetime.time):
+        return value
+    raise TypeError(f"unsupported value {type(value).__name__}")
+
+
+# ---------------------------------------------------------------- building
+
+
+@functools.cache
+def config_schema() -> dict[str, Any]:
+    """schemas/protojobs.schema.json, parsed once."""
+    try:
+        return dict(json.loads(CONFIG_SCHEMA.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as exc:
+        issue = ConfigIssue(str(CONFIG_SCHEMA), f"cannot read the config schema: {exc}")
+        raise ConfigError([issue]) from None
+
+
+@functools.cache
+def _validator() -> Draft202012Validator:
+    return Draft202012Validator(config_schema())
+
+
+def schema_defaults(definition: str) -> dict[str, Any]:
+    """The `default` of every property of one `$defs` entry of the config schema."""
+    props = config_schema()["$defs"][definition]["properties"]
+    return {key: copy.deepcopy(p["default"]) for key, p in props.items() if "default" in p}
+
+
+def _build(data: dict[str, Any], base_dir: Path, source: Path | None) -> tuple[Settings, list[ConfigIssue]]:
+    kafka = _kafka({**schema_defaults("kafka"), **data.get("kafka", {})})
+    tiers = data.get("delays", {}).get("tiers", schema_defaults("delays")["tiers"])
+    declared = data.get("retry", {})
+    retry = {name: _policy(name, {**schema_defaults("retryPolicy"), **declared.get(name, {})})
+             for name in ["default", *(n for n in declared if n != "default")]}
+    queues: dict[str, QueueSettings] = {}
+    issues: list[ConfigIssue] = []
+    for name, table in (data.get("queues") or {"default": {}}).items():
+        queues[name], found = _queue(name, _inherit(table, data.get("defaults", {})), kafka, base_dir, data)
+        issues += found
+    settings = Settings(kafka=kafka, tiers_ms=tuple(parse_ms(t) for t in tiers), retry=retry,
+                        queues=queues, source=source, raw=_freeze(data))
+    return settings, issues
+
+
+def _kafka(k: dict[str, Any]) -> KafkaSettings:
+    brokers = k["brokers"] if isinstance(k["brokers"], str) else ",".join(k["brokers"])
+    dead_letter = k["dead_letter_topic"] or f"{k['topic_prefix']}dead-letter"
+    return KafkaSettings(brokers=brokers, group_id=k["group_id"], topic_prefix=k["topic_prefix"],
+                         auto_offset_reset=k["auto_offset_reset"], enable_auto_commit=k["enable_auto_commit"],
+                         compression=k["compression"], batch_size=k["batch_size"], timeout_ms=k["timeout_ms"],
+                         debug=k["debug"], dead_letter_topic=dead_letter,
+                         producer=dict(k.get("producer", {})), consumer=dict(k.get("consumer", {})))
+
+
+def _policy(name: str, p: dict[str, Any]) -> RetryPolicy:
+    explicit = isinstance(p["backoff"], list)
+    return RetryPolicy(
+        name=name, max_attempts=p["max_attempts"], backoff="list" if explicit else p["backoff"],
+        delays_ms=tuple(parse_ms(d) for d in p["backoff"]) if explicit else (),
+        base_ms=parse_ms(p["base"]), max_ms=parse_ms(p["max"]), multiplier=float(p["multiplier"]),
+        jitter=float(p["jitter"]), dead_letter_on=tuple(p["dead_letter_on"]), retry_on=tuple(p["retry_on"]))
+
+
+def _inherit(table: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """Schema defaults < [defaults] < the queue; handler and jobs are replaced as one key."""
+    inherited = {**schema_defaults("queueKeys"), **defaults}
+    if "handler" in table or "jobs" in table:
+        inherited.pop("handler", None)
+        inherited.pop("jobs", None)
+    return {**inherited, **table}
+
+
+def _queue(name: str, q: dict[str, Any], kafka: KafkaSettings, base_dir: Path,
+           data: dict[str, Any]) -> tuple[QueueSettings, list[ConfigIssue]]:
+    schema_path = base_dir / q["schema"] if "schema" in q else None
+    schema, problem = crosscheck.load_payload_schema(schema_path, q.get("schema", ""))
+    issues = [ConfigIssue(crosscheck.origin(data, name, "schema"), problem)] if problem else []
+    queue = QueueSettings(
+        name=name, handler=q.get("handler"), jobs=tuple(q.get("jobs", ())), schema_path=schema_path,
+        schema=_freeze(schema) if schema is not None else None, retry=q["retry"],
+        partitions=q["partitions"], replication_factor=q["replication_factor"],
+        concurrency=q["concurrency"], ordering=q["ordering"], key=q.get("key"), delivery=q["delivery"],
+        timeout_ms=parse_ms(q["timeout"]), retention_ms=parse_ms(q["retention"]),
+        validate_on_consume=q["validate_on_consume"],
+        dead_letter_topic=q.get("dead_letter") or kafka.dead_letter_topic,
+        blocking_retries=q["blocking_retries"])
+    return queue, issues
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+# ---------------------------------------------------------------- payloads
+
+
+def payload_validator(queue: QueueSettings) -> Callable[[Any], None]:
+    """The queue's payload check, compiled once per QueueSettings; raises PayloadError.
+
+    A queue without a schema accepts any payload. Formats (email, date, ...) are checked.
+    """
+    return queue._payload_validator
+
+
+# ---------------------------------------------------------------- printing
+
+
+def redacted(settings_or_dict: Settings | Mapping[str, Any]) -> dict[str, Any]:
+    """A plain copy safe to print: the effective config of Settings, or any tree; secrets "***"."""
+    tree = effective(settings_or_dict) if isinstance(settings_or_dict, Settings) else _plain(settings_or_dict)
+    return dict(crosscheck.redact(tree))
+
+
+def effective(settings: Settings) -> dict[str, Any]:
+    """The configuration in jobs.toml's shape with every default and override applied."""
+    k = settings.kafka
+    kafka = {f.name: getattr(k, f.name) for f in fields(k)}
+    kafka.update(producer=dict(k.producer), consumer=dict(k.consumer))
+    retry = {p.name: {"max_attempts": p.max_attempts,
+                      "backoff": [format_ms(d) for d in p.delays_ms] if p.backoff == "list" else p.backoff,
+                      "base": format_ms(p.base_ms), "max": format_ms(p.max_ms), "multiplier": p.multiplier,
+                      "jitter": p.jitter, "dead_letter_on": list(p.dead_letter_on),
+                      "retry_on": list(p.retry_on)}
+             for p in settings.retry.values()}
+    return {"kafka": kafka, "delays": {"tiers": [format_ms(t) for t in settings.tiers_ms]},
+            "retry": retry, "queues": {q.name: _queue_dict(q) for q in settings.queues.values()}}
+
+
+def _queue_dict(q: QueueSettings) -> dict[str, Any]:
+    out: dict[str, Any] = {"handler": q.handler} if q.handler else {"jobs": list(q.jobs)} if q.jobs else {}
+    if q.schema_path is not None:
+        out["schema"] = str(q.schema_path)
+    out.update(retry=q.retry, partitions=q.partitions, replication_factor=q.replication_factor,
+               concurrency=q.concurrency, ordering=q.ordering)
+    if q.key is not None:
+        out["key"] = q.key
+    out.update(delivery=q.delivery, timeout=format_ms(q.timeout_ms), retention=format_ms(q.retention_ms),
+               validate_on_consume=q.validate_on_consume, dead_letter=q.dead_letter_topic,
+               blocking_retries=q.blocking_retries)
+    return out
+
+
+# ---------------------------------------------------------------- command helpers
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s" if not word.endswith("y") else f"{n} {word[:-1]}ies"
+
+
+def validate_command(config: str | None, cluster: bool = False, env: Mapping[str, str] | None = None,
+                     *, cluster_timeout: float = 5.0) -> int:
+    """`protojobs validate`: 0 and a one-line summary, or 1 and every `path: message` on stderr."""
+    shown = str(config_path(config, env))
+    try:
+        settings = load(config, env)
+        if cluster:
+            problems = crosscheck.check_cluster(settings, timeout=cluster_timeout)
+            if problems:
+                raise ConfigError(crosscheck.finish(problems, {}, crosscheck.secret_values(settings.raw)))
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        return 1
+    print(f"{shown}: valid ({_plural(len(settings.queues), 'queue')}, "
+          f"{_plural(len(settings.tiers_ms), 'delay tier')}, {_plural(len(settings.retry), 'retry policy')})")
+    return 0
+
+
+def show_command(config: str | None, env: Mapping[str, str] | None = None, *, fmt: str = "toml") -> int:
+    """`protojobs show`: the effective config (overrides applied, secrets redacted) on stdout."""
+    try:
+        settings = load(config, env, import_handlers=False)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        return 1
+    tree = redacted(settings)
+    print(json.dumps(tree, indent=2) if fmt == "json" else to_toml(tree), end="\n" if fmt == "json" else "")
+    return 0

@@ -1,0 +1,426 @@
+"""The job record: the envelope every job travels in, its headers, and the dead-letter record.
+
+A record's value is one JSON object in UTF-8 (DESIGN.md section 3), readable by any Kafka
+tool. `encode` writes format version `VERSION`; `decode` accepts that version and every older
+one (each older version is upgraded step by step, see `_UPGRADES`) and rejects anything else
+with an `EnvelopeError` that says why. Headers repeat the routing fields so routers can act
+without parsing the value. The Kafka record timestamp is never derived from an envelope.
+
+Version history:
+- v0 (pre-release, no `v` field): like v1, but `attempts` counted the attempts already made
+  (0 when first dispatched) where v1 has `attempt` (1 on the first run): attempt = attempts + 1.
+- v1: `v`, `id`, `queue`, `job`, `data`, `attempt`, `dispatched_at`, `available_at` (UTC epoch
+  ms), `key` (or null); optional `replays`, `trace` (W3C traceparent), `first_failed_at`.
+
+Speed (stdlib json, CPython 3.11, one core of the 2-core dev machine, best of 3 runs of 100k):
+an envelope with a 209-byte payload (a 399-byte record) encodes in ~4.3 µs and decodes
+(validation included) in ~5.6 µs, ~10 µs for both; `new_id` takes ~1.4 µs, `headers` ~0.45 µs.
+orjson is not used: it is not a dependency, and it would make records differ between hosts
+(NaN, integers beyond 64 bits, non-string keys).
+
+Pure: no I/O, except that `new_id` reads the clock and the OS random source.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+VERSION = 1
+# Bytes of UTF-8 kept of a traceback (its tail) and of an error message (its head).
+TEXT_LIMIT = 8192
+
+H_ID = "pj-id"
+H_QUEUE = "pj-queue"
+H_ATTEMPT = "pj-attempt"
+H_AVAILABLE_AT = "pj-available-at"
+H_SCHEMA = "pj-schema"
+H_TRACEPARENT = "traceparent"
+
+
+class EnvelopeError(ValueError):
+    """A record value that is not a valid envelope (or dead-letter record); says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One job. Times are UTC epoch milliseconds; `attempt` is 1 on the first run."""
+
+    v: int
+    id: str
+    queue: str
+    job: str
+    data: Any
+    attempt: int
+    dispatched_at: int
+    available_at: int
+    key: str | None
+    replays: int = 0
+    trace: str | None = None
+    first_failed_at: int | None = None
+
+
+# --- ids ------------------------------------------------------------------------------------
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # 10 bits -> 2 characters
+_time_prefix: tuple[int, str] = (-1, "")
+
+
+def new_id(now_ms: int | None = None) -> str:
+    """A new 26-character id: 48-bit ms timestamp + 80 random bits, Crockford base32 (ULID).
+
+    Ids sort by creation time to the millisecond (order within one millisecond is random) and
+    collide with probability ~2^-80 per pair created in the same millisecond, across hosts
+    and forked processes alike (the random part comes from the OS on every call).
+    """
+    global _time_prefix
+    ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    cached = _time_prefix
+    if cached[0] != ms:
+        if not 0 <= ms < 1 << 48:
+            raise ValueError(f"time {ms} ms does not fit in 48 bits")
+        cached = (ms, "".join([_PAIRS[(ms >> s) & 1023] for s in (40, 30, 20, 10, 0)]))
+        _time_prefix = cached
+    r = int.from_bytes(os.urandom(10), "big")
+    p = _PAIRS
+    return (
+        cached[1] + p[r >> 70] + p[(r >> 60) & 1023] + p[(r >> 50) & 1023] + p[(r >> 40) & 1023]
+        + p[(r >> 30) & 1023] + p[(r >> 20) & 1023] + p[(r >> 10) & 1023] + p[r & 1023]
+    )  # fmt: skip
+
+
+# --- building envelopes ---------------------------------------------------------------------
+
+
+def new_envelope(
+    queue: str, job: str, data: Any, *, now_ms: int, available_at: int | None = None,
+    key: str | None = None, id: str | None = None, trace: str | None = None,
+) -> Envelope:  # fmt: skip
+    """A first-attempt envelope dispatched at `now_ms`, due at `available_at` (default: now).
+
+    A caller-supplied `id` is kept as is (idempotent re-dispatch); otherwise `new_id()`.
+    """
+    due = now_ms if available_at is None else available_at
+    job_id = id if id is not None else new_id(now_ms)
+    return Envelope(VERSION, job_id, queue, job, data, 1, now_ms, due, key, trace=trace)
+
+
+def with_attempt(
+    env: Envelope, attempt: int, available_at: int, *, failed_at: int | None = None
+) -> Envelope:
+    """The same job as attempt `attempt`, due at `available_at`.
+
+    `failed_at` (the time the previous attempt failed) sets `first_failed_at` if unset, so
+    the first failure time survives every retry hop up to the dead-letter record.
+    """
+    first = env.first_failed_at if env.first_failed_at is not None else failed_at
+    return replace(env, attempt=attempt, available_at=available_at, first_failed_at=first)
+
+
+def for_replay(env: Envelope, now_ms: int) -> Envelope:
+    """A dead-lettered job sent again: attempt 1, due now, `replays` + 1, id kept."""
+    replays = env.replays + 1
+    return replace(
+        env, v=VERSION, attempt=1, available_at=now_ms, replays=replays, first_failed_at=None
+    )
+
+
+# --- value: encode / decode -----------------------------------------------------------------
+
+
+def to_dict(env: Envelope) -> dict[str, Any]:
+    """The envelope as the JSON object `encode` writes (optional fields only when set)."""
+    out: dict[str, Any] = {
+        "v": env.v, "id": env.id, "queue": env.queue, "job": env.job, "attempt": env.attempt,
+        "dispatched_at": env.dispatched_at, "available_at": env.available_at, "key": env.key,
+    }  # fmt: skip
+    if env.replays:
+        out["replays"] = env.replays
+    if env.trace is not None:
+        out["trace"] = env.trace
+    if env.first_failed_at is not None:
+        out["first_failed_at"] = env.first_failed_at
+    out["data"] = env.data
+    return out
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_DECODER = json.JSONDecoder(parse_constant=lambda name: _reject_constant(name))
+
+
+def _dumps(obj: Any) -> bytes:
+    try:
+        return _ENCODER.encode(obj).encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
+        raise EnvelopeError(f"not encodable as JSON in UTF-8: {exc}") from exc
+
+
+def _reject_constant(name: str) -> Any:
+    raise EnvelopeError(f"{name} is not valid JSON")
+
+
+def _loads(value: bytes | bytearray | memoryview | None, what: str) -> dict[str, Any]:
+    if value is None:
+        raise EnvelopeError(f"the record has no value, so it holds no {what}")
+    try:
+        obj = _DECODER.decode(bytes(value).decode("utf-8"))
+    except EnvelopeError:
+        raise
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError, JSONDecodeError
+        raise EnvelopeError(f"not a {what}: not JSON in UTF-8 ({exc})") from exc
+    if not isinstance(obj, dict):
+        raise EnvelopeError(f"not a {what}: the value is JSON {type(obj).__name__}, not an object")
+    return obj
+
+
+def encode(env: Envelope) -> bytes:
+    """The record value for `env`: compact JSON in UTF-8.
+
+    Raises EnvelopeError if `data` is not plain JSON (NaN, objects, lone surrogates...).
+    JSON's own mapping applies: tuples come back as lists, non-string keys as strings.
+    """
+    return _dumps(to_dict(env))
+
+
+def decode(value: bytes | bytearray | memoryview | None) -> Envelope:
+    """The envelope in a record value; EnvelopeError (with the reason) for anything else."""
+    return from_dict(_loads(value, "job envelope"))
+
+
+def _get(obj: dict[str, Any], name: str, where: str) -> Any:
+    try:
+        return obj[name]
+    except KeyError:
+        raise EnvelopeError(f"{where}missing field {name!r}") from None
+
+
+def _int(obj: dict[str, Any], name: str, where: str, minimum: int = 0) -> int:
+    value = _get(obj, name, where)
+    if type(value) is not int or value < minimum:
+        raise EnvelopeError(f"{where}field {name!r} must be an integer >= {minimum}, not {value!r}")
+    return value
+
+
+def _str(obj: dict[str, Any], name: str, where: str, nullable: bool = False) -> Any:
+    value = _get(obj, name, where)
+    if type(value) is str and (value or nullable):
+        return value
+    if value is None and nullable:
+        return None
+    kind = "a string or null" if nullable else "a non-empty string"
+    raise EnvelopeError(f"{where}field {name!r} must be {kind}, not {value!r}")
+
+
+def _text(obj: dict[str, Any], name: str, where: str) -> str:
+    value = _get(obj, name, where)
+    if value is None or type(value) is str:
+        return value or ""
+    raise EnvelopeError(f"{where}field {name!r} must be a string, not {value!r}")
+
+
+def _upgrade_v0(obj: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in obj.items() if k != "attempts"}
+    out["attempt"] = _int(obj, "attempts", "envelope v0: ") + 1
+    out["v"] = 1
+    return out
+
+
+_UPGRADES = {0: _upgrade_v0}  # version n -> a function giving the same envelope as n + 1
+
+
+def from_dict(obj: Any, where: str = "") -> Envelope:
+    """The envelope in a decoded JSON object of any supported version; EnvelopeError if not."""
+    if not isinstance(obj, dict):
+        raise EnvelopeError(f"{where}an envelope must be a JSON object, not {type(obj).__name__}")
+    version = obj.get("v", 0)
+    if type(version) is not int or version < 0:
+        raise EnvelopeError(f"{where}field 'v' must be an integer >= 0, not {version!r}")
+    if version > VERSION:
+        raise EnvelopeError(
+            f"{where}envelope version {version} is newer than this protojobs reads ({VERSION}): "
+            "upgrade protojobs"
+        )
+    while version < VERSION:
+        obj = _UPGRADES[version](obj)
+        version += 1
+    g = obj.get
+    env = Envelope(
+        VERSION, g("id"), g("queue"), g("job"), g("data"), g("attempt"), g("dispatched_at"),
+        g("available_at"), g("key"), g("replays", 0), g("trace"), g("first_failed_at"),
+    )  # fmt: skip
+    if not _well_typed(env) or "data" not in obj or "key" not in obj:
+        _explain(obj, where)
+    return env
+
+
+def _well_typed(e: Envelope) -> bool:
+    return (
+        type(e.id) is str and e.id != "" and type(e.queue) is str and e.queue != ""
+        and type(e.job) is str and e.job != "" and type(e.attempt) is int and e.attempt >= 1
+        and type(e.dispatched_at) is int and e.dispatched_at >= 0
+        and type(e.available_at) is int and e.available_at >= 0
+        and (e.key is None or type(e.key) is str)
+        and type(e.replays) is int and e.replays >= 0
+        and (e.trace is None or type(e.trace) is str)
+        and (e.first_failed_at is None or (type(e.first_failed_at) is int and e.first_failed_at >= 0))
+    )  # fmt: skip
+
+
+def _explain(obj: dict[str, Any], where: str) -> None:
+    """Raise the EnvelopeError naming the first missing or ill-typed field of a v1 object."""
+    for name in ("id", "queue", "job"):
+        _str(obj, name, where)
+    _get(obj, "data", where)
+    for name in ("attempt", "dispatched_at", "available_at"):
+        _int(obj, name, where, 1 if name == "attempt" else 0)
+    _str(obj, "key", where, nullable=True)
+    if "replays" in obj:
+        _int(obj, "replays", where)
+    if obj.get("trace") is not None:
+        _str(obj, "trace", where)
+    if obj.get("first_failed_at") is not None:
+        _int(obj, "first_failed_at", where)
+    raise AssertionError("unreachable: _explain found no fault")  # pragma: no cover
+
+
+# --- headers --------------------------------------------------------------------------------
+
+
+def headers(env: Envelope, schema_hash: str | None = None) -> list[tuple[str, bytes]]:
+    """Kafka headers repeating what routing needs: id, queue, attempt, due time (epoch ms),
+    the payload schema hash (when given) and the W3C `traceparent` (when the job has one)."""
+    out = [
+        (H_ID, env.id.encode()), (H_QUEUE, env.queue.encode()),
+        (H_ATTEMPT, str(env.attempt).encode()), (H_AVAILABLE_AT, str(env.available_at).encode()),
+    ]  # fmt: skip
+    if schema_hash is not None:
+        out.append((H_SCHEMA, schema_hash.encode()))
+    if env.trace is not None:
+        out.append((H_TRACEPARENT, env.trace.encode()))
+    return out
+
+
+def header_value(hdrs: Iterable[tuple[str, bytes | str | None]] | None, name: str) -> str | None:
+    """The text of header `name` (the last one if repeated); None if absent or null.
+
+    Accepts what confluent-kafka's `Message.headers()` returns, including None.
+    """
+    found: bytes | str | None = None
+    for key, value in hdrs or ():
+        if key == name:
+            found = value
+    if isinstance(found, bytes | bytearray):
+        return bytes(found).decode("utf-8", "replace")
+    return found
+
+
+# --- dead-letter record ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A decoded dead-letter record: the original job (or its raw text) and why it failed."""
+
+    envelope: Envelope | None
+    raw: str | None
+    error_type: str
+    error_message: str
+    traceback: str
+    attempts: int
+    first_failed_at: int | None
+    failed_at: int
+    topic: str
+    partition: int
+    offset: int
+    host: str
+    reason: str
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "replace")  # lone surrogates become '?'
+
+
+def bound_text(text: str, limit: int = TEXT_LIMIT, *, keep: str = "head") -> str:
+    """`text` if its UTF-8 fits in `limit` bytes, else its first (`keep="head"`) or last
+    (`keep="tail"`) bytes plus a marker saying how long it was; never over `limit` bytes."""
+    raw = _utf8(text)
+    if len(raw) <= limit:
+        return raw.decode("utf-8")
+    marker = f"[... {len(raw)} bytes, {'tail' if keep == 'head' else 'head'} cut ...]"
+    room = limit - len(_utf8(marker)) - 1
+    if keep == "head":
+        return raw[:room].decode("utf-8", "ignore") + " " + marker
+    return marker + "\n" + raw[len(raw) - room :].decode("utf-8", "ignore")
+
+
+def dead_letter_record(
+    original: Envelope | bytes | None, *, error_type: str, error_message: str, traceback: str,
+    attempts: int, first_failed_at: int | None, failed_at: int, topic: str, partition: int,
+    offset: int, host: str, reason: str,
+) -> bytes:  # fmt: skip
+    """The value of a dead-letter record (a JSON object any Kafka tool can read).
+
+    `original` is the failed job's envelope, or the raw record value when it did not decode
+    (raw bytes that do decode are stored as an envelope). The raw value is kept as text, with
+    U+FFFD for bytes that are not UTF-8; partition and offset -1 mean unknown. The traceback
+    keeps its last `TEXT_LIMIT` bytes and the error message its first, so a record stays small.
+    """
+    env: Envelope | None
+    raw: str | None = None
+    if isinstance(original, Envelope) or original is None:
+        env = original
+    else:
+        try:
+            env = decode(original)
+        except EnvelopeError:
+            env, raw = None, bytes(original).decode("utf-8", "replace")
+    error = {
+        "type": bound_text(error_type, 1024),
+        "message": bound_text(error_message),
+        "traceback": bound_text(traceback, keep="tail"),
+    }
+    return _dumps({
+        "v": 1, "envelope": to_dict(env) if env is not None else None, "raw": raw,
+        "error": error, "attempts": attempts, "first_failed_at": first_failed_at,
+        "failed_at": failed_at, "origin": {"topic": topic, "partition": partition, "offset": offset},
+        "host": host, "reason": reason,
+    })  # fmt: skip
+
+
+def _obj(obj: dict[str, Any], name: str, where: str) -> dict[str, Any]:
+    value = _get(obj, name, where)
+    if not isinstance(value, dict):
+        raise EnvelopeError(f"{where}field {name!r} must be an object, not {value!r}")
+    return value
+
+
+def decode_dead_letter(value: bytes | bytearray | memoryview | None) -> DeadLetter:
+    """The dead-letter record in a record value; EnvelopeError (with the reason) if not one."""
+    obj = _loads(value, "dead-letter record")
+    where = "dead-letter record: "
+    if _int(obj, "v", where) > 1:
+        raise EnvelopeError(f"{where}version {obj['v']} is newer than this protojobs reads (1)")
+    original = _get(obj, "envelope", where)
+    env = None if original is None else from_dict(original, f"{where}envelope: ")
+    error, origin = _obj(obj, "error", where), _obj(obj, "origin", where)
+    first = _get(obj, "first_failed_at", where)
+    return DeadLetter(
+        envelope=env,
+        raw=_str(obj, "raw", where, nullable=True),
+        error_type=_text(error, "type", f"{where}error: "),
+        error_message=_text(error, "message", f"{where}error: "),
+        traceback=_text(error, "traceback", f"{where}error: "),
+        attempts=_int(obj, "attempts", where),
+        first_failed_at=None if first is None else _int(obj, "first_failed_at", where),
+        failed_at=_int(obj, "failed_at", where),
+        topic=_text(origin, "topic", f"{where}origin: "),
+        partition=_int(origin, "partition", f"{where}origin: ", -1),
+        offset=_int(origin, "offset", f"{where}origin: ", -1),
+        host=_text(obj, "host", where),
+        reason=_text(obj, "reason", where),
+    )

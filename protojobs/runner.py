@@ -1,0 +1,85 @@
+"""`protojobs run`: worker processes in one consumer group, supervised.
+
+With `--processes 1` the worker runs in this process. With N > 1, N children are started with
+the spawn method (librdkafka threads and fork do not mix); a child that dies unexpectedly is
+reported and restarted; SIGTERM/SIGINT is passed on to every child (a second one stops them at
+once) and the supervisor exits when they have.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from protojobs import config
+from protojobs.worker import Worker, WorkerOptions
+
+log = logging.getLogger(__name__)
+
+
+def work(settings: config.Settings, options: WorkerOptions) -> int:
+    """Run one worker in this process until it is stopped; install signal handlers."""
+    worker = Worker(settings, options)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    names = ", ".join(q.name for q in worker.queues.values())
+    print(f"protojobs: worker started for {names} (group {settings.kafka.group_id})", file=sys.stderr, flush=True)
+    counters = worker.run()
+    print(f"\nprotojobs: worker stopped: {counters.done} done, {counters.retried} retried, "
+          f"{counters.dead} dead-lettered", file=sys.stderr, flush=True)
+    return 0
+
+
+def _child(path: str | None, queues: Sequence[str] | None, max_jobs: int) -> None:
+    settings = config.load(path)
+    sys.exit(work(settings, WorkerOptions(queues=queues, max_jobs=max_jobs)))
+
+
+def run(path: str | None, queues: Sequence[str] | None = None, max_jobs: int = 0, processes: int = 1,
+        status: bool | None = None) -> int:
+    try:
+        settings = config.load(path)
+    except config.ConfigError as err:
+        print(err, file=sys.stderr)
+        return 1
+    if processes <= 1:
+        show = sys.stderr.isatty() if status is None else status
+        return work(settings, WorkerOptions(queues=queues, max_jobs=max_jobs, status=show))
+    return supervise(path, queues, max_jobs, processes)
+
+
+def supervise(path: str | None, queues: Sequence[str] | None, max_jobs: int, processes: int) -> int:
+    ctx = multiprocessing.get_context("spawn")
+    signals: list[int] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        signals.append(signum)
+        for child in children:
+            if child.is_alive() and child.pid:
+                child.terminate() if len(signals) == 1 else child.kill()
+
+    def start(slot: int) -> Any:
+        child = ctx.Process(target=_child, args=(path, queues, max_jobs), name=f"protojobs-worker-{slot}")
+        child.start()
+        return child
+
+    children = [start(i) for i in range(processes)]
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while any(c.is_alive() for c in children):
+        time.sleep(0.2)
+        for slot, child in enumerate(children):
+            if not child.is_alive() and not signals and child.exitcode not in (0, None):
+                print(f"protojobs: worker {slot} exited with {child.exitcode}; restarting it",
+                      file=sys.stderr, flush=True)
+                children[slot] = start(slot)
+    return 0 if all(c.exitcode == 0 for c in children) or signals else 1

@@ -1,0 +1,104 @@
+"""Every Kafka topic name protojobs uses, in one place (DESIGN.md section 2).
+
+- `{prefix}{queue}`           one topic per queue (`queue_topic`)
+- `{prefix}dead-letter`       failed jobs (`dead_letter_topic`; a queue may name its own)
+- `{prefix}delay-{tier}`      one topic per delay tier, shared by all queues (`delay_topic`)
+- `{prefix}schedules`         the scheduler's state (`schedules_topic`)
+
+Guarantees: every function returns a name Kafka accepts (legal characters, at most 249 of
+them) or raises ValueError naming the problem; a queue topic never collides with an internal
+topic of the same prefix, because queue names that would (`dead-letter`, `schedules`,
+`delay-...`) are rejected. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from protojobs.durations import format_ms
+
+MAX_TOPIC_NAME = 249
+_LEGAL = re.compile(r"^[A-Za-z0-9._-]+$")
+DEAD_LETTER = "dead-letter"
+SCHEDULES = "schedules"
+DELAY_PREFIX = "delay-"
+
+
+def check_topic_name(name: str) -> str:
+    """Return `name` unchanged if Kafka accepts it as a topic name, else raise ValueError."""
+    if not isinstance(name, str) or not _LEGAL.match(name):
+        raise ValueError(
+            f"topic name {name!r} is not legal: use only letters, digits, '.', '_' and '-'"
+        )
+    if name in (".", ".."):
+        raise ValueError(f"topic name {name!r} is not legal")
+    if len(name) > MAX_TOPIC_NAME:
+        raise ValueError(f"topic name {name[:40]!r}... is longer than {MAX_TOPIC_NAME} characters")
+    return name
+
+
+def is_reserved_queue_name(queue: str) -> bool:
+    """True if a queue of this name would share a topic with protojobs' own topics."""
+    return queue in (DEAD_LETTER, SCHEDULES) or queue.startswith(DELAY_PREFIX)
+
+
+def queue_topic(prefix: str, queue: str) -> str:
+    """The topic of a queue: `{prefix}{queue}`; ValueError for an empty or reserved queue name."""
+    if not queue:
+        raise ValueError("a queue name must not be empty")
+    if is_reserved_queue_name(queue):
+        raise ValueError(
+            f"queue name {queue!r} is reserved: its topic would collide with protojobs' "
+            f"{DEAD_LETTER!r}, {SCHEDULES!r} or {DELAY_PREFIX!r}... topics"
+        )
+    return check_topic_name(f"{prefix}{queue}")
+
+
+def dead_letter_topic(prefix: str) -> str:
+    """The shared dead-letter topic: `{prefix}dead-letter`."""
+    return check_topic_name(f"{prefix}{DEAD_LETTER}")
+
+
+def delay_topic(prefix: str, tier_ms: int) -> str:
+    """The topic of one delay tier, e.g. `{prefix}delay-5s` (the tier's shortest spelling)."""
+    if isinstance(tier_ms, bool) or not isinstance(tier_ms, int) or tier_ms <= 0:
+        raise ValueError(f"a delay tier must be a positive number of milliseconds, not {tier_ms!r}")
+    return check_topic_name(f"{prefix}{DELAY_PREFIX}{format_ms(tier_ms)}")
+
+
+def schedules_topic(prefix: str) -> str:
+    """The scheduler's topic: `{prefix}schedules`."""
+    return check_topic_name(f"{prefix}{SCHEDULES}")
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """What one topic should look like: created or altered to this by `topics apply`.
+
+    Validated on construction (legal name, at least one partition and one replica). `config`
+    holds topic-level settings (e.g. `retention.ms`) as strings and is stored as a read-only
+    copy, so a spec can be shared freely.
+    """
+
+    name: str
+    partitions: int
+    replication_factor: int
+    config: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_topic_name(self.name)
+        for label in ("partitions", "replication_factor"):
+            value = getattr(self, label)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"topic {self.name}: {label} must be an integer >= 1, not {value!r}"
+                )
+        for key, value in self.config.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise ValueError(
+                    f"topic {self.name}: config entries must be strings, not {key!r}={value!r}"
+                )
+        object.__setattr__(self, "config", MappingProxyType(dict(self.config)))

@@ -1,0 +1,92 @@
+"""Shared helpers for engine tests: settings on a fresh prefix, an in-process worker."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from protojobs import config
+from protojobs.testing import Cluster, profile
+from protojobs.worker import Worker, WorkerOptions
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def settings_tree(bootstrap: str, prefix: str, queues: dict[str, dict[str, Any]], **sections: Any) -> dict[str, Any]:
+    tree: dict[str, Any] = {
+        "kafka": {"brokers": bootstrap, "group_id": f"{prefix}group", "topic_prefix": prefix,
+                  "compression": "lz4", "producer": dict(profile.PRODUCER), "consumer": dict(profile.CONSUMER)},
+        "delays": {"tiers": ["200ms", "1s", "3s"]},
+        "retry": {"default": {"max_attempts": 3, "backoff": "fixed", "base": "200ms", "jitter": 0}},
+        "defaults": {"partitions": 3, "concurrency": 4, "timeout": "20s"},
+        "queues": queues,
+    }
+    for name, value in sections.items():
+        tree[name] = value
+    return tree
+
+
+@pytest.fixture
+def make_settings(kafka: Cluster, fresh_prefix: str) -> Callable[..., config.Settings]:
+    def make(queues: dict[str, dict[str, Any]], bootstrap: str | None = None, **sections: Any) -> config.Settings:
+        return config.from_dict(settings_tree(bootstrap or kafka.bootstrap, fresh_prefix, queues, **sections), ROOT)
+    return make
+
+
+def write_config(path: Path, tree: dict[str, Any]) -> Path:
+    from protojobs.crosscheck import to_toml
+
+    path.write_text(to_toml(tree))
+    return path
+
+
+class Running:
+    """A Worker running in a thread of this process."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.worker.run()
+        except BaseException as exc:  # noqa: BLE001 - reported by stop()
+            self.error = exc
+
+    def stop(self, timeout: float = 30) -> None:
+        self.worker.stop()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "worker did not stop"
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.fixture
+def start_worker() -> Iterator[Callable[..., Running]]:
+    running: list[Running] = []
+
+    def start(settings: config.Settings, **options: Any) -> Running:
+        r = Running(Worker(settings, WorkerOptions(**options)))
+        running.append(r)
+        return r
+
+    yield start
+    for r in running:
+        if r.thread.is_alive():
+            r.worker.stop(at_once=True)
+            r.thread.join(30)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)

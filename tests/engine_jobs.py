@@ -1,0 +1,51 @@
+"""Handlers the engine tests name in their jobs.toml files.
+
+In-process tests read `RUNS`; subprocess workers append one JSON line per run to the file named
+by $PROTOJOBS_TEST_RECORD (O_APPEND: lines from several processes do not interleave).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from typing import Any
+
+RUNS: list[dict[str, Any]] = []
+_lock = threading.Lock()
+FAILS: dict[str, int] = {}  # job id or payload "n" -> how many attempts still fail
+
+
+def _record(data: dict[str, Any], ctx: Any, **extra: Any) -> None:
+    row = {"n": data.get("n"), "key": ctx.key, "id": ctx.id, "attempt": ctx.attempt, "offset": ctx.offset,
+           "partition": ctx.partition, "pid": os.getpid(), "t": time.time(), **extra}
+    path = os.environ.get("PROTOJOBS_TEST_RECORD")
+    if path:
+        with open(path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+    with _lock:
+        RUNS.append(row)
+
+
+def record(data: dict[str, Any], ctx: Any) -> None:
+    time.sleep(float(data.get("sleep", 0)))
+    _record(data, ctx)
+
+
+async def record_async(data: dict[str, Any], ctx: Any) -> None:
+    await asyncio.sleep(float(data.get("sleep", 0)))
+    _record(data, ctx)
+
+
+def flaky(data: dict[str, Any], ctx: Any) -> None:
+    """Fails the first `data["fail"]` attempts, then succeeds."""
+    _record(data, ctx)
+    if ctx.attempt <= int(data.get("fail", 0)):
+        raise RuntimeError(f"attempt {ctx.attempt} fails on purpose")
+
+
+def poison(data: dict[str, Any], ctx: Any) -> None:
+    _record(data, ctx)
+    raise ValueError("this job can never succeed")

@@ -1,0 +1,289 @@
+"""The engine against a real broker: dispatch, workers, offsets, ordering, failure path, stats, clear."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import engine_jobs
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from conftest import settings_tree, wait_for, write_config
+
+from protojobs import admin, commands, envelope, topics
+from protojobs.config import PayloadError
+from protojobs.producer import Dispatcher
+from protojobs.testing import Cluster, profile
+
+pytestmark = pytest.mark.broker
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(autouse=True)
+def _clean_runs() -> None:
+    engine_jobs.RUNS.clear()
+
+
+def committed_equals_end(settings: Any, queue: str) -> bool:
+    client = admin.client(settings)
+    topic = topics.queue_topic(settings.kafka.topic_prefix, queue)
+    marks = admin.watermarks(client, topic)
+    done = admin.committed(client, settings.kafka.group_id, topic, marks)
+    return all(done.get(p, low) == high for p, (low, high) in marks.items())
+
+
+def test_dispatched_jobs_all_run_and_commit(make_settings, start_worker) -> None:
+    settings = make_settings({"work": {"handler": "engine_jobs:record"}})
+    dispatcher = Dispatcher(settings)
+    result = dispatcher.dispatch_many("work", [{"n": i} for i in range(300)])
+    assert result.ok and len(result.ids) == 300
+    worker = start_worker(settings)
+    wait_for(lambda: len(engine_jobs.RUNS) >= 300, what="300 runs")
+    wait_for(lambda: committed_equals_end(settings, "work"), what="commits")
+    worker.stop()
+    assert sorted(r["n"] for r in engine_jobs.RUNS) == list(range(300))
+    assert {r["id"] for r in engine_jobs.RUNS} == set(result.ids)
+    data = commands.stats_data(settings)
+    assert data["queues"]["work"]["depth"] == 0
+
+
+def test_invalid_payload_refused_at_dispatch(make_settings, kafka: Cluster) -> None:
+    settings = make_settings({"mail": {"handler": "engine_jobs:record", "schema": "schemas/send_email.json"}})
+    dispatcher = Dispatcher(settings)
+    with pytest.raises(PayloadError, match=r"data\.to"):
+        dispatcher.dispatch("mail", {"to": "not an address"})
+    with pytest.raises(PayloadError, match="to"):
+        dispatcher.dispatch("mail", {"subject": "no recipient"})
+    client = admin.client(settings)
+    marks = admin.watermarks(client, topics.queue_topic(settings.kafka.topic_prefix, "mail"))
+    assert sum(h for _, h in marks.values()) == 0  # nothing was sent
+
+
+def test_garbage_record_is_dead_lettered_with_reason(make_settings, start_worker, kafka: Cluster) -> None:
+    settings = make_settings({"work": {"handler": "engine_jobs:record",
+                                       "schema": "schemas/report.json"}})
+    Dispatcher(settings).dispatch("work", {"report_id": "r1", "n": 1})
+    topic = topics.queue_topic(settings.kafka.topic_prefix, "work")
+    producer = Producer({"bootstrap.servers": kafka.bootstrap})
+    producer.produce(topic, b"\xff not json at all")
+    wrong = envelope.encode(envelope.new_envelope("work", "x", {"nope": 1}, now_ms=1))
+    producer.produce(topic, wrong)
+    producer.flush(10)
+    worker = start_worker(settings)
+    wait_for(lambda: worker.worker.counters.dead >= 2 and worker.worker.counters.done >= 1, what="dead letters")
+    worker.stop()
+    records = read_all(kafka.bootstrap, settings.kafka.dead_letter_topic, 2)
+    reasons = sorted(envelope.decode_dead_letter(v).reason for v in records)
+    assert reasons == ["payload failed its schema on consume", "undecodable record"]
+    raw = [envelope.decode_dead_letter(v) for v in records if envelope.decode_dead_letter(v).raw]
+    assert raw and "not json" in (raw[0].raw or "") and raw[0].topic == topic
+
+
+def test_permanent_failure_dead_letters_after_ack(make_settings, start_worker, kafka: Cluster) -> None:
+    settings = make_settings({"work": {"handler": "engine_jobs:poison", "retry": "strict"}},
+                             retry={"strict": {"max_attempts": 1}})
+    job_id = Dispatcher(settings).dispatch("work", {"n": 7})
+    worker = start_worker(settings)
+    wait_for(lambda: worker.worker.counters.dead == 1, what="dead letter")
+    wait_for(lambda: committed_equals_end(settings, "work"), what="commit after dead-letter")
+    worker.stop()
+    (value,) = read_all(kafka.bootstrap, settings.kafka.dead_letter_topic, 1)
+    dead = envelope.decode_dead_letter(value)
+    assert dead.envelope is not None and dead.envelope.id == job_id
+    assert dead.error_type == "ValueError" and dead.attempts == 1 and "never succeed" in dead.error_message
+    assert "Traceback" in dead.traceback and dead.topic.endswith("work") and dead.offset == 0
+
+
+def read_all(bootstrap: str, topic: str, expected: int, timeout: float = 20) -> list[bytes]:
+    consumer = Consumer(profile.consumer(bootstrap, f"reader-{time.monotonic_ns()}"))
+    consumer.subscribe([topic])
+    out: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < expected and time.monotonic() < deadline:
+        out += [m.value() for m in consumer.consume(100, 0.5) if m.error() is None]
+    consumer.close()
+    return out
+
+
+@pytest.mark.parametrize("handler", ["engine_jobs:record", "engine_jobs:record_async"])
+def test_key_order_kept_while_keys_interleave(make_settings, start_worker, handler: str) -> None:
+    settings = make_settings({"work": {"handler": handler, "ordering": "key", "key": "k",
+                                       "partitions": 1, "concurrency": 4}})
+    items = [{"k": f"key{i % 4}", "n": i, "sleep": 0.01} for i in range(80)]
+    assert Dispatcher(settings).dispatch_many("work", items).ok
+    worker = start_worker(settings)
+    wait_for(lambda: len(engine_jobs.RUNS) >= 80, what="80 runs")
+    worker.stop()
+    by_key: dict[str, list[int]] = defaultdict(list)
+    for run in sorted(engine_jobs.RUNS, key=lambda r: r["t"]):
+        by_key[run["key"]].append(run["n"])
+    for ns in by_key.values():
+        assert ns == sorted(ns)
+    order = [r["key"] for r in sorted(engine_jobs.RUNS, key=lambda r: r["t"])]
+    switches = sum(a != b for a, b in zip(order, order[1:], strict=False))
+    assert switches > 20  # keys ran interleaved (one partition, yet parallel across keys)
+
+
+def test_slow_handler_does_not_cause_rebalance(make_settings, start_worker) -> None:
+    settings = make_settings({"work": {"handler": "engine_jobs:record", "partitions": 1}})
+    Dispatcher(settings).dispatch("work", {"n": 1, "sleep": 9})
+    Dispatcher(settings).dispatch("work", {"n": 2})
+    worker = start_worker(settings, consumer_extra={"max.poll.interval.ms": 6000})
+    revokes: list[Any] = []
+    original = worker.worker._on_revoke
+    worker.worker._on_revoke = lambda c, p: (revokes.append(p), original(c, p))  # type: ignore[method-assign]
+    wait_for(lambda: len(engine_jobs.RUNS) >= 2, timeout=40, what="both jobs")
+    time.sleep(1)
+    worker.stop()
+    assert sorted(r["n"] for r in engine_jobs.RUNS) == [1, 2]  # no duplicate
+    assert revokes == []
+
+
+def test_clear_deletes_and_stats_match_raw_count(make_settings, kafka: Cluster) -> None:
+    settings = make_settings({"work": {"handler": "engine_jobs:record"}})
+    assert Dispatcher(settings).dispatch_many("work", [{"n": i} for i in range(57)]).ok
+    data = commands.stats_data(settings)
+    raw = len(read_all(kafka.bootstrap, topics.queue_topic(settings.kafka.topic_prefix, "work"), 57, timeout=10))
+    assert data["queues"]["work"]["depth"] == raw == 57
+    config_file = write_config(Path(os.environ.get("TMPDIR", "/tmp")) / f"{settings.kafka.topic_prefix}jobs.toml",
+                               dict(settings.raw))
+    assert commands.clear(str(config_file), "work", yes=False) == 2
+    assert commands.clear(str(config_file), "work", yes=True) == 0
+    assert commands.stats_data(settings)["queues"]["work"]["depth"] == 0
+    assert read_all(kafka.bootstrap, topics.queue_topic(settings.kafka.topic_prefix, "work"), 1, timeout=4) == []
+
+
+# --- real worker processes --------------------------------------------------------------------
+
+
+def spawn_worker(config_file: Path, record: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """A real `protojobs run` process; its output goes to worker-<n>.log beside the record."""
+    env = dict(os.environ, PROTOJOBS_TEST_RECORD=str(record), PYTHONPATH=str(TESTS))
+    log = record.parent / f"worker-{len(list(record.parent.glob('worker-*.log')))}.log"
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "protojobs.cli", "run", "--config", str(config_file), *extra],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def runs(record: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+
+
+@pytest.fixture
+def worker_config(kafka: Cluster, fresh_prefix: str, tmp_path: Path):
+    def make(**queue: Any) -> tuple[Any, Path]:
+        from protojobs import config
+
+        tree = settings_tree(kafka.bootstrap, fresh_prefix, {"work": {"handler": "engine_jobs:record", **queue}})
+        path = write_config(tmp_path / "jobs.toml", tree)
+        return config.from_dict(tree, TESTS.parent), path
+    return make
+
+
+def test_sigkill_redelivers_only_uncommitted(worker_config, tmp_path: Path) -> None:
+    settings, path = worker_config(concurrency=2)
+    record = tmp_path / "runs.jsonl"
+    assert Dispatcher(settings).dispatch_many("work", [{"n": i, "sleep": 0.02} for i in range(200)]).ok
+    proc = spawn_worker(path, record)
+    try:
+        wait_for(lambda: len(runs(record)) >= 60, what="some progress")
+        time.sleep(1.2)  # at least one commit interval
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        proc.kill()
+    client = admin.client(settings)
+    topic = topics.queue_topic(settings.kafka.topic_prefix, "work")
+    committed = admin.committed(client, settings.kafka.group_id, topic, range(3))
+    first = runs(record)
+    assert 0 < len(first) < 200
+    proc = spawn_worker(path, record)
+    try:
+        wait_for(lambda: {r["n"] for r in runs(record)} == set(range(200)), timeout=60, what="all jobs")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    second = [r for r in runs(record)[len(first):]]
+    for r in second:
+        assert r["offset"] >= committed.get(r["partition"], 0), ("a committed job ran again", r)
+
+
+def test_sigterm_finishes_in_flight_and_commits(worker_config, tmp_path: Path) -> None:
+    settings, path = worker_config(concurrency=4)
+    record = tmp_path / "runs.jsonl"
+    assert Dispatcher(settings).dispatch_many("work", [{"n": i, "sleep": 2} for i in range(4)]).ok
+    proc = spawn_worker(path, record)
+    wait_for(lambda: _started(settings), timeout=30, what="jobs started")
+    time.sleep(0.5)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    assert time.monotonic() - started < 20
+    assert sorted(r["n"] for r in runs(record)) == [0, 1, 2, 3]  # in-flight jobs finished
+    assert committed_equals_end(settings, "work")
+
+
+def _assigned_members(settings: Any) -> int:
+    members = admin.group_members(admin.client(settings), settings.kafka.group_id)
+    return sum(1 for m in members if m["assignment"])
+
+
+def _started(settings: Any) -> bool:
+    members = admin.group_members(admin.client(settings), settings.kafka.group_id)
+    return bool(members and members[0]["assignment"])
+
+
+def test_two_processes_share_partitions_without_loss(worker_config, tmp_path: Path) -> None:
+    settings, path = worker_config(concurrency=2, partitions=4)
+    record = tmp_path / "runs.jsonl"
+    dispatcher = Dispatcher(settings)
+    assert dispatcher.dispatch_many("work", [{"n": i, "sleep": 0.01} for i in range(150)]).ok
+    first = spawn_worker(path, record)
+    wait_for(lambda: len(runs(record)) >= 20, what="first worker running")
+    second = spawn_worker(path, record)
+    wait_for(lambda: _assigned_members(settings) == 2, timeout=30, what="second member has partitions")
+    assert dispatcher.dispatch_many("work", [{"n": i, "sleep": 0.01} for i in range(150, 300)]).ok
+    wait_for(lambda: len({r["pid"] for r in runs(record)}) == 2, timeout=30, what="both workers ran jobs")
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(30) == 0
+    assert dispatcher.dispatch_many("work", [{"n": i} for i in range(300, 400)]).ok
+    try:
+        wait_for(lambda: {r["n"] for r in runs(record)} == set(range(400)), timeout=60, what="all 400 jobs")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(30)
+    assert committed_equals_end(settings, "work")
+
+
+def test_processes_option_runs_supervised_children(worker_config, tmp_path: Path) -> None:
+    settings, path = worker_config(partitions=4)
+    record = tmp_path / "runs.jsonl"
+    proc = spawn_worker(path, record, "--processes", "2")
+    try:
+        wait_for(lambda: _assigned_members(settings) == 2, timeout=40, what="two members with partitions")
+        assert Dispatcher(settings).dispatch_many("work", [{"n": i, "sleep": 0.05} for i in range(200)]).ok
+        wait_for(lambda: {r["n"] for r in runs(record)} == set(range(200)), timeout=60, what="all jobs")
+        assert len({r["pid"] for r in runs(record)}) == 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+
+
+def test_committed_offsets_after_drain_match_consumer_position(make_settings, start_worker) -> None:
+    settings = make_settings({"work": {"handler": "engine_jobs:record", "partitions": 2}})
+    assert Dispatcher(settings).dispatch_many("work", [{"n": i} for i in range(40)]).ok
+    worker = start_worker(settings)
+    wait_for(lambda: committed_equals_end(settings, "work"), what="committed == end offsets")
+    worker.stop()
+    topic = topics.queue_topic(settings.kafka.topic_prefix, "work")
+    c = Consumer(profile.consumer(settings.kafka.brokers, settings.kafka.group_id))
+    got = c.committed([TopicPartition(topic, 0), TopicPartition(topic, 1)], timeout=10)
+    c.close()
+    assert sum(tp.offset for tp in got) == 40
