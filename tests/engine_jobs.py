@@ -30,6 +30,8 @@ def _record(data: dict[str, Any], ctx: Any, **extra: Any) -> None:
 
 
 def record(data: dict[str, Any], ctx: Any) -> None:
+    if data.get("announce"):
+        _record(data, ctx, phase="start")
     time.sleep(float(data.get("sleep", 0)))
     _record(data, ctx)
 
