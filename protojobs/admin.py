@@ -11,14 +11,17 @@
 
 from __future__ import annotations
 
+import time
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
+    ClusterMetadata,
     ConfigEntry,
     ConfigResource,
     NewPartitions,
@@ -27,7 +30,7 @@ from confluent_kafka.admin import (
 )
 
 from protojobs import topics
-from protojobs.clients import KAFKA_LOG
+from protojobs.clients import KAFKA_LOG, ErrorWatch
 from protojobs.config import Settings
 
 TIMEOUT = 15.0
@@ -37,11 +40,37 @@ class AdminError(RuntimeError):
     """A cluster operation failed or was refused; the message says which topic and why."""
 
 
+# The ErrorWatch of each client made by `client`: its error_cb runs only inside poll(), so
+# `list_topics` polls between short waits and raises ClientError when Kafka refused the client.
+_WATCHES: weakref.WeakKeyDictionary[AdminClient, ErrorWatch] = weakref.WeakKeyDictionary()
+
+
 def client(settings: Settings) -> AdminClient:
+    """An AdminClient with the security.* / sasl.* / ssl.* properties of [kafka.consumer]."""
+    watch = ErrorWatch()
     conf: dict[str, Any] = {k: v for k, v in settings.kafka.consumer.items()
                             if k.startswith(("security.", "sasl.", "ssl."))}
-    conf.update({"bootstrap.servers": settings.kafka.brokers, "logger": KAFKA_LOG})
-    return AdminClient(conf)
+    conf.update({"bootstrap.servers": settings.kafka.brokers, "logger": KAFKA_LOG, "error_cb": watch})
+    admin = AdminClient(conf)
+    _WATCHES[admin] = watch
+    return admin
+
+
+def list_topics(admin: AdminClient, topic: str | None = None, timeout: float = TIMEOUT) -> ClusterMetadata:
+    """Cluster metadata. A refused client (wrong password, no authorization) raises ClientError
+    within about a second: librdkafka would otherwise retry until `timeout` and then report only
+    "Broker transport failure"."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return admin.list_topics(topic, timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+        except KafkaException:
+            admin.poll(0)  # serves error_cb
+            watch = _WATCHES.get(admin)
+            if watch is not None:
+                watch.check()
+            if time.monotonic() >= deadline:
+                raise
 
 
 def topic_specs(settings: Settings) -> list[topics.TopicSpec]:
@@ -82,7 +111,7 @@ class Change:
 def plan(admin: AdminClient, specs: Iterable[topics.TopicSpec]) -> list[Change]:
     """What `apply` would do (nothing is changed)."""
     specs = list(specs)
-    meta = admin.list_topics(timeout=TIMEOUT)
+    meta = list_topics(admin)
     existing = {s.name: s for s in specs if s.name in meta.topics}
     configs = _describe(admin, list(existing)) if existing else {}
     changes = []
@@ -171,7 +200,7 @@ def ensure_topics(settings: Settings, admin: AdminClient | None = None) -> None:
 
 def watermarks(admin: AdminClient, topic: str) -> dict[int, tuple[int, int]]:
     """partition -> (low, high) watermark."""
-    meta = admin.list_topics(topic, timeout=TIMEOUT).topics.get(topic)
+    meta = list_topics(admin, topic).topics.get(topic)
     if meta is None or meta.error is not None:
         return {}
     parts = [TopicPartition(topic, p) for p in meta.partitions]

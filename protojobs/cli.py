@@ -35,7 +35,9 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from protojobs import runner
 
-    return runner.run(args.config, queues=args.queue or None, max_jobs=args.max_jobs, processes=args.processes)
+    router = "off" if args.no_router else "only" if args.router_only else "on"
+    return runner.run(args.config, queues=args.queue or None, max_jobs=args.max_jobs, processes=args.processes,
+                      router=router)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -103,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--queue", action="append", help="only this queue (repeatable)")
     run.add_argument("--max-jobs", type=int, default=0, help="stop after N jobs (0: run until stopped)")
     run.add_argument("--processes", type=int, default=1, help="worker processes in the group (default 1)")
+    placement = run.add_mutually_exclusive_group()
+    placement.add_argument("--no-router", action="store_true", help="do not run the delay-tier router here")
+    placement.add_argument("--router-only", action="store_true", help="run only the delay-tier router")
 
     validate = add("validate", _cmd_validate, "check jobs.toml, its payload schemas and handlers")
     validate.add_argument("--cluster", action="store_true", help="also check against the live cluster")

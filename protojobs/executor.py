@@ -47,6 +47,7 @@ class Context:
     topic: str
     partition: int
     offset: int
+    available_at: int = 0  # epoch ms: the job was due then (it never starts earlier)
 
     @property
     def remaining(self) -> float:

@@ -7,6 +7,9 @@ Guarantees
   raises `DeliveryUncertain` (the record may or may not be stored: re-dispatch with the same
   `job_id` to stay idempotent downstream).
 - `dispatch_many` produces every job before waiting once (no flush per job), then reports each.
+- Kafka refusing the client itself (wrong credentials, no authorization) raises
+  `ClientRefused` (both a DispatchError and a protojobs.clients.ClientError) within about a
+  second, instead of after librdkafka's retry loop; its message never includes the config.
 - A delayed job (`delay_ms` / `at_ms` in the future) goes to the delay tier the routing rule
   picks (protojobs.delays); it never runs before its `available_at`.
 """
@@ -22,7 +25,7 @@ from typing import Any, cast
 from confluent_kafka import KafkaError, Message, Producer
 
 from protojobs import admin, delays, envelope, topics
-from protojobs.clients import ErrorWatch, producer_config
+from protojobs.clients import ClientError, ErrorWatch, producer_config
 from protojobs.config import PayloadError, QueueSettings, Settings, payload_validator
 
 
@@ -32,6 +35,11 @@ class DispatchError(RuntimeError):
 
 class DeliveryUncertain(DispatchError):
     """The delivery timed out: the job may or may not be stored."""
+
+
+class ClientRefused(DispatchError, ClientError):
+    """Kafka refused the client (bad credentials, no authorization): nothing was stored. A
+    DispatchError, so callers that report dispatch failures report this one too."""
 
 
 def now_ms() -> int:
@@ -122,7 +130,10 @@ class Dispatcher:
     def send(self, env: envelope.Envelope, outcome: Outcome, topic: str | None = None) -> None:
         """Produce one envelope; `outcome` is filled by the delivery report (serve with poll)."""
         if self._ensure:
-            admin.ensure_topics(self.settings)
+            try:
+                admin.ensure_topics(self.settings)
+            except ClientError as err:
+                raise ClientRefused(str(err)) from None
             self._ensure = False
 
         def report(err: KafkaError | None, _msg: Message) -> None:
@@ -145,7 +156,8 @@ class Dispatcher:
         limit = timeout if timeout is not None else self._delivery_timeout()
         deadline = time.monotonic() + limit
         while pending:
-            self.watch.check()
+            if self.watch.fatal is not None:
+                raise ClientRefused(str(self.watch.fatal))
             self.producer.poll(0.05)
             pending = [o for o in pending if not o.done]
             if pending and time.monotonic() > deadline:
@@ -191,5 +203,11 @@ class Dispatcher:
         return result
 
     def close(self, timeout: float = 30) -> int:
-        """Flush what is still buffered; return how many records could not be delivered."""
+        """Flush what is still buffered; return how many records could not be delivered.
+        A refused client cannot deliver anything: its buffer is dropped instead of waited out."""
+        if self.watch.fatal is not None:
+            undelivered = len(self.producer)
+            self.producer.purge()
+            self.producer.flush(1)  # serves the purged records' delivery reports
+            return undelivered
         return int(self.producer.flush(timeout))

@@ -12,40 +12,58 @@ import logging
 import multiprocessing
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from protojobs import config
+from protojobs.router import Router, RouterThread
 from protojobs.worker import Worker, WorkerOptions
 
 log = logging.getLogger(__name__)
 
 
-def work(settings: config.Settings, options: WorkerOptions) -> int:
-    """Run one worker in this process until it is stopped; install signal handlers."""
-    worker = Worker(settings, options)
+def work(settings: config.Settings, options: WorkerOptions, router: str = "on") -> int:
+    """Run one worker (and, unless `router` is "off", the delay router beside it) in this
+    process until stopped; `router="only"` runs just the router. Installs signal handlers."""
+    stop = threading.Event()
+    worker = Worker(settings, options) if router != "only" else None
+    routing = RouterThread(Router(settings)).start() if router != "off" and settings.tiers_ms else None
 
     def on_signal(signum: int, _frame: Any) -> None:
-        worker.stop()
+        stop.set()
+        if worker is not None:
+            worker.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    names = ", ".join(q.name for q in worker.queues.values())
-    print(f"protojobs: worker started for {names} (group {settings.kafka.group_id})", file=sys.stderr, flush=True)
-    counters = worker.run()
-    print(f"\nprotojobs: worker stopped: {counters.done} done, {counters.retried} retried, "
-          f"{counters.dead} dead-lettered", file=sys.stderr, flush=True)
+    if worker is None:
+        print("protojobs: delay router started", file=sys.stderr, flush=True)
+        while not stop.wait(0.2):
+            if routing is not None and not routing.thread.is_alive():
+                return 1
+    else:
+        names = ", ".join(q.name for q in worker.queues.values())
+        print(f"protojobs: worker started for {names} (group {settings.kafka.group_id})"
+              + (", delay router on" if routing else ""), file=sys.stderr, flush=True)
+        counters = worker.run()
+        print(f"\nprotojobs: worker stopped: {counters.done} done, {counters.retried} retried, "
+              f"{counters.dead} dead-lettered", file=sys.stderr, flush=True)
+    if routing is not None:
+        routing.stop()
+        if routing.error is not None:
+            return 1
     return 0
 
 
-def _child(path: str | None, queues: Sequence[str] | None, max_jobs: int) -> None:
+def _child(path: str | None, queues: Sequence[str] | None, max_jobs: int, router: str) -> None:
     settings = config.load(path)
-    sys.exit(work(settings, WorkerOptions(queues=queues, max_jobs=max_jobs)))
+    sys.exit(work(settings, WorkerOptions(queues=queues, max_jobs=max_jobs), router))
 
 
 def run(path: str | None, queues: Sequence[str] | None = None, max_jobs: int = 0, processes: int = 1,
-        status: bool | None = None) -> int:
+        status: bool | None = None, router: str = "on") -> int:
     try:
         settings = config.load(path)
     except config.ConfigError as err:
@@ -53,11 +71,12 @@ def run(path: str | None, queues: Sequence[str] | None = None, max_jobs: int = 0
         return 1
     if processes <= 1:
         show = sys.stderr.isatty() if status is None else status
-        return work(settings, WorkerOptions(queues=queues, max_jobs=max_jobs, status=show))
-    return supervise(path, queues, max_jobs, processes)
+        return work(settings, WorkerOptions(queues=queues, max_jobs=max_jobs, status=show), router)
+    return supervise(path, queues, max_jobs, processes, router)
 
 
-def supervise(path: str | None, queues: Sequence[str] | None, max_jobs: int, processes: int) -> int:
+def supervise(path: str | None, queues: Sequence[str] | None, max_jobs: int, processes: int,
+              router: str = "on") -> int:
     ctx = multiprocessing.get_context("spawn")
     signals: list[int] = []
 
@@ -68,7 +87,7 @@ def supervise(path: str | None, queues: Sequence[str] | None, max_jobs: int, pro
                 child.terminate() if len(signals) == 1 else child.kill()
 
     def start(slot: int) -> Any:
-        child = ctx.Process(target=_child, args=(path, queues, max_jobs), name=f"protojobs-worker-{slot}")
+        child = ctx.Process(target=_child, args=(path, queues, max_jobs, router), name=f"protojobs-worker-{slot}")
         child.start()
         return child
 

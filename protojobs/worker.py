@@ -139,11 +139,34 @@ class Worker:
         env = job.env
         q = self.queues[job.topic]
         ctx = Context(env.id, env.attempt, env.queue, env.key, time.time() + q.timeout_ms / 1000,
-                      env.job, job.topic, job.partition, job.offset)
+                      env.job, job.topic, job.partition, job.offset, env.available_at)
         self.events("job.processing", job=env, context=ctx)
-        if handler.is_async:
-            return self._event_loop().run(handler(env.data, ctx), q.timeout_ms / 1000), None
-        return handler(env.data, ctx), None
+        while True:
+            try:
+                if handler.is_async:
+                    return self._event_loop().run(handler(job.env.data, ctx), q.timeout_ms / 1000), None
+                return handler(job.env.data, ctx), None
+            except Exception as exc:
+                if not q.blocking_retries:
+                    raise
+                ctx = self._retry_in_place(job, exc, ctx)
+
+    def _retry_in_place(self, job: Job, error: Exception, ctx: Context) -> Context:
+        """Blocking retries: wait out the backoff on this lane thread (this key or partition
+        waits, every other one keeps flowing), then run the next attempt. Re-raises when the
+        policy dead-letters, so the failure path records the final attempt."""
+        q = self.queues[job.topic]
+        now = now_ms()
+        decision = retry.decide(self.settings.retry[q.retry], job.env.attempt, error, now, self.rng)
+        if isinstance(decision, retry.DeadLetter):
+            raise error
+        self.events("job.failed", job=job.env, error=error, attempts=job.env.attempt, final=False)
+        time.sleep(decision.delay_ms / 1000)
+        job.env = envelope.with_attempt(job.env, job.env.attempt + 1, decision.available_at, failed_at=now)
+        job.deadline = time.monotonic() + q.timeout_ms / 1000
+        return Context(job.env.id, job.env.attempt, job.env.queue, job.env.key,
+                       time.time() + q.timeout_ms / 1000, job.env.job, job.topic, job.partition, job.offset,
+                       job.env.available_at)
 
     def _valid(self, job: Job) -> bool:
         """The job's partition is still ours, as it was when the job was taken."""

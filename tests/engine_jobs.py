@@ -20,7 +20,8 @@ FAILS: dict[str, int] = {}  # job id or payload "n" -> how many attempts still f
 
 def _record(data: dict[str, Any], ctx: Any, **extra: Any) -> None:
     row = {"n": data.get("n"), "key": ctx.key, "id": ctx.id, "attempt": ctx.attempt, "offset": ctx.offset,
-           "partition": ctx.partition, "pid": os.getpid(), "t": time.time(), **extra}
+           "partition": ctx.partition, "pid": os.getpid(), "t": time.time(),
+           "due": ctx.available_at / 1000, **extra}
     path = os.environ.get("PROTOJOBS_TEST_RECORD")
     if path:
         with open(path, "a") as fh:
