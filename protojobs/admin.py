@@ -87,6 +87,7 @@ def topic_specs(settings: Settings) -> list[topics.TopicSpec]:
                                       {"retention.ms": str(max(retention, 2 * tier))}))
     dead = sorted({q.dead_letter_topic for q in queues})
     specs += [topics.TopicSpec(name, parts, rf, {"retention.ms": str(retention)}) for name in dead]
+    specs.append(topics.TopicSpec(topics.control_topic(prefix), 1, rf, {"cleanup.policy": "compact"}))
     return specs
 
 

@@ -33,11 +33,18 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from protojobs import runner
+    from protojobs import logs, runner
 
+    logs.configure(args.log_format)  # and $PROTOJOBS_LOG_FORMAT for the spawned workers
     router = "off" if args.no_router else "only" if args.router_only else "on"
     return runner.run(args.config, queues=args.queue or None, max_jobs=args.max_jobs, processes=args.processes,
-                      router=router)
+                      router=router, slot=args.slot, metrics_port=args.metrics_port)
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    from protojobs import health
+
+    return health.health_command(args.url, ready=args.ready, timeout=args.timeout)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -74,10 +81,32 @@ def _cmd_clear(args: argparse.Namespace) -> int:
     return commands.clear(args.config, args.queue, args.yes)
 
 
+def _cmd_retry_plan(args: argparse.Namespace) -> int:
+    from protojobs import commands
+
+    return commands.retry_plan(args.config, args.queue)
+
+
 def _cmd_topics(args: argparse.Namespace) -> int:
     from protojobs import commands
 
     return commands.topics_command(args.config, args.action)
+
+
+def _cmd_dlq(args: argparse.Namespace) -> int:
+    from protojobs import dlq
+
+    if (args.action == "show") != (args.job_id is not None):
+        print("dlq: `show` takes one job id (`dlq show ID`); the other actions take none", file=sys.stderr)
+        return 2
+    if args.action == "list":
+        return dlq.list_command(args.config, args.queue, args.error, args.since, args.limit, args.json)
+    if args.action == "show":
+        return dlq.show_command(args.config, args.job_id)
+    if args.action == "replay":
+        return dlq.replay_command(args.config, args.queue, args.id or [], args.error, args.since, args.all,
+                                  args.dry_run, args.max_replays)
+    return dlq.purge_command(args.config, args.queue, args.yes)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,9 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--queue", action="append", help="only this queue (repeatable)")
     run.add_argument("--max-jobs", type=int, default=0, help="stop after N jobs (0: run until stopped)")
     run.add_argument("--processes", type=int, default=1, help="worker processes in the group (default 1)")
+    run.add_argument("--slot", type=int, default=0,
+                     help="process slot on this host (exactly-once transactional.id); --processes numbers its own")
     placement = run.add_mutually_exclusive_group()
     placement.add_argument("--no-router", action="store_true", help="do not run the delay-tier router here")
     placement.add_argument("--router-only", action="store_true", help="run only the delay-tier router")
+    run.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz and /readyz for all processes on this port")
+    run.add_argument("--log-format", choices=["text", "json"], default="text",
+                     help="text, or one JSON object per line with the job's fields (default text)")
+
+    probe = add("health", _cmd_health, "ask a running `run --metrics-port` whether it is healthy (exit 0) or not (1)")
+    probe.add_argument("--url", default="http://127.0.0.1:9191", help="the metrics endpoint (default %(default)s)")
+    probe.add_argument("--ready", action="store_true", help="check /readyz instead of /healthz")
+    probe.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
 
     validate = add("validate", _cmd_validate, "check jobs.toml, its payload schemas and handlers")
     validate.add_argument("--cluster", action="store_true", help="also check against the live cluster")
@@ -135,8 +174,26 @@ def build_parser() -> argparse.ArgumentParser:
     clear.add_argument("queue")
     clear.add_argument("--yes", action="store_true", help="really delete")
 
+    plan = add("retry-plan", _cmd_retry_plan, "each queue's retry schedule: delays, tiers, worst lateness")
+    plan.add_argument("--queue", action="append")
+
     topics = add("topics", _cmd_topics, "show (plan) or create/alter (apply) the topics jobs.toml implies")
     topics.add_argument("action", choices=["plan", "apply"])
+
+    dlq = add("dlq", _cmd_dlq, "inspect, replay and purge dead-lettered jobs")
+    dlq.add_argument("action", choices=["list", "show", "replay", "purge"])
+    dlq.add_argument("job_id", nargs="?", help="the job id (show)")
+    dlq.add_argument("--queue", help="only jobs of this queue")
+    dlq.add_argument("--error", help="only jobs that failed with this error type (exact class name)")
+    dlq.add_argument("--since", help="only jobs that failed since: a duration (1h: the last hour) or a time")
+    dlq.add_argument("--id", action="append", help="replay this job id (repeatable)")
+    dlq.add_argument("--limit", type=int, help="list: only the N most recent")
+    dlq.add_argument("--json", action="store_true", help="list: JSON output")
+    dlq.add_argument("--all", action="store_true", help="replay: every dead-lettered job")
+    dlq.add_argument("--dry-run", action="store_true", help="replay: show what would be replayed, send nothing")
+    dlq.add_argument("--max-replays", type=int, default=3,
+                     help="replay: skip jobs already replayed this many times (default 3)")
+    dlq.add_argument("--yes", action="store_true", help="purge: really delete")
     return parser
 
 

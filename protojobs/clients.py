@@ -62,6 +62,9 @@ def producer_config(kafka: KafkaSettings, watch: ErrorWatch, **extra: Any) -> di
         "acks": "all",
         "compression.type": kafka.compression,
         "linger.ms": 5,
+        # Jobs without a key are spread over partitions one by one (librdkafka would otherwise
+        # stick a whole burst to one partition, so one worker of the group gets all of it).
+        "sticky.partitioning.linger.ms": 0,
         "batch.num.messages": min(max(kafka.batch_size, 1), 1_000_000),
         "queue.buffering.max.messages": max(100_000, kafka.batch_size * 2),
     }

@@ -148,7 +148,13 @@ def clear(path: str | None, queue: str, yes: bool) -> int:
         pending = sum(h - lo for lo, h in admin.watermarks(client, topic).values())
         print(f"clear: would delete {pending} record(s) of {topic}; add --yes to do it", file=sys.stderr)
         return 2
-    print(f"cleared {admin.clear(client, topic)} record(s) from {topic}")
+    from protojobs.control import record_clear
+    from protojobs.producer import now_ms
+
+    admin.ensure_topics(settings, client)
+    record_clear(settings, queue, now_ms())  # first: jobs of the queue still on their way are dropped
+    print(f"cleared {admin.clear(client, topic)} record(s) from {topic}; jobs of {queue} waiting in "
+          "delay tiers or retries are dropped when they come due")
     return 0
 
 
@@ -170,3 +176,58 @@ def topics_command(path: str | None, action: str) -> int:
     except admin.AdminError as err:
         print(f"topics: {err}", file=sys.stderr)
         return 1
+
+
+def hop_path(delay_ms: int, tiers_ms: tuple[int, ...]) -> list[int]:
+    """The tiers a job delayed by `delay_ms` passes through (zero processing time)."""
+    from protojobs import delays
+
+    path: list[int] = []
+    now = 0
+    while True:
+        tier = delays.next_hop(delay_ms, now, tiers_ms)
+        if tier is None:
+            return path
+        path.append(tier)
+        now = delays.due_at(now, tier, delay_ms)
+
+
+def retry_plan_rows(settings: config.Settings, queue: str) -> list[dict[str, Any]]:
+    """One row per retry of the queue's policy: nominal delay, tier path, worst lateness."""
+    from protojobs import retry
+    from protojobs.durations import format_ms
+
+    q = settings.queues[queue]
+    policy = settings.retry[q.retry]
+    smallest = min(settings.tiers_ms) if settings.tiers_ms else 0
+    rows = []
+    for attempt, delay in enumerate(retry.schedule(policy), start=2):
+        low, high = retry.jitter_bounds(policy, attempt - 1)
+        path = hop_path(delay, settings.tiers_ms) if not q.blocking_retries else []
+        worst = 0 if q.blocking_retries or not path else smallest
+        rows.append({"attempt": attempt, "delay": format_ms(delay), "jitter": f"{format_ms(low)}..{format_ms(high)}",
+                     "tiers": [format_ms(t) for t in path], "worst_lateness": format_ms(worst) if worst else "0s",
+                     "flag": bool(path) and worst > delay})
+    return rows
+
+
+def retry_plan(path: str | None, queues: Sequence[str] | None) -> int:
+    """Print each queue's retry schedule; exit 1 when a delay cannot be kept within tolerance
+    (the smallest tier exceeds the delay itself, so lateness could exceed the wait)."""
+    settings = _load(path)
+    if settings is None:
+        return 1
+    flagged = False
+    for name in queues or settings.queues:
+        if name not in settings.queues:
+            print(f"retry-plan: unknown queue {name!r}", file=sys.stderr)
+            return 1
+        q = settings.queues[name]
+        mode = "blocking (in place, order kept)" if q.blocking_retries else "through delay tiers"
+        print(f"queue {name}: policy {q.retry!r}, {settings.retry[q.retry].max_attempts} attempts, retries {mode}")
+        for row in retry_plan_rows(settings, name):
+            mark = "  <- smallest tier exceeds this delay" if row["flag"] else ""
+            flagged = flagged or row["flag"]
+            print(f"  attempt {row['attempt']}: after {row['delay']} (jitter {row['jitter']}), "
+                  f"via {' > '.join(row['tiers']) or '-'}, late by at most {row['worst_lateness']}{mark}")
+    return 1 if flagged else 0

@@ -308,6 +308,9 @@ def check(settings: Settings, data: Mapping[str, Any], *, import_handlers: bool)
         issues += _check_queue(queue, settings, data)
         if import_handlers:
             issues += _check_handlers(queue, settings, data)
+    from protojobs import schedules  # [schedules.*]: queue, rule (cron, tz, every, at), data
+
+    issues += schedules.check(settings, data)
     return issues
 
 

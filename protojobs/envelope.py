@@ -38,6 +38,7 @@ H_ID = "pj-id"
 H_QUEUE = "pj-queue"
 H_ATTEMPT = "pj-attempt"
 H_AVAILABLE_AT = "pj-available-at"
+H_DISPATCHED_AT = "pj-dispatched-at"
 H_SCHEMA = "pj-schema"
 H_TRACEPARENT = "traceparent"
 
@@ -292,11 +293,13 @@ def _explain(obj: dict[str, Any], where: str) -> None:
 
 
 def headers(env: Envelope, schema_hash: str | None = None) -> list[tuple[str, bytes]]:
-    """Kafka headers repeating what routing needs: id, queue, attempt, due time (epoch ms),
-    the payload schema hash (when given) and the W3C `traceparent` (when the job has one)."""
+    """Kafka headers repeating what routing needs: id, queue, attempt, due time and dispatch
+    time (epoch ms), the payload schema hash (when given) and the W3C `traceparent` (when the
+    job has one)."""
     out = [
         (H_ID, env.id.encode()), (H_QUEUE, env.queue.encode()),
         (H_ATTEMPT, str(env.attempt).encode()), (H_AVAILABLE_AT, str(env.available_at).encode()),
+        (H_DISPATCHED_AT, str(env.dispatched_at).encode()),
     ]  # fmt: skip
     if schema_hash is not None:
         out.append((H_SCHEMA, schema_hash.encode()))

@@ -48,6 +48,14 @@ class Context:
     partition: int
     offset: int
     available_at: int = 0  # epoch ms: the job was due then (it never starts earlier)
+    dispatcher: Callable[..., str] | None = None
+
+    def dispatch(self, queue: str, data: Any, **options: Any) -> str:
+        """Dispatch a follow-up job; in an exactly-once queue it is published atomically with
+        this job's completion. Returns the new job's id."""
+        if self.dispatcher is None:
+            raise RuntimeError("this context cannot dispatch")
+        return self.dispatcher(queue, data, **options)
 
     @property
     def remaining(self) -> float:
@@ -67,7 +75,7 @@ class Job:
     state: int = WAITING
     started: float = 0.0  # monotonic
     deadline: float = 0.0  # monotonic
-    attempt_errors: list[BaseException] = field(default_factory=list)
+    outputs: list[Any] = field(default_factory=list)  # exactly-once: records to publish on success
 
 
 @dataclass(slots=True)
@@ -128,6 +136,8 @@ class EventLoop:
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+        if not self.thread.is_alive():
+            self.loop.close()
 
 
 class Lane:

@@ -31,6 +31,7 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 from protojobs import delays, envelope, topics
 from protojobs.clients import ErrorWatch, consumer_config, producer_config
 from protojobs.config import Settings
+from protojobs.control import ClearEpochs
 from protojobs.offsets import OffsetTracker
 
 log = logging.getLogger(__name__)
@@ -82,10 +83,13 @@ class Router:
             return
         self.consumer.subscribe(list(self.tiers), on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
+        self.epochs = ClearEpochs(self.settings, self.watch)
+        self.epochs.catch_up()
         next_commit = time.monotonic() + self.commit_interval
         try:
             while not self._stop.is_set():
                 self.watch.check()
+                self.epochs.refresh()
                 for msg in self.consumer.consume(self.settings.kafka.batch_size, self._wait_s()):
                     self._take(msg)
                 self.producer.poll(0)
@@ -96,6 +100,7 @@ class Router:
             self.producer.flush(10)
             self._commit(asynchronous=False)
         finally:
+            self.epochs.close()
             self.consumer.close()
 
     def _wait_s(self) -> float:
@@ -128,7 +133,17 @@ class Router:
             self.held[key] = due
             return
         self.offsets.started(topic, partition, offset)
+        if self._cleared(msg):
+            self.offsets.finished(topic, partition, offset)  # its queue was cleared after dispatch
+            return
         self._forward(msg, available, now)
+
+    def _cleared(self, msg: Message) -> bool:
+        hdrs = cast(Any, msg.headers())
+        queue = envelope.header_value(hdrs, envelope.H_QUEUE)
+        dispatched = envelope.header_value(hdrs, envelope.H_DISPATCHED_AT)
+        return queue is not None and dispatched is not None and dispatched.isdigit() and \
+            self.epochs.cleared(queue, int(dispatched))
 
     def _available_at(self, msg: Message) -> int | None:
         text = envelope.header_value(cast(Any, msg.headers()), envelope.H_AVAILABLE_AT)

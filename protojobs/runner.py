@@ -17,8 +17,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from protojobs import config
+from protojobs import config, health, logs
 from protojobs.router import Router, RouterThread
+from protojobs.transactions import Fenced
 from protojobs.worker import Worker, WorkerOptions
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ def work(settings: config.Settings, options: WorkerOptions, router: str = "on") 
     process until stopped; `router="only"` runs just the router. Installs signal handlers."""
     stop = threading.Event()
     worker = Worker(settings, options) if router != "only" else None
+    if worker is not None:
+        health.attach(worker, options.slot)  # metrics (--metrics-port), tracing (otel), heartbeat
     routing = RouterThread(Router(settings)).start() if router != "off" and settings.tiers_ms else None
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -47,7 +50,13 @@ def work(settings: config.Settings, options: WorkerOptions, router: str = "on") 
         names = ", ".join(q.name for q in worker.queues.values())
         print(f"protojobs: worker started for {names} (group {settings.kafka.group_id})"
               + (", delay router on" if routing else ""), file=sys.stderr, flush=True)
-        counters = worker.run()
+        try:
+            counters = worker.run()
+        except Fenced as err:
+            print(f"protojobs: {err}; stopping (a newer worker owns this slot)", file=sys.stderr, flush=True)
+            if routing is not None:
+                routing.stop()
+            return 3
         print(f"\nprotojobs: worker stopped: {counters.done} done, {counters.retried} retried, "
               f"{counters.dead} dead-lettered", file=sys.stderr, flush=True)
     if routing is not None:
@@ -57,21 +66,34 @@ def work(settings: config.Settings, options: WorkerOptions, router: str = "on") 
     return 0
 
 
-def _child(path: str | None, queues: Sequence[str] | None, max_jobs: int, router: str) -> None:
+def _child(path: str | None, queues: Sequence[str] | None, max_jobs: int, router: str, slot: int) -> None:
+    logs.configure_from_env()
     settings = config.load(path)
-    sys.exit(work(settings, WorkerOptions(queues=queues, max_jobs=max_jobs), router))
+    sys.exit(work(settings, WorkerOptions(queues=queues, max_jobs=max_jobs, slot=slot), router))
 
 
 def run(path: str | None, queues: Sequence[str] | None = None, max_jobs: int = 0, processes: int = 1,
-        status: bool | None = None, router: str = "on") -> int:
+        status: bool | None = None, router: str = "on", slot: int = 0, metrics_port: int | None = None) -> int:
     try:
         settings = config.load(path)
     except config.ConfigError as err:
         print(err, file=sys.stderr)
         return 1
+    if metrics_port is not None:  # /metrics, /healthz, /readyz for every process of this command
+        try:
+            slots = () if router == "only" else range(processes) if processes > 1 else (slot,)
+            server = health.Server(settings, metrics_port, slots).start()
+        except OSError as err:
+            print(f"protojobs: cannot serve metrics on port {metrics_port}: {err}", file=sys.stderr)
+            return 1
+        print(f"protojobs: /metrics, /healthz and /readyz on port {server.port}", file=sys.stderr, flush=True)
+        try:
+            return run(path, queues, max_jobs, processes, status, router, slot)
+        finally:
+            server.stop()
     if processes <= 1:
         show = sys.stderr.isatty() if status is None else status
-        return work(settings, WorkerOptions(queues=queues, max_jobs=max_jobs, status=show), router)
+        return work(settings, WorkerOptions(queues=queues, max_jobs=max_jobs, status=show, slot=slot), router)
     return supervise(path, queues, max_jobs, processes, router)
 
 
@@ -87,7 +109,7 @@ def supervise(path: str | None, queues: Sequence[str] | None, max_jobs: int, pro
                 child.terminate() if len(signals) == 1 else child.kill()
 
     def start(slot: int) -> Any:
-        child = ctx.Process(target=_child, args=(path, queues, max_jobs, router), name=f"protojobs-worker-{slot}")
+        child = ctx.Process(target=_child, args=(path, queues, max_jobs, router, slot), name=f"protojobs-worker-{slot}")
         child.start()
         return child
 
@@ -100,5 +122,6 @@ def supervise(path: str | None, queues: Sequence[str] | None, max_jobs: int, pro
             if not child.is_alive() and not signals and child.exitcode not in (0, None):
                 print(f"protojobs: worker {slot} exited with {child.exitcode}; restarting it",
                       file=sys.stderr, flush=True)
+                health.child_exited(child.pid)
                 children[slot] = start(slot)
     return 0 if all(c.exitcode == 0 for c in children) or signals else 1

@@ -4,6 +4,7 @@
 - `{prefix}dead-letter`       failed jobs (`dead_letter_topic`; a queue may name its own)
 - `{prefix}delay-{tier}`      one topic per delay tier, shared by all queues (`delay_topic`)
 - `{prefix}schedules`         the scheduler's state (`schedules_topic`)
+- `{prefix}control`           compacted control records, e.g. per-queue clear epochs (`control_topic`)
 
 Guarantees: every function returns a name Kafka accepts (legal characters, at most 249 of
 them) or raises ValueError naming the problem; a queue topic never collides with an internal
@@ -24,6 +25,7 @@ MAX_TOPIC_NAME = 249
 _LEGAL = re.compile(r"^[A-Za-z0-9._-]+$")
 DEAD_LETTER = "dead-letter"
 SCHEDULES = "schedules"
+CONTROL = "control"
 DELAY_PREFIX = "delay-"
 
 
@@ -42,7 +44,7 @@ def check_topic_name(name: str) -> str:
 
 def is_reserved_queue_name(queue: str) -> bool:
     """True if a queue of this name would share a topic with protojobs' own topics."""
-    return queue in (DEAD_LETTER, SCHEDULES) or queue.startswith(DELAY_PREFIX)
+    return queue in (DEAD_LETTER, SCHEDULES, CONTROL) or queue.startswith(DELAY_PREFIX)
 
 
 def queue_topic(prefix: str, queue: str) -> str:
@@ -72,6 +74,11 @@ def delay_topic(prefix: str, tier_ms: int) -> str:
 def schedules_topic(prefix: str) -> str:
     """The scheduler's topic: `{prefix}schedules`."""
     return check_topic_name(f"{prefix}{SCHEDULES}")
+
+
+def control_topic(prefix: str) -> str:
+    """Compacted control records (per-queue clear epochs): `{prefix}control`."""
+    return check_topic_name(f"{prefix}{CONTROL}")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ the wait for running jobs.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import socket
@@ -31,10 +32,14 @@ from typing import Any, cast
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from protojobs import admin, envelope, retry, topics
+from protojobs import jobs as job_hooks
 from protojobs.clients import ErrorWatch, consumer_config, producer_config
 from protojobs.config import PayloadError, QueueSettings, Settings, payload_validator
+from protojobs.control import ClearEpochs
 from protojobs.executor import Context, EventLoop, Handler, Job, Lane, Result
-from protojobs.producer import now_ms
+from protojobs.offsets import OffsetTracker
+from protojobs.producer import Dispatcher, now_ms
+from protojobs.transactions import Output, Transactions, rewind_to_committed
 
 log = logging.getLogger(__name__)
 HOST = socket.gethostname()
@@ -84,6 +89,7 @@ class WorkerOptions:
     revoke_wait: float = 10.0
     max_buffer: int = 0  # 0: 4 x the sum of concurrencies, at least 1000
     status: bool = False
+    slot: int = 0  # process slot: part of the exactly-once transactional.id
     consumer_extra: dict[str, Any] = field(default_factory=dict)
     producer_extra: dict[str, Any] = field(default_factory=dict)
 
@@ -109,8 +115,11 @@ class Worker:
         self.producer = Producer(producer_config(settings.kafka, self.watch, **self.options.producer_extra))
         self.consumer = Consumer(consumer_config(settings.kafka, self.watch, on_commit=self._on_commit,
                                                  **self.options.consumer_extra))
-        from protojobs.offsets import OffsetTracker
-
+        self.eo = {t for t, q in self.queues.items() if q.delivery == "exactly_once"}
+        self.txn = Transactions(settings, self.consumer, self.options.slot, self.watch,
+                                **self.options.producer_extra) if self.eo else None
+        self._dispatcher: Dispatcher | None = None
+        self.epochs: ClearEpochs | None = None
         self.offsets = OffsetTracker()
         self.generation: dict[tuple[str, int], int] = {}
         self.assigned: set[tuple[str, int]] = set()
@@ -139,7 +148,8 @@ class Worker:
         env = job.env
         q = self.queues[job.topic]
         ctx = Context(env.id, env.attempt, env.queue, env.key, time.time() + q.timeout_ms / 1000,
-                      env.job, job.topic, job.partition, job.offset, env.available_at)
+                      env.job, job.topic, job.partition, job.offset, env.available_at,
+                      functools.partial(self._dispatch_from, job))
         self.events("job.processing", job=env, context=ctx)
         while True:
             try:
@@ -164,9 +174,24 @@ class Worker:
         time.sleep(decision.delay_ms / 1000)
         job.env = envelope.with_attempt(job.env, job.env.attempt + 1, decision.available_at, failed_at=now)
         job.deadline = time.monotonic() + q.timeout_ms / 1000
+        job.outputs.clear()  # a failed attempt's dispatches are never published
         return Context(job.env.id, job.env.attempt, job.env.queue, job.env.key,
                        time.time() + q.timeout_ms / 1000, job.env.job, job.topic, job.partition, job.offset,
-                       job.env.available_at)
+                       job.env.available_at, functools.partial(self._dispatch_from, job))
+
+    def _dispatch_from(self, job: Job, queue: str, data: Any, **options: Any) -> str:
+        """`ctx.dispatch(...)` in a handler: in an exactly-once queue the job is published with
+        the transaction that commits this job (once, whatever happens); elsewhere it is sent
+        at once and acknowledged before the handler goes on."""
+        if self._dispatcher is None:
+            self._dispatcher = Dispatcher(self.settings)
+        if job.topic not in self.eo:
+            return self._dispatcher.dispatch(queue, data, **options)
+        env = self._dispatcher.build(queue, data, **options)
+        target = self._dispatcher.topic_for(env, now_ms())
+        job.outputs.append(Output(job.offset, target, envelope.encode(env),
+                                  env.key.encode() if env.key is not None else None, envelope.headers(env)))
+        return env.id
 
     def _valid(self, job: Job) -> bool:
         """The job's partition is still ours, as it was when the job was taken."""
@@ -180,6 +205,8 @@ class Worker:
 
     def run(self) -> Counters:
         admin.ensure_topics(self.settings)
+        self.epochs = ClearEpochs(self.settings, self.watch)
+        self.epochs.catch_up()
         self.consumer.subscribe(list(self.queues), on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
         self.events("worker.starting", queues=[q.name for q in self.queues.values()])
@@ -207,6 +234,8 @@ class Worker:
         msgs = self.consumer.consume(self.settings.kafka.batch_size if not self.paused else 1,
                                      0.0 if busy else timeout) if not self.stopping else []
         self.last_poll = time.monotonic()
+        if self.epochs is not None:
+            self.epochs.refresh()
         for msg in msgs:
             self._take(msg)
         self.producer.poll(0)
@@ -230,6 +259,9 @@ class Worker:
         q = self.queues[topic]
         try:
             env = envelope.decode(msg.value())
+            if self.epochs is not None and self.epochs.cleared(env.queue, env.dispatched_at):
+                self.offsets.finished(topic, partition, offset)  # its queue was cleared after dispatch
+                return
             if q.validate_on_consume:
                 payload_validator(q)(env.data)
         except (envelope.EnvelopeError, PayloadError) as exc:
@@ -266,6 +298,9 @@ class Worker:
             return  # revoked meanwhile: the next owner runs it again
         if result.error is None:
             self.counters.done += 1
+            if self.txn is not None and job.topic in self.eo:
+                for out in job.outputs:
+                    self.txn.add(job.topic, job.partition, out)
             self.offsets.finished(job.topic, job.partition, job.offset)
             self.events("job.processed", job=job.env, result=result.value, duration=result.duration)
             return
@@ -274,9 +309,13 @@ class Worker:
 
     def _failed(self, job: Job, error: BaseException) -> None:
         q = self.queues[job.topic]
-        policy = self.settings.retry[q.retry]
+        handlers = self.lanes[job.topic].handlers
+        job_obj = job_hooks.job_instance(handlers.get(job.env.job) or handlers.get("*"))  # a jobs.Job, or None
+        policy = job_hooks.policy_for(job_obj, self.settings, q.retry)
         now = now_ms()
         decision = retry.decide(policy, job.env.attempt, error, now, self.rng)
+        if isinstance(decision, retry.Retry) and not job_hooks.should_retry(job_obj, job.env.attempt, error):
+            decision = retry.DeadLetter("should_retry returned False")
         self.events("job.failed", job=job.env, error=error, attempts=job.env.attempt,
                     final=isinstance(decision, retry.DeadLetter))
         log.warning("job failed: %s", f"{type(error).__name__}: {error}", extra={
@@ -287,12 +326,13 @@ class Worker:
             from protojobs.delays import next_hop
 
             tier = next_hop(nxt.available_at, now, self.settings.tiers_ms)
-            target = (topics.queue_topic(self.settings.kafka.topic_prefix, q.name) if tier is None
-                      else topics.delay_topic(self.settings.kafka.topic_prefix, tier))
+            dest = (topics.queue_topic(self.settings.kafka.topic_prefix, q.name) if tier is None
+                    else topics.delay_topic(self.settings.kafka.topic_prefix, tier))
             self._send(Move(job, job.topic, job.partition, job.offset, job.generation, envelope.encode(nxt),
-                            job.env.key.encode() if job.env.key else None, envelope.headers(nxt), target))
+                            job.env.key.encode() if job.env.key else None, envelope.headers(nxt), dest))
             return
         reason = decision.reason if isinstance(decision, retry.DeadLetter) else "no delay tiers to retry through"
+        job_hooks.call_failed(job_obj, error, job.env.data)  # logs, never raises
         self._dead_letter(job, job.env, error, reason, job.topic, job.partition, job.offset,
                           attempts=job.env.attempt, target=q.dead_letter_topic)
 
@@ -311,6 +351,12 @@ class Worker:
         self._send(Move(job, topic, partition, offset, gen, value, key, hdrs + [("pj-reason", reason.encode())], target))
 
     def _send(self, move: Move) -> None:
+        if self.txn is not None and move.topic in self.eo:  # published with the offset's transaction
+            self.txn.add(move.topic, move.partition, Output(move.offset, move.target, move.value, move.key,
+                                                            move.headers))
+            move.acked = True
+            self._moved(move)
+            return
         def report(err: KafkaError | None, _msg: Message) -> None:
             move.acked, move.error = err is None, None if err is None else err.str()
             self.done.put(move)
@@ -331,10 +377,13 @@ class Worker:
         if self.generation.get((move.topic, move.partition)) != move.generation:
             return
         self.offsets.finished(move.topic, move.partition, move.offset)
+        env, queue = (move.job.env if move.job else None), self.queues[move.topic].name
         if move.target.endswith("dead-letter") or move.job is None or move.target == self.queues[move.topic].dead_letter_topic:
             self.counters.dead += 1
+            self.events("job.dead_lettered", job=env, queue=queue, target=move.target)
         else:
             self.counters.retried += 1
+            self.events("job.retried", job=env, queue=queue, target=move.target)
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -355,8 +404,15 @@ class Worker:
     # --- offsets ------------------------------------------------------------------------------
 
     def _commit(self, asynchronous: bool, only: set[tuple[str, int]] | None = None) -> None:
-        points = [TopicPartition(t, p, o) for t, p, o in self.offsets.commit_points()
-                  if only is None or (t, p) in only]
+        """Commit the finished prefix: exactly-once partitions in a transaction with their
+        outputs, the others with a plain (asynchronous, or on revoke/shutdown synchronous) commit."""
+        chosen = [(t, p, o) for t, p, o in self.offsets.commit_points() if only is None or (t, p) in only]
+        if self.txn is not None:
+            eo_points = [pt for pt in chosen if pt[0] in self.eo]
+            if self.txn.commit(eo_points, self._rewind):
+                for t, p, o in eo_points:
+                    self.offsets.mark_committed(t, p, o)
+        points = [TopicPartition(t, p, o) for t, p, o in chosen if t not in self.eo]
         if not points:
             return
         try:
@@ -401,11 +457,20 @@ class Worker:
         log.warning("partitions lost (not committing): %s", [f"{tp.topic}[{tp.partition}]" for tp in partitions])
         self._forget({(tp.topic, tp.partition) for tp in partitions})
 
-    def _forget(self, tps: set[tuple[str, int]]) -> None:
+    def _rewind(self, keys: list[tuple[str, int]]) -> None:
+        """After an aborted transaction: forget the partitions' progress and seek them back to
+        their committed offsets; their jobs run again."""
+        self._forget(set(keys), keep_assigned=True)
+        rewind_to_committed(self.consumer, keys)
+
+    def _forget(self, tps: set[tuple[str, int]], keep_assigned: bool = False) -> None:
         for key in tps:
             self.generation[key] = self.generation.get(key, 0) + 1
             self.offsets.drop(*key)
-            self.assigned.discard(key)
+            if self.txn is not None:
+                self.txn.drop(*key)
+            if not keep_assigned:
+                self.assigned.discard(key)
 
     # --- stopping -----------------------------------------------------------------------------
 
@@ -431,6 +496,8 @@ class Worker:
         return any(lane.running for lane in self.lanes.values()) or len(self.producer) > 0
 
     def _close(self) -> None:
+        if self.epochs is not None:
+            self.epochs.close()
         try:
             self.consumer.close()
         except Exception as exc:  # noqa: BLE001

@@ -52,3 +52,10 @@ def flaky(data: dict[str, Any], ctx: Any) -> None:
 def poison(data: dict[str, Any], ctx: Any) -> None:
     _record(data, ctx)
     raise ValueError("this job can never succeed")
+
+
+def chain(data: dict[str, Any], ctx: Any) -> None:
+    """Records the run, then dispatches one follow-up job per source job."""
+    _record(data, ctx)
+    time.sleep(float(data.get("sleep", 0)))
+    ctx.dispatch("followups", {"n": data.get("n")})

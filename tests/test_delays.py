@@ -47,11 +47,15 @@ def router() -> Iterator[Any]:
 def test_delayed_jobs_never_run_early(make_settings, start_worker, router) -> None:
     settings = make_settings({"work": {"handler": "engine_jobs:record"}})
     dispatcher = Dispatcher(settings)
+    dispatcher.dispatch("work", {"n": -1})  # creates the topics
+    routing = router(settings)
+    worker = start_worker(settings)
+    # Lateness is measured from a running pipeline: wait until both consumers own partitions.
+    wait_for(lambda: len(engine_jobs.RUNS) == 1 and routing.generation, timeout=40, what="pipeline up")
+    engine_jobs.RUNS.clear()
     delays_ms = [0, 50, 150, 200, 350, 800, 1000, 1500, 2500, 3000, 4200, 6500] * 3
     random.Random(7).shuffle(delays_ms)
     ids = {dispatcher.dispatch("work", {"n": i}, delay_ms=d): d for i, d in enumerate(delays_ms)}
-    router(settings)
-    worker = start_worker(settings)
     wait_for(lambda: len(engine_jobs.RUNS) >= len(ids), timeout=40, what="every delayed job")
     worker.stop()
     assert sorted(r["id"] for r in engine_jobs.RUNS) == sorted(ids)  # each ran once
@@ -141,3 +145,23 @@ def test_worker_killed_while_jobs_wait_in_tiers(kafka: Cluster, fresh_prefix: st
         proc.wait(30)
     for run in runs(record):
         assert run["t"] >= run["due"], f"ran early: {run}"
+
+
+def test_clear_drops_the_queues_jobs_waiting_in_tiers(make_settings, start_worker, router, tmp_path: Path) -> None:
+    from protojobs import commands
+
+    settings = make_settings({"work": {"handler": "engine_jobs:record"}, "other": {"handler": "engine_jobs:record"}})
+    dispatcher = Dispatcher(settings)
+    doomed = {dispatcher.dispatch("work", {"n": i}, delay_ms=1500) for i in range(5)}
+    doomed |= set(dispatcher.dispatch_many("work", [{"n": i} for i in range(5, 10)]).ids)
+    kept_other = dispatcher.dispatch("other", {"n": 100}, delay_ms=1500)
+    path = write_config(tmp_path / "jobs.toml", dict(settings.raw))
+    time.sleep(0.05)
+    assert commands.clear(str(path), "work", yes=True) == 0
+    kept = dispatcher.dispatch("work", {"n": 200}, delay_ms=500)
+    router(settings)
+    worker = start_worker(settings)
+    wait_for(lambda: {kept, kept_other} <= {r["id"] for r in engine_jobs.RUNS}, timeout=30, what="kept jobs")
+    time.sleep(2.5)  # every doomed job is due by now
+    worker.stop()
+    assert not doomed & {r["id"] for r in engine_jobs.RUNS}

@@ -315,7 +315,8 @@ def test_headers_repeat_the_routing_fields() -> None:
     hdrs = E.headers(env, "sha256:abc")
     assert dict(hdrs) == {
         "pj-id": b"job-1", "pj-queue": b"emails", "pj-attempt": b"3",
-        "pj-available-at": str(NOW + 5000).encode(), "pj-schema": b"sha256:abc",
+        "pj-available-at": str(NOW + 5000).encode(), "pj-dispatched-at": str(NOW).encode(),
+        "pj-schema": b"sha256:abc",
         "traceparent": env.trace.encode(),  # type: ignore[union-attr]
     }  # fmt: skip
     assert all(isinstance(k, str) and isinstance(v, bytes) for k, v in hdrs)
@@ -327,6 +328,7 @@ def test_headers_leave_out_schema_and_traceparent_when_absent() -> None:
         "pj-queue",
         "pj-attempt",
         "pj-available-at",
+        "pj-dispatched-at",
     ]
 
 

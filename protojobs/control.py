@@ -1,0 +1,93 @@
+"""Per-queue clear epochs on the compacted `{prefix}control` topic.
+
+`protojobs clear Q --yes` first records "queue Q was cleared at T" here, then deletes the
+queue topic's records. Jobs of Q dispatched before T that are still on their way (waiting in a
+shared delay tier, or a retry) are dropped by the delay router and by workers when they meet
+them, so clear empties the queue everywhere, not just its own topic. Times are the dispatching
+and clearing hosts' clocks: keep them in sync (NTP) for a sharp cut-off.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
+
+from protojobs import topics
+from protojobs.clients import ErrorWatch, consumer_config, producer_config
+from protojobs.config import Settings
+
+REFRESH_S = 1.0
+
+
+class ClearEpochs:
+    """The latest clear time of each queue, read from the control topic (refreshed at most once
+    per second by `refresh`)."""
+
+    def __init__(self, settings: Settings, watch: ErrorWatch) -> None:
+        self.topic = topics.control_topic(settings.kafka.topic_prefix)
+        self.consumer = Consumer(consumer_config(settings.kafka, watch, group=f"protojobs-control-{uuid.uuid4().hex}",
+                                                 **{"enable.auto.commit": False}))
+        self.consumer.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
+        self.watch = watch
+        self.epochs: dict[str, int] = {}
+        self._next = 0.0
+
+    def catch_up(self, timeout: float = 10.0) -> None:
+        """Read the control topic up to its current end (at start-up, before any job is taken)."""
+        tp = TopicPartition(self.topic, 0)
+        deadline = time.monotonic() + timeout
+        high = None
+        while high is None and time.monotonic() < deadline:
+            try:
+                high = self.consumer.get_watermark_offsets(tp, timeout=1.0)[1]
+            except Exception:  # noqa: BLE001 - not reachable yet: a refused client fails fast below
+                msg = self.consumer.poll(0)  # serves error_cb
+                if msg is not None:
+                    self._apply(msg)
+                self.watch.check()
+        if high is None:
+            return
+        position = 0
+        while position < high and time.monotonic() < deadline:
+            for msg in self.consumer.consume(500, 0.2):
+                self._apply(msg)
+                position = max(position, (msg.offset() or 0) + 1)
+        self._next = time.monotonic() + REFRESH_S
+
+    def _apply(self, msg: Message) -> None:
+        key, value = msg.key(), msg.value()
+        if msg.error() is None and key and key.startswith(b"clear/") and value:
+            self.epochs[key[6:].decode()] = int(json.loads(value)["cleared_at"])
+
+    def refresh(self, force: bool = False) -> None:
+        if not force and time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + REFRESH_S
+        while True:
+            msgs = self.consumer.consume(500, 0)
+            for msg in msgs:
+                self._apply(msg)
+            if not msgs:
+                return
+
+    def cleared(self, queue: str, dispatched_at: int) -> bool:
+        """True when the job was dispatched before its queue's last clear."""
+        epoch = self.epochs.get(queue)
+        return epoch is not None and dispatched_at < epoch
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def record_clear(settings: Settings, queue: str, at_ms: int) -> None:
+    """Write (and wait for the ack of) "queue was cleared at `at_ms`"."""
+    watch = ErrorWatch()
+    producer = Producer(producer_config(settings.kafka, watch))
+    errors: list[str] = []
+    producer.produce(topics.control_topic(settings.kafka.topic_prefix), json.dumps({"cleared_at": at_ms}).encode(),
+                     f"clear/{queue}".encode(), on_delivery=lambda err, _m: errors.append(err.str()) if err else None)
+    if producer.flush(30) or errors:
+        raise RuntimeError(f"could not record the clear of {queue!r}: {errors or 'no acknowledgement'}")

@@ -1,0 +1,334 @@
+"""Health probes and the metrics endpoint of `protojobs run --metrics-port PORT`.
+
+The process that runs the command (the supervisor with `--processes N`, else the worker
+itself) serves on PORT:
+
+- `/metrics`: Prometheus text format, summed over every worker process of the command
+  (prometheus_client multiprocess mode, see protojobs.metrics).
+- `/healthz`: 200 when every worker process is alive and its poll loop is not stuck (its
+  heartbeat file is fresher than `HEARTBEAT_STALE_S` and its last poll is within
+  `POLL_STALL_S`); else 503 and the reason. A worker waiting for the broker keeps polling, so
+  a broker outage never makes a worker unhealthy (restarting it would not help).
+- `/readyz`: 200 when, in addition, every worker polled within `READY_POLL_S`, has partitions
+  (or the group has at least as many members as the command has workers: more workers than
+  partitions leaves some idle, yet in the group), and the broker answers a metadata request within
+  `BROKER_TIMEOUT_S` (cached `BROKER_CACHE_S`); else 503 and the reason.
+
+Every worker process writes `worker-<slot>.json` (pid, last poll, assigned partitions) in
+the command's state directory every `HEARTBEAT_S`; the serving process reads them, so health
+reflects all children. `protojobs health [--url URL] [--ready]` asks the endpoint for exec
+probes: exit 0 when healthy, 1 with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from protojobs.config import Settings
+
+log = logging.getLogger(__name__)
+
+ENV_DIR = "PROTOJOBS_OBS_DIR"
+HEARTBEAT_S = 1.0
+HEARTBEAT_STALE_S = 10.0
+POLL_STALL_S = 30.0
+READY_POLL_S = 10.0
+BROKER_TIMEOUT_S = 1.5
+BROKER_CACHE_S = 1.0
+
+
+# --- worker side -----------------------------------------------------------------------------
+
+
+def compose(*hooks: Callable[..., None]) -> Callable[..., None]:
+    """One `events` callable calling each hook in turn; a failing hook is logged, never raised."""
+    active = [h for h in hooks if h is not None]
+    if len(active) == 1:
+        return active[0]
+
+    def events(name: str, **fields: Any) -> None:
+        for hook in active:
+            try:
+                hook(name, **fields)
+            except Exception:  # noqa: BLE001 - observability never fails a job
+                log.exception("events hook %r failed on %s", hook, name)
+
+    return events
+
+
+class Attached:
+    """What `attach` added to one worker: the heartbeat thread and the hooks."""
+
+    def __init__(self, worker: Any, slot: int, directory: Path | None, jobs: Any) -> None:
+        self.worker, self.slot, self.directory, self.jobs = worker, slot, directory, jobs
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="protojobs-heartbeat", daemon=True)
+
+    def start(self) -> Attached:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.thread.is_alive():
+            self.thread.join(5)
+            self.beat()
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            self.beat()
+
+    def beat(self) -> None:
+        try:
+            if self.jobs is not None:
+                from protojobs import metrics
+
+                self.jobs.flush()
+                metrics.sample_in_flight(self.worker)
+            if self.directory is not None:
+                write_heartbeat(self.directory, self.slot, heartbeat(self.worker))
+        except Exception:  # noqa: BLE001
+            log.exception("heartbeat failed")
+
+
+def heartbeat(worker: Any) -> dict[str, Any]:
+    # Only plain attributes: a call into the consumer from this thread would wait for the poll loop.
+    now = time.time()
+    return {"pid": os.getpid(), "ts": now, "last_poll": now - (time.monotonic() - worker.last_poll),
+            "assigned": len(worker.assigned), "stopping": worker.stopping}
+
+
+def write_heartbeat(directory: Path, slot: int, beat: dict[str, Any]) -> None:
+    path = directory / f"worker-{slot}.json"
+    tmp = directory / f".worker-{slot}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(beat))
+    os.replace(tmp, path)
+
+
+def attach(worker: Any, slot: int = 0) -> Attached:
+    """Hook metrics (when this command serves them: $PROTOJOBS_OBS_DIR is set), tracing (when
+    OpenTelemetry is installed) and the heartbeat into `worker`; `stop()` it after the run."""
+    from protojobs import tracing
+
+    hooks: list[Callable[..., None]] = [worker.events]
+    directory = Path(os.environ[ENV_DIR]) if os.environ.get(ENV_DIR) else None
+    jobs = None
+    if directory is not None:
+        from protojobs import metrics
+        from protojobs.producer import Dispatcher
+
+        jobs = metrics.JobMetrics()
+        hooks.append(jobs)
+        worker._dispatcher = metrics.instrument_dispatcher(Dispatcher(worker.settings), jobs)
+    traced = tracing.worker_events()
+    if traced is not None:
+        hooks.append(traced)
+        if worker._dispatcher is None:
+            from protojobs.producer import Dispatcher
+
+            worker._dispatcher = Dispatcher(worker.settings)
+        tracing.instrument_dispatcher(worker._dispatcher)
+    worker.events = compose(*hooks)
+    attached = Attached(worker, slot, directory / "heartbeat" if directory else None, jobs)
+    return attached.start() if directory is not None else attached
+
+
+# --- serving side ----------------------------------------------------------------------------
+
+
+class Checks:
+    """/healthz and /readyz of one command: its worker processes' heartbeats and the broker."""
+
+    def __init__(self, settings: Settings, directory: Path, slots: Iterable[int],
+                 members: Callable[[], int | None] = lambda: None) -> None:
+        self.settings = settings
+        self.members = members  # the group's member count (admin refresh), None when unknown
+        self.directory = directory
+        self.slots = list(slots)
+        self._admin: Any = None
+        self._broker: tuple[float, str | None] = (0.0, None)
+        self._lock = threading.Lock()
+
+    def _beats(self) -> tuple[dict[int, dict[str, Any]], list[str]]:
+        beats, problems = {}, []
+        now = time.time()
+        for slot in self.slots:
+            path = self.directory / f"worker-{slot}.json"
+            try:
+                beat = json.loads(path.read_text())
+            except (OSError, ValueError):
+                problems.append(f"worker {slot}: no heartbeat yet (starting, or not running)")
+                continue
+            if now - beat["ts"] > HEARTBEAT_STALE_S:
+                problems.append(f"worker {slot} (pid {beat['pid']}): no heartbeat for {now - beat['ts']:.0f}s "
+                                "(process dead or hung)")
+            elif not _pid_alive(beat["pid"]):
+                problems.append(f"worker {slot} (pid {beat['pid']}): process is gone")
+            elif now - beat["last_poll"] > POLL_STALL_S:
+                problems.append(f"worker {slot} (pid {beat['pid']}): poll loop stuck, last poll "
+                                f"{now - beat['last_poll']:.0f}s ago")
+            else:
+                beats[slot] = beat
+        return beats, problems
+
+    def healthz(self) -> tuple[bool, str]:
+        beats, problems = self._beats()
+        if problems:
+            return False, "; ".join(problems)
+        return True, f"ok: {len(beats)} worker process(es) alive and polling"
+
+    def readyz(self) -> tuple[bool, str]:
+        beats, problems = self._beats()
+        now = time.time()
+        members = self.members()
+        in_group = members is not None and members >= len(self.slots)
+        for slot, beat in beats.items():
+            if now - beat["last_poll"] > READY_POLL_S:
+                problems.append(f"worker {slot}: last poll {now - beat['last_poll']:.0f}s ago")
+            elif beat.get("stopping"):
+                problems.append(f"worker {slot}: stopping")
+            elif not beat["assigned"] and not in_group:
+                problems.append(f"worker {slot}: no partitions assigned and the group has {members} member(s)")
+        broker = self.broker_error()
+        if broker is not None:
+            problems.append(f"broker unreachable: {broker}")
+        if problems:
+            return False, "; ".join(problems)
+        return True, f"ready: {len(beats)} worker process(es) in group {self.settings.kafka.group_id}, broker reachable"
+
+    def broker_error(self) -> str | None:
+        """None when the broker answered a metadata request (cached BROKER_CACHE_S), else why not."""
+        with self._lock:
+            checked, error = self._broker
+            if time.monotonic() - checked < BROKER_CACHE_S:
+                return error
+            try:
+                if self._admin is None:
+                    self._admin = _admin_client(self.settings)
+                meta = self._admin.list_topics(timeout=BROKER_TIMEOUT_S)
+                error = None if meta.brokers else "no broker in the metadata"
+            except Exception as exc:  # noqa: BLE001 - KafkaException and friends: the reason is the point
+                error = f"no metadata within {BROKER_TIMEOUT_S:g}s ({exc})"
+            self._broker = (time.monotonic(), error)
+            return error
+
+
+def _admin_client(settings: Settings) -> Any:
+    from confluent_kafka.admin import AdminClient
+
+    conf: dict[str, Any] = {k: v for k, v in settings.kafka.consumer.items()
+                            if k.startswith(("security.", "sasl.", "ssl."))}
+    conf.update({"bootstrap.servers": settings.kafka.brokers, "reconnect.backoff.max.ms": 1000,
+                 "socket.connection.setup.timeout.ms": 3000, "error_cb": lambda err: None})
+    return AdminClient(conf)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Server:
+    """The HTTP endpoint of one `protojobs run`: /metrics, /healthz, /readyz."""
+
+    def __init__(self, settings: Settings, port: int, slots: Iterable[int], host: str = "",
+                 refresh: float | None = None) -> None:
+        self.httpd = ThreadingHTTPServer((host, port), _handler(self))  # first: fails when the port is taken
+        self.httpd.daemon_threads = True
+        self.directory = Path(tempfile.mkdtemp(prefix="protojobs-obs-"))
+        (self.directory / "metrics").mkdir()
+        (self.directory / "heartbeat").mkdir()
+        if "prometheus_client" in sys.modules and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            log.warning("prometheus_client was imported before multiprocess mode was set: "
+                        "this process's own gauges will be missing from /metrics")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.directory / "metrics")  # before the import below
+        os.environ[ENV_DIR] = str(self.directory)  # inherited by the spawned workers
+        from protojobs import metrics
+
+        self.metrics = metrics
+        self.gauges = metrics.AdminGauges(settings, **({"interval": refresh} if refresh else {}))
+        self.checks = Checks(settings, self.directory / "heartbeat", slots, lambda: self.gauges.members)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="protojobs-http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_address[1])
+
+    def start(self) -> Server:
+        self.gauges.start()
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.gauges.stop()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                from prometheus_client import CONTENT_TYPE_LATEST
+
+                self._send(200, server.metrics.exposition(), CONTENT_TYPE_LATEST)
+            elif path in ("/healthz", "/readyz"):
+                ok, reason = server.checks.healthz() if path == "/healthz" else server.checks.readyz()
+                self._send(200 if ok else 503, (reason + "\n").encode(), "text/plain; charset=utf-8")
+            else:
+                self._send(404, b"not found: try /metrics, /healthz or /readyz\n", "text/plain; charset=utf-8")
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+            log.debug("http: " + format, *args)
+
+    return Handler
+
+
+def health_command(url: str, ready: bool = False, timeout: float = 5.0) -> int:
+    """`protojobs health`: 0 when the endpoint says healthy (or ready), else 1 with the reason."""
+    target = url.rstrip("/") + ("/readyz" if ready else "/healthz")
+    try:
+        with urllib.request.urlopen(target, timeout=timeout) as response:
+            print(response.read().decode().strip())
+            return 0
+    except urllib.error.HTTPError as err:
+        print(f"unhealthy: {err.read().decode().strip() or err.reason}", file=sys.stderr)
+        return 1
+    except (OSError, urllib.error.URLError) as err:
+        print(f"unhealthy: {target} did not answer: {err}", file=sys.stderr)
+        return 1
+
+
+def child_exited(pid: int) -> None:
+    """The supervisor saw a worker process exit: drop its live gauges (no-op without metrics)."""
+    if os.environ.get(ENV_DIR):
+        from protojobs import metrics
+
+        metrics.process_dead(pid)

@@ -1,0 +1,503 @@
+"""The seed's facade in Python's idiom: the `Job` base class and `Jobs`, a thin layer over the engine.
+
+Dispatch is `producer.Dispatcher`, work is `worker.Worker` (with the delay router beside it),
+stats is `commands.stats_data`, clear is `admin.clear`, failed_jobs / retry are `protojobs.dlq`.
+`Jobs.x(...)` runs on a process-wide default instance (the seed's static facade);
+`Jobs(config).x(...)` on an independent one. README "Python API" shows the seed's examples.
+
+Job classes register by class name when defined. A queue with no handler and no jobs in
+jobs.toml (the `default` queue of a file or dict that declares no queue) runs the registered
+class its envelope's `job` names: classes imported in this process, never a module named by
+message content. jobs.toml wins over a Job's attributes (DESIGN.md): `max_retries` counts total
+attempts where the file does not set the policy's `max_attempts`; `queue` routes dispatch unless
+the file puts the class on another queue; `retry_delay` and `timeout` are informational (the
+retry policy and the queue's `timeout` decide). The worker consults `should_retry` before each
+retry and calls `failed` once on dead-lettering (`policy_for`, `should_retry`, `call_failed`).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import dataclasses
+import datetime
+import inspect
+import logging
+import signal
+import threading
+import time
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, Generic, ParamSpec, TypeVar, cast
+
+if TYPE_CHECKING:
+    from protojobs.config import RetryPolicy, Settings
+    from protojobs.dlq import Entry
+    from protojobs.producer import Dispatcher
+    from protojobs.worker import Counters, Worker
+
+__all__ = ["EVENTS", "Job", "JobEvent", "Jobs"]
+
+log = logging.getLogger(__name__)
+EVENTS = ("job.queuing", "job.queued", "job.processing", "job.processed", "job.failed",
+          "worker.starting", "worker.stopped")
+SEED_KAFKA_KEYS = ("brokers", "group_id", "topic_prefix", "auto_offset_reset", "enable_auto_commit",
+                   "compression", "batch_size", "timeout_ms", "debug")
+_REGISTRY: dict[str, type[Job]] = {}
+_registry_lock = threading.Lock()
+
+
+class Job(abc.ABC):
+    """`handle(data[, context])` does the work. The worker makes one instance per handler and
+    reuses it for every job: keep per-job state in locals, not on `self`."""
+
+    name: ClassVar[str] = "Job"  # default: the class name
+    queue: ClassVar[str] = "default"
+    max_retries: ClassVar[int] = 3  # total attempts, the first included
+    retry_delay: ClassVar[float] = 60  # seconds
+    timeout: ClassVar[float] = 300  # seconds
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = cls.__name__
+        with _registry_lock:
+            known = _REGISTRY.get(cls.__name__)
+            if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+                log.warning("two Job classes named %s (%s and %s): the later one is used",
+                            cls.__name__, known.__module__, cls.__module__)
+            _REGISTRY[cls.__name__] = cls
+
+    @abc.abstractmethod
+    def handle(self, data: Any) -> Any:
+        """Do the job; raising fails the attempt (PermanentError: no retry)."""
+
+    def should_retry(self, attempts: int, error: BaseException) -> bool:
+        """Asked when the retry policy would retry after attempt `attempts`: False dead-letters."""
+        return True
+
+    def failed(self, error: BaseException, data: Any) -> None:
+        """Called once when the job is dead-lettered (retries exhausted or not allowed)."""
+        log.error("job %s failed for good: %s: %s", self.name, type(error).__name__, error)
+
+
+def registered(name: str) -> type[Job] | None:
+    """The Job class registered under `name` (its class name, or its `name` attribute)."""
+    with _registry_lock:
+        found = _REGISTRY.get(name)
+        return found or next((c for c in _REGISTRY.values() if c.name == name), None)
+
+
+# worker hooks (protojobs.worker._failed); each accepts None: a plain function handler
+def job_instance(handler: Any) -> Job | None:
+    """The Job instance behind an executor.Handler, or None for a plain function handler."""
+    instance = getattr(getattr(handler, "func", None), "__self__", None)
+    return instance if isinstance(instance, Job) else None
+
+
+def policy_for(target: Job | None, settings: Settings, name: str) -> RetryPolicy:
+    """Retry policy `name`; `max_attempts` is the Job's `max_retries` unless the file sets it."""
+    policy = settings.retry[name]
+    declared = (settings.raw.get("retry") or {}).get(name) or {}
+    if target is None or "max_attempts" in declared:
+        return policy
+    return dataclasses.replace(policy, max_attempts=max(1, int(target.max_retries)))
+
+
+def should_retry(target: Job | None, attempts: int, error: BaseException) -> bool:
+    """The Job's verdict on a retry; a `should_retry` that raises is logged and ignored."""
+    if target is None:
+        return True
+    try:
+        return bool(target.should_retry(attempts, error))
+    except Exception:  # noqa: BLE001 - a broken hook must not crash the worker
+        log.exception("should_retry of job %s raised; the retry policy decides", target.name)
+        return True
+
+
+def call_failed(target: Job | None, error: BaseException, data: Any) -> None:
+    """Run the Job's `failed` hook (sync or async); its errors are logged, never raised."""
+    if target is None:
+        return
+    try:
+        hook: Callable[[BaseException, Any], Any] = target.failed
+        result = hook(error, data)
+        if inspect.iscoroutine(result):
+            asyncio.run(result)
+    except Exception:  # noqa: BLE001 - a broken hook must not crash the worker
+        log.exception("the failed() hook of job %s raised", target.name)
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """A listener's argument: `name` and fields (as attributes or keys). job.queuing/queued: job
+    (the Envelope), queue, id; job.processing: job, context; job.processed: job, result, duration
+    (= execution_time, s); job.failed: job, error (= exception), attempts, final;
+    worker.starting: queues, queue; worker.stopped: counters, processed."""
+
+    name: str
+    fields: Mapping[str, Any]
+
+    def __getattr__(self, key: str) -> Any:
+        if key not in self.fields:
+            raise AttributeError(f"event {self.name!r} has no field {key!r}")
+        return self.fields[key]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.fields[key]
+
+
+_ALIASES = {"job.processed": {"execution_time": "duration"}, "job.failed": {"exception": "error"}}
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class _either(Generic[P, R]):
+    """A method that runs on the instance, or, called on the class, on the default instance."""
+
+    def __init__(self, func: Callable[Concatenate[Jobs, P], R]) -> None:
+        self.func = func
+        self.__doc__ = func.__doc__
+
+    def __get__(self, obj: Jobs | None, owner: type[Jobs]) -> Callable[P, R]:
+        return cast(Callable[P, R], types.MethodType(self.func, obj if obj is not None else owner.default()))
+
+
+class Jobs:
+    """The seed's facade: `Jobs.x()` runs on the default instance, `Jobs(config).x()` on its own."""
+
+    _default: ClassVar[Jobs | None] = None
+    _default_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, config: str | Path | Settings | Mapping[str, Any] | None = None) -> None:
+        self._settings: Settings | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._listeners: dict[str, list[Callable[[JobEvent], Any]]] = {}
+        self._workers: list[Worker] = []
+        self._lock = threading.Lock()
+        if config is not None:
+            self._settings = _settings_from(config)
+
+    @classmethod
+    def default(cls) -> Jobs:
+        """The process-wide instance that `Jobs.method(...)` calls use."""
+        with cls._default_lock:
+            if cls._default is None:
+                cls._default = cls()
+            return cls._default
+
+    @property
+    def settings(self) -> Settings:
+        """The configuration; if none was given, $PROTOJOBS_CONFIG or ./jobs.toml."""
+        if self._settings is None:
+            self._settings = _settings_from(None)
+        return self._settings
+
+    @_either
+    def configure(self, config: str | Path | Settings | Mapping[str, Any] | None = None) -> None:
+        """A path to jobs.toml, a Settings, or a dict (jobs.toml's tables and/or the seed's flat
+        keys: driver, brokers, group_id, topic_prefix, ...); None loads ./jobs.toml."""
+        settings = _settings_from(config)  # a refused config changes nothing
+        self._close_dispatcher()
+        self._settings = settings
+
+    @_either
+    def dispatch(self, job: type[Job] | Job | str, data: Any = None, queue: str | None = None,
+                 delay: float | str | datetime.timedelta | None = None, *, key: str | None = None,
+                 job_id: str | None = None) -> str:
+        """Send a job (Job class, instance or name) to `queue` (default: the class's); return its
+        id once the broker acknowledged it. `delay`: as in dispatch_later."""
+        return self._send(job, data, queue, _delay_ms(delay), key, job_id)
+
+    @_either
+    def dispatch_later(self, delay: float | str | datetime.timedelta, job: type[Job] | Job | str,
+                       data: Any = None, queue: str | None = None, *, key: str | None = None,
+                       job_id: str | None = None) -> str:
+        """Send a job that runs no earlier than `delay` (seconds, "5m" or a timedelta) from now;
+        it waits in the delay tiers. Without tiers: DispatchError, nothing is sent."""
+        return self._send(job, data, queue, _delay_ms(delay), key, job_id)
+
+    dispatchLater = dispatch_later  # noqa: N815 - the seed's spelling
+
+    def _send(self, job: type[Job] | Job | str, data: Any, queue: str | None, delay_ms: int,
+              key: str | None, job_id: str | None) -> str:
+        from protojobs.producer import DispatchError, Outcome
+
+        settings = self.settings
+        if delay_ms > 0 and not settings.tiers_ms:
+            raise DispatchError("dispatch_later needs delay tiers: add [delays] tiers to jobs.toml "
+                                "(the job was not sent)")
+        name, queue = _route(job, queue, settings)
+        dispatcher = self._producer()
+        env = dispatcher.build(queue, data, job=name, key=key, delay_ms=delay_ms or None, job_id=job_id)
+        self._emit("job.queuing", job=env, queue=env.queue, id=env.id)
+        outcome = Outcome(env.id)
+        dispatcher.send(env, outcome)
+        dispatcher.wait([outcome])
+        if outcome.error is not None:
+            raise outcome.error
+        self._emit("job.queued", job=env, queue=env.queue, id=env.id)
+        return env.id
+
+    def _producer(self) -> Dispatcher:
+        with self._lock:
+            if self._dispatcher is None:
+                from protojobs.producer import Dispatcher
+
+                self._dispatcher = Dispatcher(self.settings)
+            return self._dispatcher
+
+    def _close_dispatcher(self) -> None:
+        with self._lock:
+            dispatcher, self._dispatcher = self._dispatcher, None
+        if dispatcher is not None:
+            dispatcher.close()
+
+    @_either
+    def work(self, queue: str = "default", max_jobs: int = 0, *, router: bool = True) -> Counters:
+        """Run a worker (and the delay router) for `queue` in this thread until stop(), or
+        `max_jobs` jobs finished (0: forever). In the main thread, SIGTERM/SIGINT stop it unless
+        the application installed its own handlers."""
+        from protojobs import admin
+        from protojobs.worker import Worker, WorkerOptions
+
+        settings = self.settings
+        worker = Worker(settings, WorkerOptions(queues=[queue], max_jobs=max_jobs), events=self._emit)
+        _add_registered_handlers(worker)
+        self._workers.append(worker)
+        restore = _install_signals(self.stop)
+        routing = None
+        try:
+            if router and settings.tiers_ms:
+                admin.ensure_topics(settings)  # the router subscribes to the tier topics
+                routing = _start_router(settings)
+            return worker.run()
+        finally:
+            restore()
+            self._workers.remove(worker)
+            if routing is not None:
+                routing.stop()
+
+    @_either
+    def stop(self) -> None:
+        """Stop this instance's workers gracefully (again: at once). Safe in a signal handler."""
+        for worker in list(self._workers):
+            worker.stop()
+
+    @_either
+    def stats(self, queue: str | None = None) -> dict[str, Any]:
+        """depth (from offsets), delayed (all queues share the tiers), dead_lettered (its
+        dead-letter topic's records), group members; no `queue`: {queue: that dict}."""
+        from protojobs import commands
+
+        settings = self.settings
+        names = [_known(settings, queue)] if queue is not None else list(settings.queues)
+        data = _settled(lambda: commands.stats_data(settings, names))
+        delayed = sum(data["delayed"].values())
+        out = {name: {"queue": name, "depth": data["queues"][name]["depth"],
+                      "partitions": data["queues"][name]["partitions"], "delayed": delayed,
+                      "dead_lettered": data["dead_letter"].get(settings.queues[name].dead_letter_topic, 0),
+                      "group": data["group"], "members": data["members"]} for name in names}
+        return out[queue] if queue is not None else out
+
+    @_either
+    def clear(self, queue: str = "default") -> int:
+        """Delete every pending record of the queue's topic; return how many were deleted."""
+        from protojobs import admin, topics
+
+        settings = self.settings
+        topic = topics.queue_topic(settings.kafka.topic_prefix, _known(settings, queue))
+        return _settled(lambda: admin.clear(admin.client(settings), topic))
+
+    @_either
+    def failed_jobs(self, limit: int = 50, offset: int = 0) -> list[Entry]:
+        """Dead-lettered jobs (`dlq.Entry`: job_id, queue, envelope, dead...), newest first."""
+        from protojobs import dlq
+
+        return dlq.failed_jobs(self.settings, limit, offset)
+
+    failedJobs = failed_jobs  # noqa: N815 - the seed's spelling
+
+    @_either
+    def retry(self, job_id: str) -> bool:
+        """Re-run a dead-lettered job (as attempt 1); False when no dead-lettered job has this id."""
+        from protojobs import dlq
+
+        return dlq.retry(self.settings, job_id)
+
+    @_either
+    def listen(self, event: str, callback: Callable[[JobEvent], Any]) -> Callable[[JobEvent], Any]:
+        """Call `callback(JobEvent)` on `event` (one of EVENTS); one that raises is logged only."""
+        if event not in EVENTS:
+            raise ValueError(f"unknown event {event!r}; the events are: {', '.join(EVENTS)}")
+        with self._lock:
+            self._listeners.setdefault(event, []).append(callback)
+        return callback
+
+    def _emit(self, name: str, **fields: Any) -> None:
+        """The `events` callable the Worker is given; also used around dispatch."""
+        callbacks = list(self._listeners.get(name, ()))
+        if not callbacks:
+            return
+        for alias, field in _ALIASES.get(name, {}).items():
+            fields.setdefault(alias, fields.get(field))
+        if name == "worker.starting":
+            fields.setdefault("queue", (fields.get("queues") or [None])[0])
+        elif name == "worker.stopped":
+            fields.setdefault("processed", getattr(fields.get("counters"), "finished", 0))
+        event = JobEvent(name, types.MappingProxyType(fields))
+        for callback in callbacks:
+            try:
+                callback(event)
+            except Exception:  # noqa: BLE001 - a listener never breaks dispatch or the worker
+                log.exception("listener %r for %s raised", callback, name)
+
+    @_either
+    def reset(self) -> None:
+        """Drop listeners, configuration and producer (flushing what it still holds)."""
+        self._close_dispatcher()
+        with self._lock:
+            self._listeners.clear()
+            self._settings = None
+
+
+def _settings_from(config: str | Path | Settings | Mapping[str, Any] | None) -> Settings:
+    from protojobs import config as cfg
+
+    if config is None:
+        path = cfg.config_path()
+        if not path.exists():
+            raise cfg.ConfigError([cfg.ConfigIssue("Jobs", f"not configured: call Jobs.configure(path | dict"
+                                                   f" | Settings), set PROTOJOBS_CONFIG, or create {path}")])
+        return cfg.load(path)
+    if isinstance(config, cfg.Settings):
+        return config
+    if isinstance(config, str | Path):
+        return cfg.load(config)
+    if isinstance(config, Mapping):
+        return cfg.from_dict(_seed_tree(config), Path.cwd())
+    raise TypeError(f"configure() takes a path, a Settings or a dict, not {type(config).__name__}")
+
+
+def _seed_tree(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The seed's dict -> jobs.toml's shape: driver "kafka"; flat keys move into `kafka`."""
+    from protojobs.config import ConfigError, ConfigIssue
+
+    tree = dict(config)
+    driver = tree.pop("driver", "kafka")
+    if driver != "kafka":
+        raise ConfigError([ConfigIssue("driver", f"{driver!r} is not supported: protojobs has one driver, 'kafka'")])
+    flat = {k: tree.pop(k) for k in SEED_KAFKA_KEYS if k in tree}
+    if flat:
+        nested = dict(tree.get("kafka") or {})
+        both = sorted(set(flat) & set(nested))
+        if both:
+            raise ConfigError([ConfigIssue(f"kafka.{k}", "given both at the top level and in 'kafka'") for k in both])
+        tree["kafka"] = {**nested, **flat}
+    return tree
+
+
+def _route(job: type[Job] | Job | str, queue: str | None, settings: Settings) -> tuple[str, str]:
+    """(the envelope's job name, the queue) for a Job class, a Job instance or a name."""
+    cls: type[Job] | None
+    if isinstance(job, Job):
+        cls = type(job)
+    elif isinstance(job, type) and issubclass(job, Job):
+        cls = job
+    elif isinstance(job, str) and job:
+        cls = registered(job.rsplit(":", 1)[-1])
+        if cls is None:
+            return job.rsplit(":", 1)[-1], queue or "default"
+    else:
+        raise TypeError(f"dispatch() takes a Job class, a Job instance or a job name, not {job!r}")
+    return cls.__name__, queue or _queue_of(cls, settings)
+
+
+def _queue_of(cls: type[Job], settings: Settings) -> str:
+    """The class's queue, unless jobs.toml puts the class on another queue (the file wins)."""
+    target = f"{cls.__module__}:{cls.__qualname__}"
+    declared = [q.name for q in settings.queues.values() if target in (q.handler, *q.jobs)]
+    return cls.queue if cls.queue in declared or not declared else declared[0]
+
+
+def _known(settings: Settings, queue: str) -> str:
+    if queue not in settings.queues:
+        raise ValueError(f"unknown queue {queue!r} (configured: {', '.join(sorted(settings.queues))})")
+    return queue
+
+
+def _add_registered_handlers(worker: Worker) -> None:
+    """Queues without handler and jobs run the registered Job class their envelope names."""
+    from protojobs.executor import Handler
+
+    with _registry_lock:
+        classes = {name: cls for name, cls in _REGISTRY.items() if not inspect.isabstract(cls)}
+    for lane in worker.lanes.values():
+        if lane.queue.handler is None and not lane.queue.jobs:
+            for name, cls in classes.items():
+                try:
+                    lane.handlers[name] = Handler(cls)
+                except Exception as exc:  # noqa: BLE001 - e.g. an __init__ that needs arguments
+                    log.warning("Job class %s cannot run on queue %s: %s", name, lane.queue.name, exc)
+
+
+def _settled(call: Callable[[], R], seconds: float = 15) -> R:
+    """`call()`, repeated on the broker's transient errors (just-created topic, loading coordinator)."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    transient = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                 KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
+                 KafkaError.NOT_COORDINATOR, KafkaError.UNKNOWN_TOPIC_OR_PART}
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if err is None or not (err.retriable() or err.code() in transient) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _start_router(settings: Settings) -> Any:
+    from protojobs.router import Router, RouterThread
+
+    return RouterThread(Router(settings)).start()
+
+
+def _install_signals(stop: Callable[[], None]) -> Callable[[], None]:
+    """SIGTERM/SIGINT -> stop() where no application handler is set; returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous: dict[int, Any] = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        current = signal.getsignal(sig)
+        if current in (signal.SIG_DFL, signal.default_int_handler, None):
+            previous[sig] = current
+            signal.signal(sig, lambda _signum, _frame: stop())
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+    return restore
+
+
+def _delay_ms(delay: float | str | datetime.timedelta | None) -> int:
+    """Seconds (int or float), a duration string ("5m") or a timedelta -> ms."""
+    from protojobs.durations import parse_ms
+
+    if delay is None or isinstance(delay, str):
+        return parse_ms(delay) if delay else 0
+    if isinstance(delay, datetime.timedelta):
+        seconds = delay.total_seconds()
+    elif isinstance(delay, int | float) and not isinstance(delay, bool):
+        seconds = float(delay)
+    else:
+        raise TypeError(f"a delay is seconds, a duration string or a timedelta, not {delay!r}")
+    if not seconds >= 0:
+        raise ValueError(f"a delay must be 0 or more seconds, not {delay!r}")
+    return round(seconds * 1000)
