@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -88,6 +88,8 @@ def topic_specs(settings: Settings) -> list[topics.TopicSpec]:
     dead = sorted({q.dead_letter_topic for q in queues})
     specs += [topics.TopicSpec(name, parts, rf, {"retention.ms": str(retention)}) for name in dead]
     specs.append(topics.TopicSpec(topics.control_topic(prefix), 1, rf, {"cleanup.policy": "compact"}))
+    # one partition: whoever the scheduler group assigns it to leads (protojobs.scheduler)
+    specs.append(topics.TopicSpec(topics.schedules_topic(prefix), 1, rf, {"cleanup.policy": "compact"}))
     return specs
 
 
@@ -199,8 +201,32 @@ def ensure_topics(settings: Settings, admin: AdminClient | None = None) -> None:
 # --- stats and clear ----------------------------------------------------------------------------
 
 
+R = TypeVar("R")
+TRANSIENT = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+             KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
+             KafkaError.NOT_COORDINATOR, KafkaError.UNKNOWN_TOPIC_OR_PART}
+
+
+def settled(call: Callable[[], R], seconds: float = 15) -> R:
+    """`call()`, repeated on the broker's transient errors (a topic or group created a moment
+    ago: no leader yet, coordinator still loading) for up to `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if err is None or not (err.retriable() or err.code() in TRANSIENT) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def watermarks(admin: AdminClient, topic: str) -> dict[int, tuple[int, int]]:
-    """partition -> (low, high) watermark."""
+    """partition -> (low, high) watermark (transient broker errors are waited out)."""
+    return settled(lambda: _watermarks(admin, topic))
+
+
+def _watermarks(admin: AdminClient, topic: str) -> dict[int, tuple[int, int]]:
     meta = list_topics(admin, topic).topics.get(topic)
     if meta is None or meta.error is not None:
         return {}
@@ -212,6 +238,11 @@ def watermarks(admin: AdminClient, topic: str) -> dict[int, tuple[int, int]]:
 
 def committed(admin: AdminClient, group: str, topic: str, partitions: Iterable[int]) -> dict[int, int]:
     """partition -> the group's committed offset (absent when the group never committed)."""
+    partitions = list(partitions)
+    return settled(lambda: _committed(admin, group, topic, partitions))
+
+
+def _committed(admin: AdminClient, group: str, topic: str, partitions: list[int]) -> dict[int, int]:
     request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in partitions])
     result = admin.list_consumer_group_offsets([request], request_timeout=TIMEOUT)[group].result(TIMEOUT)
     return {tp.partition: tp.offset for tp in result.topic_partitions if tp.offset >= 0}
@@ -239,5 +270,5 @@ def clear(admin: AdminClient, topic: str) -> int:
     marks = watermarks(admin, topic)
     targets = [TopicPartition(topic, p, high) for p, (low, high) in marks.items() if high > low]
     if targets:
-        _wait(admin.delete_records(targets, request_timeout=TIMEOUT))
+        settled(lambda: [f.result(TIMEOUT) for f in admin.delete_records(targets, request_timeout=TIMEOUT).values()])
     return sum(high - low for low, high in marks.values())

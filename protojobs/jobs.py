@@ -25,7 +25,6 @@ import inspect
 import logging
 import signal
 import threading
-import time
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -296,7 +295,7 @@ class Jobs:
 
         settings = self.settings
         names = [_known(settings, queue)] if queue is not None else list(settings.queues)
-        data = _settled(lambda: commands.stats_data(settings, names))
+        data = commands.stats_data(settings, names)
         delayed = sum(data["delayed"].values())
         out = {name: {"queue": name, "depth": data["queues"][name]["depth"],
                       "partitions": data["queues"][name]["partitions"], "delayed": delayed,
@@ -311,7 +310,7 @@ class Jobs:
 
         settings = self.settings
         topic = topics.queue_topic(settings.kafka.topic_prefix, _known(settings, queue))
-        return _settled(lambda: admin.clear(admin.client(settings), topic))
+        return admin.clear(admin.client(settings), topic)
 
     @_either
     def failed_jobs(self, limit: int = 50, offset: int = 0) -> list[Entry]:
@@ -444,23 +443,6 @@ def _add_registered_handlers(worker: Worker) -> None:
                 except Exception as exc:  # noqa: BLE001 - e.g. an __init__ that needs arguments
                     log.warning("Job class %s cannot run on queue %s: %s", name, lane.queue.name, exc)
 
-
-def _settled(call: Callable[[], R], seconds: float = 15) -> R:
-    """`call()`, repeated on the broker's transient errors (just-created topic, loading coordinator)."""
-    from confluent_kafka import KafkaError, KafkaException
-
-    transient = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-                 KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
-                 KafkaError.NOT_COORDINATOR, KafkaError.UNKNOWN_TOPIC_OR_PART}
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            return call()
-        except KafkaException as exc:
-            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-            if err is None or not (err.retriable() or err.code() in transient) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def _start_router(settings: Settings) -> Any:

@@ -31,7 +31,7 @@ from facade_jobs import (
 
 from protojobs import Jobs, admin, envelope, topics
 from protojobs.config import ConfigError, Settings
-from protojobs.jobs import EVENTS, JobEvent, _settled
+from protojobs.jobs import EVENTS, JobEvent
 from protojobs.producer import DispatchError
 from protojobs.testing import Cluster, profile
 
@@ -108,7 +108,7 @@ def records(settings: Settings, topic: str, expected: int, timeout: float = 15) 
 
 def count(settings: Settings, topic: str) -> int:
     """Records in `topic` (retrying the broker's transient errors right after topic creation)."""
-    marks = _settled(lambda: admin.watermarks(admin.client(settings), topic))
+    marks = admin.watermarks(admin.client(settings), topic)
     return sum(high - low for low, high in marks.values())
 
 
