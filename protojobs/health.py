@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from protojobs.config import Settings
+from protojobs.testing.broker import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ class Checks:
             if now - beat["ts"] > HEARTBEAT_STALE_S:
                 problems.append(f"worker {slot} (pid {beat['pid']}): no heartbeat for {now - beat['ts']:.0f}s "
                                 "(process dead or hung)")
-            elif not _pid_alive(beat["pid"]):
+            elif not pid_alive(beat["pid"]):
                 problems.append(f"worker {slot} (pid {beat['pid']}): process is gone")
             elif now - beat["last_poll"] > POLL_STALL_S:
                 problems.append(f"worker {slot} (pid {beat['pid']}): poll loop stuck, last poll "
@@ -234,16 +235,6 @@ def _admin_client(settings: Settings) -> Any:
     conf.update({"bootstrap.servers": settings.kafka.brokers, "reconnect.backoff.max.ms": 1000,
                  "socket.connection.setup.timeout.ms": 3000, "error_cb": lambda err: None})
     return AdminClient(conf)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Server:

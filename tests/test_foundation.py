@@ -13,7 +13,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from protojobs.testing import Cluster, profile
-from protojobs.testing.broker import _alive
+from protojobs.testing.broker import pid_alive
 from protojobs.testing.plugin import Faults
 
 pytestmark = pytest.mark.broker
@@ -143,7 +143,7 @@ def test_broker_command_round_trip(tmp_path: Path) -> None:
     finally:
         stopped = subprocess.run([*cli, "stop", *opts], capture_output=True, text=True, timeout=60)
     assert stopped.returncode == 0
-    assert not [p for p in pids if _alive(p)]
+    assert not [p for p in pids if pid_alive(p)]
     leftovers = subprocess.run(["pgrep", "-f", str(state)], capture_output=True, text=True)
     assert leftovers.stdout.strip() == ""
     status = subprocess.run([*cli, "status", *opts], capture_output=True, text=True, timeout=30)

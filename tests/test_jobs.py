@@ -16,7 +16,6 @@ from typing import Any
 
 import facade_jobs
 import pytest
-from confluent_kafka import Consumer
 from conftest import settings_tree, wait_for, write_config
 from facade_jobs import (
     BrokenHookJob,
@@ -28,6 +27,7 @@ from facade_jobs import (
     ToggleJob,
     TwoAttemptsJob,
 )
+from test_engine import read_all
 
 from protojobs import Jobs, admin, envelope, topics
 from protojobs.config import ConfigError, Settings
@@ -96,14 +96,7 @@ def work_in_thread(queue: str = "default", target: Any = Jobs) -> Background:
 
 
 def records(settings: Settings, topic: str, expected: int, timeout: float = 15) -> list[bytes]:
-    consumer = Consumer(profile.consumer(settings.kafka.brokers, f"reader-{time.monotonic_ns()}"))
-    consumer.subscribe([topic])
-    out: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    while len(out) < expected and time.monotonic() < deadline:
-        out += [m.value() for m in consumer.consume(100, 0.5) if m.error() is None]
-    consumer.close()
-    return out
+    return read_all(settings.kafka.brokers, topic, expected, timeout)
 
 
 def count(settings: Settings, topic: str) -> int:

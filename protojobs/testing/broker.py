@@ -229,7 +229,7 @@ class Cluster:
         alive = {}
         for i in range(self.nodes):
             pid = _read_pid(self.pidfile(i))
-            if pid is not None and _alive(pid):
+            if pid is not None and pid_alive(pid):
                 alive[i] = pid
         return alive
 
@@ -303,7 +303,7 @@ class Cluster:
         while True:
             for i in range(self.nodes):
                 pid = _read_pid(self.pidfile(i))
-                if pid is None or not _alive(pid):
+                if pid is None or not pid_alive(pid):
                     raise BrokerError(f"Kafka node {i + 1} exited during start-up; its log ends:\n"
                                       f"{_tail(self.log_file(i).read_text(errors='replace'))}")
             try:
@@ -355,7 +355,7 @@ def stop_pidfiles(pidfiles: Iterable[Path], timeout: float = 15.0) -> list[int]:
     pids = []
     for pidfile in pidfiles:
         pid = _read_pid(pidfile)
-        if pid is not None and _alive(pid):
+        if pid is not None and pid_alive(pid):
             pids.append(pid)
             _signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -398,7 +398,7 @@ def _read_pid(pidfile: Path) -> int | None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -431,7 +431,7 @@ def _wait_dead(pid: int, timeout: float) -> bool:
         except subprocess.TimeoutExpired:
             return False
     deadline = time.monotonic() + timeout
-    while _alive(pid):
+    while pid_alive(pid):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)

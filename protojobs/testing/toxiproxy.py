@@ -22,9 +22,9 @@ from typing import Any
 from protojobs.testing.broker import (
     REPO_ROOT,
     BrokerError,
-    _alive,
     _read_pid,
     _tail,
+    pid_alive,
     stop_pidfiles,
     track,
 )
@@ -75,7 +75,7 @@ class Toxiproxy:
     def start(self) -> Toxiproxy:
         binary = ensure_toxiproxy()
         pid = _read_pid(self.pidfile)
-        if pid is not None and _alive(pid):
+        if pid is not None and pid_alive(pid):
             return self
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with open(self.state_dir / "toxiproxy.log", "ab") as log:
