@@ -44,8 +44,36 @@ test: install
 	$(MAKE) --no-print-directory lint && \
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Fault injection (chaos/README.md): hypothesis + toxiproxy against real 1- and 3-node clusters,
+# about 11 minutes on 2 cores (budget 15). REPLAY=<schedule.json> re-runs one example exactly;
+# CHAOS_EXAMPLES (per cluster and mode, default 4) and CHAOS_STEPS (default 8) scale it.
+# Report: chaos/reports/latest.md and latest.json. Every process it starts is killed on exit.
+CHAOS_STATE ?= .protojobs/chaos
+CHAOS_PORT_BASE ?= 28100
+chaos: install
+	@trap '$(PY) -m protojobs.testing.cleanup $(CHAOS_STATE)' EXIT INT TERM; \
+	PROTOJOBS_TEST_STATE=$(CHAOS_STATE) PROTOJOBS_TEST_PORT_BASE=$(CHAOS_PORT_BASE) \
+	REPLAY='$(REPLAY)' CHAOS_EXAMPLES='$(CHAOS_EXAMPLES)' CHAOS_STEPS='$(CHAOS_STEPS)' \
+	$(PY) -m pytest chaos -p no:cacheprovider $(PYTEST_ARGS)
+
 broker-stop:
 	-$(BIN)/protojobs broker stop
+
+# Benchmarks (bench/, README "Benchmarks"): a separate environment with the bench extra (plots,
+# peer job systems), redis-server from Debian for the Dramatiq peer, then every scenario.
+# BENCH_QUICK=1 for the reduced run (< 3 min); BENCH_ARGS="--profile" adds results/profile.txt.
+BENCH_VENV := .cache/bench-venv
+BENCH_ARGS ?=
+$(BENCH_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install -q -e '.[bench]'
+	touch $@
+
+bench: install $(BENCH_VENV)/.installed
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server) \
+		|| echo "bench: redis-server could not be installed: the Dramatiq peer will report 'not run'"
+	$(BENCH_VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 clean: broker-stop
 	rm -rf $(VENV) .cache .protojobs

@@ -38,7 +38,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     logs.configure(args.log_format)  # and $PROTOJOBS_LOG_FORMAT for the spawned workers
     router = "off" if args.no_router else "only" if args.router_only else "on"
     return runner.run(args.config, queues=args.queue or None, max_jobs=args.max_jobs, processes=args.processes,
-                      router=router, slot=args.slot, metrics_port=args.metrics_port)
+                      router=router, slot=args.slot, metrics_port=args.metrics_port,
+                      scheduler=not args.no_scheduler)
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
@@ -93,6 +94,19 @@ def _cmd_topics(args: argparse.Namespace) -> int:
     return commands.topics_command(args.config, args.action)
 
 
+def _cmd_schedules(args: argparse.Namespace) -> int:
+    from protojobs import scheduler
+
+    if (args.action == "list") != (args.name is None):
+        print("schedules: `list` takes no name; pause, resume, remove and next take one", file=sys.stderr)
+        return 2
+    if args.action == "list":
+        return scheduler.list_command(args.config, args.json)
+    if args.action == "next":
+        return scheduler.next_command(args.config, args.name, args.count)
+    return scheduler.control_command(args.config, args.action, args.name)
+
+
 def _cmd_dlq(args: argparse.Namespace) -> int:
     from protojobs import dlq
 
@@ -139,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     placement = run.add_mutually_exclusive_group()
     placement.add_argument("--no-router", action="store_true", help="do not run the delay-tier router here")
     placement.add_argument("--router-only", action="store_true", help="run only the delay-tier router")
+    run.add_argument("--no-scheduler", action="store_true",
+                     help="do not take part in leading the periodic schedules in this process")
     run.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz and /readyz for all processes on this port")
     run.add_argument("--log-format", choices=["text", "json"], default="text",
                      help="text, or one JSON object per line with the job's fields (default text)")
@@ -179,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     topics = add("topics", _cmd_topics, "show (plan) or create/alter (apply) the topics jobs.toml implies")
     topics.add_argument("action", choices=["plan", "apply"])
+
+    sched = add("schedules", _cmd_schedules, "periodic schedules: list, pause, resume, remove, next fire times")
+    sched.add_argument("action", choices=["list", "pause", "resume", "remove", "next"])
+    sched.add_argument("name", nargs="?", help="the schedule (pause, resume, remove, next)")
+    sched.add_argument("--json", action="store_true", help="list: JSON output")
+    sched.add_argument("--count", type=int, default=5, help="next: how many fire times (default 5)")
 
     dlq = add("dlq", _cmd_dlq, "inspect, replay and purge dead-lettered jobs")
     dlq.add_argument("action", choices=["list", "show", "replay", "purge"])

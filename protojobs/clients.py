@@ -11,6 +11,8 @@ win over these defaults.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError
@@ -81,3 +83,20 @@ def consumer_config(kafka: KafkaSettings, watch: ErrorWatch, group: str | None =
         "enable.partition.eof": False,
     }
     return conf | dict(kafka.consumer) | extra
+
+
+def until_reachable(action: Callable[[], Any], stopped: Callable[[], bool], what: str,
+                    pause: float = 2.0) -> bool:
+    """Run `action` until it succeeds (True) or `stopped()` (False). A worker started while Kafka
+    is unreachable waits for it, as Celery and Dramatiq workers do, instead of crashing; a
+    refused client (ClientError: bad credentials) is not retried."""
+    while not stopped():
+        try:
+            action()
+            return True
+        except ClientError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - KafkaException, timeouts: the broker is not there yet
+            log.warning("%s: Kafka is not reachable yet (%s); retrying in %.0fs", what, exc, pause)
+            time.sleep(pause)
+    return False

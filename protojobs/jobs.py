@@ -222,6 +222,52 @@ class Jobs:
 
     dispatchLater = dispatch_later  # noqa: N815 - the seed's spelling
 
+    # --- schedules (protojobs.scheduler): stored on the schedules topic, fired by the leader of
+    # the `protojobs run` processes, so they survive restarts; each returns a schedule id.
+
+    @_either
+    def schedule_at(self, job: type[Job] | Job | str, when: Any, data: Any = None,
+                    queue: str | None = None) -> str:
+        """Run `job` once at `when`: a datetime (naive = UTC), ISO 8601 text or epoch seconds."""
+        return self._schedule(job, data, queue, at=when)
+
+    @_either
+    def schedule_in(self, job: type[Job] | Job | str, delay: float | str | datetime.timedelta,
+                    data: Any = None, queue: str | None = None) -> str:
+        """Run `job` once after `delay`, through the delay tiers (dispatched now, held there);
+        returns the job id. It cannot be unscheduled (unschedule returns False)."""
+        import uuid
+
+        return self._send(job, data, queue, _delay_ms(delay), None, f"sched-in-{uuid.uuid4().hex[:16]}")
+
+    @_either
+    def schedule_every(self, job: type[Job] | Job | str, interval: float | str | datetime.timedelta,
+                       data: Any = None, queue: str | None = None, *, catch_up: str = "once") -> str:
+        """Run `job` every `interval` (seconds, "5m" or a timedelta), the first one interval from now."""
+        return self._schedule(job, data, queue, every_ms=_delay_ms(interval), catch_up=catch_up)
+
+    @_either
+    def schedule_daily(self, job: type[Job] | Job | str, time_of_day: str, data: Any = None,
+                       queue: str | None = None, *, tz: str = "UTC", catch_up: str = "once") -> str:
+        """Run `job` every day at `time_of_day` ("09:00") in the IANA zone `tz`."""
+        return self._schedule(job, data, queue, daily=time_of_day, tz=tz, catch_up=catch_up)
+
+    @_either
+    def unschedule(self, schedule_id: str) -> bool:
+        """Remove a dynamic schedule; False if there is none with that id."""
+        from protojobs import scheduler
+
+        return scheduler.undefine(self.settings, schedule_id, self._producer().producer)
+
+    scheduleAt, scheduleIn, scheduleEvery, scheduleDaily = (  # noqa: N815 - the seed's spelling
+        schedule_at, schedule_in, schedule_every, schedule_daily)
+
+    def _schedule(self, job: type[Job] | Job | str, data: Any, queue: str | None, **rule: Any) -> str:
+        from protojobs import scheduler
+
+        name, queue = _route(job, queue, self.settings)
+        return scheduler.schedule(self.settings, queue, name, data, producer=self._producer().producer, **rule)
+
     def _send(self, job: type[Job] | Job | str, data: Any, queue: str | None, delay_ms: int,
               key: str | None, job_id: str | None) -> str:
         from protojobs.producer import DispatchError, Outcome

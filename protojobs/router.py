@@ -29,10 +29,11 @@ from typing import Any, cast
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from protojobs import delays, envelope, topics
-from protojobs.clients import ErrorWatch, consumer_config, producer_config
+from protojobs.clients import ErrorWatch, consumer_config, producer_config, until_reachable
 from protojobs.config import Settings
 from protojobs.control import ClearEpochs
 from protojobs.offsets import OffsetTracker
+from protojobs.transactions import Output, Transactions, rewind_to_committed
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,14 @@ class Router:
     """Consumes every delay tier (group `{group_id}-delays`) and forwards due records."""
 
     def __init__(self, settings: Settings, *, clock: Callable[[], int] = now_ms, commit_interval: float = 0.5,
-                 consumer_extra: dict[str, Any] | None = None, producer_extra: dict[str, Any] | None = None) -> None:
+                 consumer_extra: dict[str, Any] | None = None, producer_extra: dict[str, Any] | None = None,
+                 slot: int = 0) -> None:
         self.settings = settings
         self.clock = clock
-        self.commit_interval = commit_interval
+        self.slot = slot
+        self.producer_extra = producer_extra or {}
+        self.transactional = transactional = any(q.delivery == "exactly_once" for q in settings.queues.values())
+        self.commit_interval = min(commit_interval, 0.1) if transactional else commit_interval
         prefix = settings.kafka.topic_prefix
         self.tiers = {topics.delay_topic(prefix, t): t for t in settings.tiers_ms}
         self.watch = ErrorWatch()
@@ -70,6 +75,9 @@ class Router:
         self.generation: dict[tuple[str, int], int] = {}
         self.forwarded = 0
         self._stop = threading.Event()
+        # With an exactly-once queue in the config, every forward and its tier offset commit go in
+        # one transaction (`{group_id}.router.{host}.{slot}`), so a record is never forwarded twice.
+        self.txn: Transactions | None = None  # made in run(), once Kafka answers
 
     @property
     def group(self) -> str:
@@ -80,6 +88,14 @@ class Router:
 
     def run(self) -> None:
         if not self.tiers:
+            return
+
+        def start() -> None:
+            if self.transactional and self.txn is None:
+                self.txn = Transactions(self.settings, self.consumer, self.slot, self.watch, role="router",
+                                        **self.producer_extra)
+
+        if not until_reachable(start, self._stop.is_set, "delay router start-up"):
             return
         self.consumer.subscribe(list(self.tiers), on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
@@ -167,6 +183,12 @@ class Router:
             hop = delays.next_hop(available, now, self.settings.tiers_ms)
             target = topics.queue_topic(prefix, queue) if hop is None else topics.delay_topic(prefix, hop)
             value = msg.value()
+        if self.txn is not None:
+            self.txn.add(topic, partition, Output(offset, target, cast(bytes, value), msg.key(),
+                                                  cast(Any, list(msg.headers() or []))))
+            self.offsets.finished(topic, partition, offset)
+            self.forwarded += 1
+            return
         move = Forward(topic, partition, offset, self.generation.get((topic, partition), 0))
 
         def report(err: KafkaError | None, _m: Message) -> None:
@@ -212,6 +234,12 @@ class Router:
                   if only is None or (t, p) in only]
         if not points:
             return
+        if self.txn is not None:
+            chosen = [(tp.topic, tp.partition, tp.offset) for tp in points]
+            if self.txn.commit(chosen, self._rewind):
+                for t, p, o in chosen:
+                    self.offsets.mark_committed(t, p, o)
+            return
         try:
             if asynchronous:
                 self.consumer.commit(offsets=points, asynchronous=True)
@@ -243,11 +271,21 @@ class Router:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._forget({(tp.topic, tp.partition) for tp in partitions})
 
+    def _rewind(self, keys: list[tuple[str, int]]) -> None:
+        """After an aborted transaction: back to the committed offsets; nothing stays paused."""
+        held = [key for key in keys if key in self.held]
+        self._forget(set(keys))
+        if held:
+            self.consumer.resume([TopicPartition(t, p) for t, p in held])
+        rewind_to_committed(self.consumer, keys)
+
     def _forget(self, keys: set[tuple[str, int]]) -> None:
         for key in keys:
             self.generation[key] = self.generation.get(key, 0) + 1
             self.offsets.drop(*key)
             self.held.pop(key, None)
+            if self.txn is not None:
+                self.txn.drop(*key)
 
 
 class RouterThread:

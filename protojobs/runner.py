@@ -19,20 +19,32 @@ from typing import Any
 
 from protojobs import config, health, logs
 from protojobs.router import Router, RouterThread
+from protojobs.scheduler import Scheduler, SchedulerThread
 from protojobs.transactions import Fenced
 from protojobs.worker import Worker, WorkerOptions
 
 log = logging.getLogger(__name__)
 
 
-def work(settings: config.Settings, options: WorkerOptions, router: str = "on") -> int:
+def work(settings: config.Settings, options: WorkerOptions, router: str = "on", scheduler: bool = True) -> int:
+    """`_work`, with the scheduler (protojobs.scheduler: leads or waits to lead the periodic
+    schedules) in a thread beside it unless `scheduler` is False."""
+    scheduling = SchedulerThread(Scheduler(settings, options.slot)).start() if scheduler else None
+    try:
+        return _work(settings, options, router)
+    finally:
+        if scheduling is not None:
+            scheduling.stop()
+
+
+def _work(settings: config.Settings, options: WorkerOptions, router: str = "on") -> int:
     """Run one worker (and, unless `router` is "off", the delay router beside it) in this
     process until stopped; `router="only"` runs just the router. Installs signal handlers."""
     stop = threading.Event()
     worker = Worker(settings, options) if router != "only" else None
     if worker is not None:
         health.attach(worker, options.slot)  # metrics (--metrics-port), tracing (otel), heartbeat
-    routing = RouterThread(Router(settings)).start() if router != "off" and settings.tiers_ms else None
+    routing = RouterThread(Router(settings, slot=options.slot)).start() if router != "off" and settings.tiers_ms else None
 
     def on_signal(signum: int, _frame: Any) -> None:
         stop.set()
@@ -66,14 +78,16 @@ def work(settings: config.Settings, options: WorkerOptions, router: str = "on") 
     return 0
 
 
-def _child(path: str | None, queues: Sequence[str] | None, max_jobs: int, router: str, slot: int) -> None:
+def _child(path: str | None, queues: Sequence[str] | None, max_jobs: int, router: str, slot: int,
+           scheduler: bool = True) -> None:
     logs.configure_from_env()
     settings = config.load(path)
-    sys.exit(work(settings, WorkerOptions(queues=queues, max_jobs=max_jobs, slot=slot), router))
+    sys.exit(work(settings, WorkerOptions(queues=queues, max_jobs=max_jobs, slot=slot), router, scheduler))
 
 
 def run(path: str | None, queues: Sequence[str] | None = None, max_jobs: int = 0, processes: int = 1,
-        status: bool | None = None, router: str = "on", slot: int = 0, metrics_port: int | None = None) -> int:
+        status: bool | None = None, router: str = "on", slot: int = 0, metrics_port: int | None = None,
+        scheduler: bool = True) -> int:
     try:
         settings = config.load(path)
     except config.ConfigError as err:
@@ -88,17 +102,18 @@ def run(path: str | None, queues: Sequence[str] | None = None, max_jobs: int = 0
             return 1
         print(f"protojobs: /metrics, /healthz and /readyz on port {server.port}", file=sys.stderr, flush=True)
         try:
-            return run(path, queues, max_jobs, processes, status, router, slot)
+            return run(path, queues, max_jobs, processes, status, router, slot, scheduler=scheduler)
         finally:
             server.stop()
     if processes <= 1:
         show = sys.stderr.isatty() if status is None else status
-        return work(settings, WorkerOptions(queues=queues, max_jobs=max_jobs, status=show, slot=slot), router)
-    return supervise(path, queues, max_jobs, processes, router)
+        return work(settings, WorkerOptions(queues=queues, max_jobs=max_jobs, status=show, slot=slot), router,
+                    scheduler)
+    return supervise(path, queues, max_jobs, processes, router, scheduler)
 
 
 def supervise(path: str | None, queues: Sequence[str] | None, max_jobs: int, processes: int,
-              router: str = "on") -> int:
+              router: str = "on", scheduler: bool = True) -> int:
     ctx = multiprocessing.get_context("spawn")
     signals: list[int] = []
 
@@ -109,7 +124,7 @@ def supervise(path: str | None, queues: Sequence[str] | None, max_jobs: int, pro
                 child.terminate() if len(signals) == 1 else child.kill()
 
     def start(slot: int) -> Any:
-        child = ctx.Process(target=_child, args=(path, queues, max_jobs, router, slot), name=f"protojobs-worker-{slot}")
+        child = ctx.Process(target=_child, args=(path, queues, max_jobs, router, slot, scheduler), name=f"protojobs-worker-{slot}")
         child.start()
         return child
 

@@ -26,6 +26,7 @@ Records of the `{prefix}schedules` topic (compacted; `Book` folds them):
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -363,7 +364,9 @@ def check(settings: Settings, data: Mapping[str, Any]) -> list[ConfigIssue]:
         try:
             payload_validator(queue)(sched.data)
         except PayloadError as exc:
-            issues += [ConfigIssue(key_path([*at, "data"]), e) for e in exc.errors]
+            for error in exc.errors:  # "data.to: ..." -> schedules.<name>.data.to
+                where, _, message = error.partition(": ")
+                issues.append(ConfigIssue(f"{key_path(at)}.{where}", message))
         if queue.ordering == "key" and queue.key is not None and sched.data.get(queue.key) is None:
             issues.append(ConfigIssue(key_path([*at, "data"]), f"queue {queue.name!r} orders by key "
                                       f"{queue.key!r}: the data must have it"))
@@ -389,6 +392,7 @@ class Book:
     last: dict[str, int] = field(default_factory=dict)
     defs: dict[str, Schedule] = field(default_factory=dict)
     controls: dict[str, Control] = field(default_factory=dict)
+    baseline: set[str] = field(default_factory=set)  # last_tick is a first sight, nothing fired yet
     position: int = 0
 
     def apply(self, key: bytes | None, value: bytes | None, offset: int = -1) -> None:
@@ -405,19 +409,20 @@ class Book:
             return
         if text.startswith(STATE):
             name = text[len(STATE):]
+            self.baseline.discard(name)
             if body is None:
                 self.last.pop(name, None)
             else:
                 self.last[name] = max(int(body["last_tick"]), self.last.get(name, int(body["last_tick"])))
+                if body.get("baseline"):
+                    self.baseline.add(name)
         elif text.startswith(DEF):
             name = text[len(DEF):]
             if body is None:
                 self.defs.pop(name, None)
             else:
-                try:
+                with contextlib.suppress(KeyError, ValueError, TypeError):
                     self.defs[name] = Schedule.from_def(body)
-                except (KeyError, ValueError, TypeError):
-                    pass
         elif text.startswith(CTL):
             name = text[len(CTL):]
             if body is None:
@@ -439,8 +444,12 @@ class Book:
         return ctl.at_ms if ctl is not None and not ctl.paused else None
 
 
-def state_record(name: str, last_tick: int | None) -> tuple[bytes, bytes | None]:
-    return f"{STATE}{name}".encode(), None if last_tick is None else json.dumps({"last_tick": last_tick}).encode()
+def state_record(name: str, last_tick: int | None, baseline: bool = False) -> tuple[bytes, bytes | None]:
+    """`baseline`: the first sight of a schedule (ticks count from then on), not a fired tick."""
+    if last_tick is None:
+        return f"{STATE}{name}".encode(), None
+    body: dict[str, Any] = {"last_tick": last_tick, **({"baseline": True} if baseline else {})}
+    return f"{STATE}{name}".encode(), json.dumps(body).encode()
 
 
 def def_record(sched: Schedule | str) -> tuple[bytes, bytes | None]:

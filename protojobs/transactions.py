@@ -56,18 +56,20 @@ class Output:
     headers: list[tuple[str, bytes]]
 
 
-def transactional_id(settings: Settings, slot: int) -> str:
-    return f"{settings.kafka.group_id}.{socket.gethostname()}.{slot}"
+def transactional_id(settings: Settings, slot: int, role: str = "worker") -> str:
+    """`{group_id}.{host}.{slot}` for workers, `{group_id}.{role}.{host}.{slot}` for others."""
+    middle = "" if role == "worker" else f"{role}."
+    return f"{settings.kafka.group_id}.{middle}{socket.gethostname()}.{slot}"
 
 
 class Transactions:
     """Buffers outputs of exactly-once partitions and commits them with their offsets."""
 
     def __init__(self, settings: Settings, consumer: Consumer, slot: int, watch: ErrorWatch,
-                 **producer_extra: Any) -> None:
+                 role: str = "worker", **producer_extra: Any) -> None:
         self.consumer = consumer
         conf = producer_config(settings.kafka, watch, **producer_extra)
-        conf["transactional.id"] = transactional_id(settings, slot)
+        conf["transactional.id"] = transactional_id(settings, slot, role)
         self.producer = Producer(conf)
         self.producer.init_transactions(TIMEOUT)
         self.outputs: dict[tuple[str, int], list[Output]] = {}

@@ -33,7 +33,7 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 
 from protojobs import admin, envelope, retry, topics
 from protojobs import jobs as job_hooks
-from protojobs.clients import ErrorWatch, consumer_config, producer_config
+from protojobs.clients import ErrorWatch, consumer_config, producer_config, until_reachable
 from protojobs.config import PayloadError, QueueSettings, Settings, payload_validator
 from protojobs.control import ClearEpochs
 from protojobs.executor import Context, EventLoop, Handler, Job, Lane, Result
@@ -116,8 +116,7 @@ class Worker:
         self.consumer = Consumer(consumer_config(settings.kafka, self.watch, on_commit=self._on_commit,
                                                  **self.options.consumer_extra))
         self.eo = {t for t, q in self.queues.items() if q.delivery == "exactly_once"}
-        self.txn = Transactions(settings, self.consumer, self.options.slot, self.watch,
-                                **self.options.producer_extra) if self.eo else None
+        self.txn: Transactions | None = None  # made in run(), once Kafka answers
         self._dispatcher: Dispatcher | None = None
         self.epochs: ClearEpochs | None = None
         self.offsets = OffsetTracker()
@@ -204,7 +203,15 @@ class Worker:
     # --- the loop -----------------------------------------------------------------------------
 
     def run(self) -> Counters:
-        admin.ensure_topics(self.settings)
+        def start() -> None:
+            admin.ensure_topics(self.settings)
+            if self.eo and self.txn is None:
+                self.txn = Transactions(self.settings, self.consumer, self.options.slot, self.watch,
+                                        **self.options.producer_extra)
+
+        if not until_reachable(start, lambda: self.stopping > 0, "worker start-up"):
+            self._close()
+            return self.counters
         self.epochs = ClearEpochs(self.settings, self.watch)
         self.epochs.catch_up()
         self.consumer.subscribe(list(self.queues), on_assign=self._on_assign, on_revoke=self._on_revoke,

@@ -397,7 +397,10 @@ def test_schema_errors_name_the_key(write: Write, toml: str, expected: str) -> N
     ("[retry.default]\nmax_attempt = 3", "retry.default.max_attempt: unknown key 'max_attempt' (did you mean 'max_attempts'?)"),
     ("[defaults]\nconcurency = 3", "defaults.concurency: unknown key 'concurency' (did you mean 'concurrency'?)"),
     ('[queues.q]\nhandler = "a:b"\nretries = 3', "queues.q.retries: unknown key 'retries' (did you mean 'retry'?)"),
-    ("[schedules.nightly]\ncron = '0 0 * * *'", "schedules: unknown key 'schedules' (allowed: kafka, delays, retry, defaults, queues)"),
+    ("[schedules.nightly]\nqueue = 'q'\ncron = '0 0 * * *'\njobb = 'x'",
+     "schedules.nightly.jobb: unknown key 'jobb' (did you mean 'job'?)"),
+    ("[schedule.nightly]\ncron = '0 0 * * *'",
+     "schedule: unknown key 'schedule' (did you mean 'schedules'?)"),
     ("[kafka]\nzzz = 1", "kafka.zzz: unknown key 'zzz' (allowed: brokers, group_id, topic_prefix, auto_offset_reset, "
                          "enable_auto_commit, compression, batch_size, timeout_ms, debug, dead_letter_topic, producer, consumer)"),
 ])

@@ -1,0 +1,553 @@
+"""The scheduler: leader election through Kafka, and each tick fired exactly once.
+
+Every `protojobs run` process (unless `--no-scheduler`) runs a `Scheduler` in a thread. Its
+consumer joins the group `{group_id}-scheduler` on the one-partition, compacted
+`{prefix}schedules` topic: whoever is assigned partition 0 leads. A dead leader's partition
+moves to another member after the session timeout; a stopped one hands it over at once (it
+leaves the group).
+
+Becoming leader:
+1. fetch the group's committed offset of partition 0 (read_committed consumers ask for *stable*
+   offsets, KIP-447: the fetch waits until no transaction that carries offsets of this group is
+   open, i.e. until the previous leader's last transaction committed or aborted);
+2. read the topic from its beginning up to its end (read_committed) into a `Book`: per schedule
+   its last tick, the dynamic definitions, pause/resume controls;
+3. init the transactional producer, `transactional.id = {group_id}.scheduler.{host}.{slot}`.
+
+Then, for each due tick (protojobs.schedules.plan), ONE transaction holds the tick's job (built
+by Dispatcher.build with the id `sched-<name>-<tick_ms>`, produced to its queue or delay tier),
+the schedule's new `state/<name>` record, and the consumer's offset sent with the group metadata.
+A zombie leader (its partition moved while it was stalled) has an old group generation: its
+transaction is refused and aborted, so only one leader can ever commit. A leader killed between
+two ticks leaves nothing open; one killed inside a transaction delays the next leader until the
+transaction times out (SCHEDULER_TXN_TIMEOUT_MS). Either way no tick fires twice, and a tick the
+dead leader did not commit is fired by the next one (as `catch_up` says).
+
+Dynamic schedules (Jobs.schedule_*) and `protojobs schedules pause|resume|remove` write plain
+records to the same topic; the leader's consumer reads them as they come.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+
+from protojobs import admin, envelope, topics
+from protojobs.clients import ErrorWatch, consumer_config, producer_config
+from protojobs.config import ConfigError, PayloadError, Settings
+from protojobs.producer import Dispatcher, DispatchError
+from protojobs.schedules import (
+    Book,
+    Schedule,
+    configured,
+    control_record,
+    def_record,
+    iso,
+    jitter_for,
+    job_id,
+    next_fire,
+    plan,
+    state_record,
+    upcoming,
+)
+
+log = logging.getLogger(__name__)
+TIMEOUT = 30.0
+SCHEDULER_TXN_TIMEOUT_MS = 10_000  # a leader killed inside a transaction delays the next one this long
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def group_of(settings: Settings) -> str:
+    return f"{settings.kafka.group_id}-scheduler"
+
+
+def transactional_id(settings: Settings, slot: int) -> str:
+    return f"{settings.kafka.group_id}.scheduler.{socket.gethostname()}.{slot}"
+
+
+Record = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]  # topic, key, value, headers
+
+
+@dataclass
+class _Batch:
+    """What one transaction writes."""
+
+    records: list[Record] = field(default_factory=list)
+    updates: dict[str, int] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
+    fired: int = 0
+
+
+class Scheduler:
+    """One process's scheduler: a member of the scheduler group, leading while it holds partition 0."""
+
+    def __init__(self, settings: Settings, slot: int = 0, *, clock: Callable[[], int] = now_ms,
+                 consumer_extra: dict[str, Any] | None = None, producer_extra: dict[str, Any] | None = None) -> None:
+        self.settings = settings
+        self.slot = slot
+        self.clock = clock
+        self.topic = topics.schedules_topic(settings.kafka.topic_prefix)
+        self.config = configured(settings)
+        self.watch = ErrorWatch()
+        self.consumer = Consumer(consumer_config(settings.kafka, self.watch, group=group_of(settings), **{
+            "isolation.level": "read_committed",  # cooperative-sticky: a joining member never moves partition 0
+            "auto.offset.reset": "earliest", "client.id": f"scheduler-{socket.gethostname()}-{slot}",
+            "topic.metadata.refresh.interval.ms": 10_000,
+            **(consumer_extra or {})}))
+        self._producer_extra = producer_extra or {}
+        self.producer: Producer | None = None
+        self.book = Book()
+        self.leading = False
+        self.loaded = False
+        self.fired = 0  # jobs dispatched by this process
+        self._due: dict[str, tuple[Schedule, int, int | None, int | None]] = {}  # name -> (.., next due)
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                admin.ensure_topics(self.settings)
+                self._await_topic()
+                break
+            except (admin.AdminError, KafkaException, TimeoutError) as exc:
+                log.warning("scheduler: cannot create the schedules topic yet (%s); retrying", exc)
+                self._stop.wait(1)
+        self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_revoke)
+        try:
+            while not self._stop.is_set():
+                self.watch.check()
+                for msg in self.consumer.consume(500, self._wait_s()):
+                    if msg.error() is None:
+                        self.book.apply(msg.key(), msg.value(), cast(int, msg.offset()))
+                if self.leading and not self.loaded:
+                    self._load()
+                elif self.leading:
+                    self._tick()
+        finally:
+            self.consumer.close()  # leaves the group: another member leads at once
+            if self.producer is not None:
+                self.producer.flush(5)
+
+    def _await_topic(self, timeout: float = 15.0) -> None:
+        """Subscribe only once this client's metadata shows the (maybe just created) topic with a
+        leader: a subscription to a topic it does not see yet waits for the next metadata refresh."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._stop.is_set():
+            meta = self.consumer.list_topics(self.topic, timeout=5).topics.get(self.topic)
+            if meta is not None and meta.error is None and meta.partitions and meta.partitions[0].leader >= 0:
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.topic} has no leader yet")
+
+    def _wait_s(self) -> float:
+        if not self.leading or not self.loaded:
+            return 0.2
+        due = [d for _, _, _, d in self._due.values() if d is not None]
+        return max(0.0, min(0.1, (min(due) - self.clock()) / 1000)) if due else 0.1
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if any(tp.partition == 0 for tp in partitions):
+            self.leading, self.loaded = True, False
+            self.book, self._due = Book(), {}
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if any(tp.partition == 0 for tp in partitions):
+            if self.leading:
+                log.info("scheduler: no longer leading")
+            self.leading, self.loaded = False, False
+
+    def _load(self) -> None:
+        """Become an effective leader: wait for stable offsets, read the whole topic, init the
+        transactional producer. Left for the next loop turn on any failure."""
+        try:
+            self.consumer.committed([TopicPartition(self.topic, 0)], timeout=5)  # waits out open transactions
+            book = read_book(self.settings, self.watch, timeout=10)
+        except (KafkaException, TimeoutError) as exc:
+            log.info("scheduler: not loaded yet (%s); retrying", exc)
+            return
+        if not self.leading:
+            return
+        for msg in self.consumer.consume(500, 0):  # what the group consumer got meanwhile
+            if msg.error() is None:
+                book.apply(msg.key(), msg.value(), cast(int, msg.offset()))
+        self.book, self._due = book, {}
+        if self.producer is None:
+            conf = producer_config(self.settings.kafka, self.watch, **self._producer_extra)
+            conf["transactional.id"] = transactional_id(self.settings, self.slot)
+            conf["transaction.timeout.ms"] = min(int(conf.get("transaction.timeout.ms", 60_000)),
+                                                 SCHEDULER_TXN_TIMEOUT_MS)
+            conf["message.timeout.ms"] = min(int(conf.get("message.timeout.ms", 300_000)),
+                                             conf["transaction.timeout.ms"])
+            producer = Producer(conf)
+            try:
+                producer.init_transactions(TIMEOUT)
+            except KafkaException as exc:
+                log.warning("scheduler: cannot init transactions (%s); retrying", exc.args[0])
+                return
+            self.producer = producer
+            self.dispatcher = Dispatcher(self.settings, producer=producer, ensure_topics=False)
+        self.loaded = True
+        print(f"protojobs: scheduler leading ({len(self.book.schedules(self.config))} schedules, "
+              f"transactional.id {transactional_id(self.settings, self.slot)})", file=sys.stderr, flush=True)
+
+    # --- firing --------------------------------------------------------------------------------
+
+    def _next_due(self, sched: Schedule, last: int, floor: int | None) -> int | None:
+        cached = self._due.get(sched.name)
+        if cached is not None and cached[0] == sched and cached[1] == last and cached[2] == floor:
+            return cached[3]
+        due = next_fire(sched.rule, last if floor is None else max(last, floor))
+        self._due[sched.name] = (sched, last, floor, due)
+        return due
+
+    def _tick(self) -> None:
+        now = self.clock()
+        batch = _Batch()
+        for sched in self.book.schedules(self.config).values():
+            if not self.book.paused(sched):
+                self._decide(sched, now, batch)
+        if batch.records and self._commit(batch.records):
+            self.fired += batch.fired
+            self.book.last.update(batch.updates)
+            for name in batch.removed:
+                self.book.defs.pop(name, None)
+                self.book.last.pop(name, None)
+
+    def _decide(self, sched: Schedule, now: int, batch: _Batch) -> None:
+        """Add what `sched` needs now (its due ticks' jobs and its new state) to `batch`."""
+        last = self.book.last.get(sched.name)
+        if last is None and not sched.dynamic:  # first sight of a jobs.toml schedule: count from now
+            batch.records.append(self._raw(*state_record(sched.name, now, baseline=True)))
+            batch.updates[sched.name] = now
+            return
+        last = sched.created_ms if last is None else last
+        floor = self.book.floor(sched.name)
+        due = self._next_due(sched, last, floor)
+        decided = plan(sched.rule, sched.catch_up, last, now, floor) if due is not None and due <= now else None
+        if decided is None:
+            return
+        for tick in decided.fire:
+            record = self._job(sched, tick, now)
+            if record is not None:
+                batch.records.append(record)
+                batch.fired += 1
+        if sched.dynamic and sched.rule.kind == "at":  # a one-shot is done: drop it
+            batch.records += [self._raw(*def_record(sched.name)), self._state(sched.name, None),
+                              self._raw(*control_record(sched.name, None, now))]
+            batch.removed.append(sched.name)
+        else:
+            batch.records.append(self._state(sched.name, decided.last_tick))
+            batch.updates[sched.name] = decided.last_tick
+
+    def _job(self, sched: Schedule, tick: int, now: int) -> Record | None:
+        try:
+            env = self.dispatcher.build(sched.queue, dict(sched.data), job=sched.job, job_id=job_id(sched.name, tick),
+                                        at_ms=tick + jitter_for(sched.name, tick, sched.jitter_ms), now=now)
+        except (DispatchError, PayloadError) as exc:
+            log.error("schedule %s: tick %s not dispatched: %s", sched.name, iso(tick), exc)
+            return None
+        key = env.key.encode() if env.key is not None else None
+        return self.dispatcher.topic_for(env, now), key, envelope.encode(env), envelope.headers(env)
+
+    def _state(self, name: str, last_tick: int | None) -> Record:
+        return self._raw(*state_record(name, last_tick))
+
+    def _raw(self, key: bytes, value: bytes | None) -> Record:
+        return self.topic, key, value, []
+
+    def _commit(self, records: list[Record]) -> bool:
+        producer = self.producer
+        assert producer is not None
+        try:
+            producer.begin_transaction()
+            for topic, key, value, headers in records:
+                while True:
+                    try:
+                        producer.produce(topic, value, key, headers=cast(Any, headers))
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+            offsets = [TopicPartition(self.topic, 0, self.book.position)]
+            producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), TIMEOUT)
+            producer.commit_transaction(TIMEOUT)
+            return True
+        except KafkaException as exc:
+            self._failed(exc.args[0])
+            return False
+
+    def _failed(self, err: KafkaError) -> None:
+        """A refused transaction: abort it and load again (a zombie then learns it lost the partition)."""
+        self.loaded = False
+        if err.fatal():
+            log.error("scheduler: transactional producer failed (%s); a new one is made", err.str())
+            self.producer = None
+            return
+        log.warning("scheduler: transaction aborted: %s", err.str())
+        try:
+            cast(Producer, self.producer).abort_transaction(TIMEOUT)
+        except KafkaException as abort_exc:
+            log.error("scheduler: abort failed (%s); a new producer is made", abort_exc.args[0])
+            self.producer = None
+
+
+class SchedulerThread:
+    """A Scheduler beside the worker in the same process (the default of `protojobs run`)."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="protojobs-scheduler", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.scheduler.run()
+        except BaseException as exc:  # noqa: BLE001 - reported by stop()
+            self.error = exc
+            log.exception("the scheduler stopped")
+
+    def start(self) -> SchedulerThread:
+        self.thread.start()
+        return self
+
+    def stop(self, timeout: float = 30) -> None:
+        self.scheduler.stop()
+        self.thread.join(timeout)
+
+
+# --- reading and writing the topic (facade, CLI) ---------------------------------------------------
+
+
+def read_book(settings: Settings, watch: ErrorWatch | None = None, timeout: float = 30.0) -> Book:
+    """The schedules topic from its beginning to its end (committed records only), folded."""
+    topic = topics.schedules_topic(settings.kafka.topic_prefix)
+    consumer = Consumer(consumer_config(settings.kafka, watch or ErrorWatch(),
+                                        group=f"protojobs-schedules-reader-{uuid.uuid4().hex}", **{
+                                            "enable.partition.eof": True, "isolation.level": "read_committed",
+                                            "auto.offset.reset": "earliest"}))
+    book = Book()
+    try:
+        meta = consumer.list_topics(topic, timeout=10)
+        if topic not in meta.topics or meta.topics[topic].error is not None:
+            return book  # no scheduler ever ran: nothing recorded
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+        if high <= low:
+            return book  # empty (or compacted away)
+        consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for msg in consumer.consume(500, 0.2):
+                err = msg.error()
+                if err is None:
+                    book.apply(msg.key(), msg.value(), cast(int, msg.offset()))
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    return book
+        raise TimeoutError(f"could not read {topic} to its end within {timeout:g}s")
+    finally:
+        consumer.close()
+
+
+def write(settings: Settings, records: Iterable[tuple[bytes, bytes | None]], producer: Producer | None = None) -> None:
+    """Write records to the schedules topic and wait for the broker's acks."""
+    admin.ensure_topics(settings)
+    producer = producer or Producer(producer_config(settings.kafka, ErrorWatch()))
+    topic = topics.schedules_topic(settings.kafka.topic_prefix)
+    errors: list[str] = []
+    for key, value in records:
+        producer.produce(topic, value, key, on_delivery=lambda err, _m: errors.append(err.str()) if err else None)
+    if producer.flush(30) or errors:
+        raise RuntimeError(f"could not write to {topic}: {errors or 'no acknowledgement'}")
+
+
+def define(settings: Settings, sched: Schedule, producer: Producer | None = None) -> str:
+    """Store a dynamic schedule (validated here, so the leader never meets a bad one)."""
+    producer = producer or Producer(producer_config(settings.kafka, ErrorWatch()))
+    dispatcher = Dispatcher(settings, producer=producer, ensure_topics=False)
+    dispatcher.build(sched.queue, dict(sched.data), job=sched.job, now=0)  # PayloadError / DispatchError
+    write(settings, [def_record(sched)], producer)
+    return sched.name
+
+
+def undefine(settings: Settings, name: str, producer: Producer | None = None) -> bool:
+    """Remove a dynamic schedule; False if there is none of that id."""
+    if name not in read_book(settings).defs:
+        return False
+    write(settings, [def_record(name), state_record(name, None), control_record(name, None, 0)], producer)
+    return True
+
+
+def leader(settings: Settings) -> str | None:
+    """Which process leads (its client id and host), if any."""
+    try:
+        members = admin.group_members(admin.client(settings), group_of(settings))
+    except Exception:  # noqa: BLE001 - shown as unknown
+        return None
+    for m in members:
+        if m["assignment"]:
+            return f"{m['client_id']} ({m['host'].lstrip('/')})"
+    return None
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+def _load(path: str | None) -> Settings:
+    from protojobs import config
+
+    return config.load(path, import_handlers=False)
+
+
+def rows(settings: Settings, book: Book, now: int) -> list[dict[str, Any]]:
+    out = []
+    for sched in sorted(book.schedules(configured(settings)).values(), key=lambda s: s.name):
+        last = book.last.get(sched.name)
+        since = last if last is not None else (sched.created_ms if sched.dynamic else now)
+        floor = book.floor(sched.name)
+        paused = book.paused(sched)
+        nxt = None if paused else next_fire(sched.rule, since if floor is None else max(since, floor))
+        out.append({"name": sched.name, "source": "dynamic" if sched.dynamic else "jobs.toml",
+                    "queue": sched.queue, "job": sched.job, "rule": sched.rule.describe(),
+                    "catch_up": sched.catch_up, "paused": paused,
+                    "next_fire": iso(nxt) if nxt is not None else None,
+                    "last_fired": iso(last) if last is not None and sched.name not in book.baseline else None})
+    return out
+
+
+def list_command(path: str | None, as_json: bool = False) -> int:
+    try:
+        settings = _load(path)
+        book = read_book(settings)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except (KafkaException, TimeoutError) as exc:
+        print(f"schedules: cannot read the schedules topic: {exc}", file=sys.stderr)
+        return 1
+    table = rows(settings, book, now_ms())
+    lead = leader(settings)
+    if as_json:
+        print(json.dumps({"leader": lead, "schedules": table}, indent=2))
+        return 0
+    print(f"leader: {lead or 'none (no `protojobs run` with the scheduler is up)'}")
+    if not table:
+        print("no schedules")
+        return 0
+    head = ("NAME", "RULE", "QUEUE", "NEXT FIRE", "LAST FIRED", "STATE")
+    lines = [head] + [(r["name"], r["rule"], r["queue"], r["next_fire"] or "-", r["last_fired"] or "-",
+                       ("paused" if r["paused"] else "active") + ("" if r["source"] == "jobs.toml" else ", dynamic"))
+                      for r in table]
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
+    for line in lines:
+        print("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+    return 0
+
+
+def control_command(path: str | None, action: str, name: str) -> int:
+    """pause | resume | remove NAME."""
+    try:
+        settings = _load(path)
+        book = read_book(settings)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    scheds = book.schedules(configured(settings))
+    if name not in scheds:
+        known = ", ".join(sorted(scheds)) or "none"
+        print(f"schedules: no schedule named {name!r} (known: {known})", file=sys.stderr)
+        return 1
+    sched = scheds[name]
+    now = now_ms()
+    if action == "remove":
+        if not sched.dynamic:
+            print(f"schedules: {name!r} is declared in jobs.toml: delete its [schedules.{name}] table "
+                  "(or pause it)", file=sys.stderr)
+            return 1
+        undefine(settings, name)
+        print(f"{name}: removed")
+        return 0
+    write(settings, [control_record(name, action == "pause", now)])
+    if action == "resume" and sched.paused:
+        print(f"{name}: resumed, but jobs.toml sets paused = true, which still holds it", file=sys.stderr)
+        return 1
+    print(f"{name}: {'paused' if action == 'pause' else 'resumed (ticks missed while paused are skipped)'}")
+    return 0
+
+
+def next_command(path: str | None, name: str, count: int = 5) -> int:
+    """The next `count` fire times of a schedule (jobs.toml's without a broker)."""
+    try:
+        settings = _load(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    scheds = configured(settings)
+    if name not in scheds:
+        with contextlib.suppress(KafkaException, TimeoutError):
+            scheds = read_book(settings, timeout=10).schedules(scheds)
+    if name not in scheds:
+        print(f"schedules: no schedule named {name!r} (known: {', '.join(sorted(scheds)) or 'none'})",
+              file=sys.stderr)
+        return 1
+    rule = scheds[name].rule
+    tz = rule.tz if rule.kind == "cron" else "UTC"
+    times = upcoming(rule, now_ms(), count)
+    for t in times:
+        print(iso(t, tz) + ("" if tz == "UTC" else f"  ({iso(t)})"))
+    if not times:
+        print(f"{name}: fires no more ({rule.describe()})")
+    return 0
+
+
+# --- dynamic schedules (the facade: Jobs.schedule_at / schedule_every / schedule_daily) ------------
+
+
+def schedule(settings: Settings, queue: str, job: str | None, data: Any, *, at: Any = None,
+             every_ms: int | None = None, daily: str | None = None, tz: str = "UTC", catch_up: str = "once",
+             jitter_ms: int = 0, producer: Producer | None = None) -> str:
+    """Store one dynamic schedule (exactly one of at / every_ms / daily "HH:MM"); its id.
+    `every_ms` ticks count from now (the first fires one interval later)."""
+    from protojobs.schedules import Rule, cron_rule, every_rule, parse_time
+
+    now = now_ms()
+    if sum(x is not None for x in (at, every_ms, daily)) != 1:
+        raise ValueError("give exactly one of at, every or daily")
+    if catch_up not in ("skip", "once", "all"):
+        raise ValueError(f"catch_up must be 'skip', 'once' or 'all', not {catch_up!r}")
+    if at is not None:
+        rule = Rule("at", at_ms=parse_time(at, tz), tz=tz)
+    elif every_ms is not None:
+        rule = every_rule(every_ms, anchor_ms=now)
+    else:
+        hour, _, minute = str(daily).partition(":")
+        if not (hour.isdigit() and minute.isdigit() and int(hour) < 24 and int(minute) < 60):
+            raise ValueError(f"{daily!r} is not a time of day: write HH:MM, e.g. 09:00")
+        rule = cron_rule(f"{int(minute)} {int(hour)} * * *", tz)
+    sched = Schedule(name=f"dyn-{uuid.uuid4().hex[:16]}", queue=queue, job=job, data=data if data is not None else {},
+                     rule=rule, catch_up=catch_up, jitter_ms=jitter_ms, dynamic=True, created_ms=now)
+    return define(settings, sched, producer)

@@ -1,0 +1,178 @@
+"""The chaos checker (chaos/checker.py) on hand-made histories: each fault is flagged, a clean
+history passes. Pure: no broker."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from chaos.checker import DeadRecord, Drain, Record, check  # noqa: E402
+from chaos.history import Dispatch, Execution, FaultEvent, History, QueueInfo  # noqa: E402
+
+T0 = 1_700_000_000.0
+QUEUES = {
+    "plain": QueueInfo("plain", "p-plain", "none", False, "p-dead-letter"),
+    "ordered": QueueInfo("ordered", "p-ordered", "key", True, "p-dead-letter"),
+}
+
+
+def dispatch(job_id: str, seq: int, queue: str = "plain", key: str | None = None, kind: str = "normal",
+             outcome: str = "acked", delay: float = 0.0) -> Dispatch:
+    return Dispatch(job_id, queue, key, int((T0 + seq * 0.01 + delay) * 1000), kind, outcome, seq,
+                    fail=1 if kind == "flaky" else 0, delayed=delay > 0, sent_at=int((T0 + seq * 0.01) * 1000))
+
+
+def run(job_id: str, t: float, attempt: int = 1, ok: bool = True, due: float = T0, key: str | None = None) -> Execution:
+    return Execution(job_id, attempt, 1234, t, due, ok, key=key, end=t + 0.001)
+
+
+def dead(job_id: str, queue: str = "plain", key: str | None = None, attempts: int = 3,
+         error_type: str = "ValueError", t: float = T0 + 5) -> DeadRecord:
+    return DeadRecord("p-dead-letter", 0, 0, int(t * 1000), job_id, queue, key, error_type, attempts,
+                      "attempts exhausted", f"p-{queue}", int((T0 + 1) * 1000), int(t * 1000))
+
+
+def clean() -> tuple[History, Drain]:
+    """Five jobs: two plain, one delayed, a flaky one, a poison one, two ordered on one key."""
+    dispatches = [
+        dispatch("a", 1), dispatch("b", 2), dispatch("c", 3, delay=2.0),
+        dispatch("f", 4, kind="flaky"), dispatch("p", 5, kind="poison"),
+        dispatch("o1", 6, queue="ordered", key="k"), dispatch("o2", 7, queue="ordered", key="k"),
+        dispatch("x", 8, outcome="failed"), dispatch("u", 9, outcome="indefinite"),
+    ]
+    executions = [
+        run("a", T0 + 0.5), run("b", T0 + 0.6), run("b", T0 + 3.0),  # b ran twice: at-least-once
+        run("c", T0 + 2.2, due=T0 + 2.03),
+        run("f", T0 + 0.7, ok=False), run("f", T0 + 1.2, attempt=2, due=T0 + 1.0),
+        run("p", T0 + 0.8, ok=False), run("p", T0 + 1.3, attempt=2, ok=False, due=T0 + 1.1),
+        run("p", T0 + 1.8, attempt=3, ok=False, due=T0 + 1.6),
+        run("o1", T0 + 0.9, key="k"), run("o2", T0 + 1.0, key="k"),
+        run("o1", T0 + 4.0, key="k"),  # a replay after a crash repeats a run: allowed
+    ]
+    history = History("at_least_once", 3, QUEUES, dispatches, executions,
+                      [FaultEvent("disable", "client-1", T0 + 0.2, T0 + 1.5)], healed_at=T0 + 1.5)
+    drain = Drain(queue_records=[Record("p-plain", 0, i, j, 1) for i, j in enumerate("abcfp")]
+                  + [Record("p-ordered", 0, 0, "o1", 1), Record("p-ordered", 0, 1, "o2", 1)],
+                  tier_records=[Record("p-delay-1s", 0, 0, "c", 1)], dead=[dead("p")])
+    return history, drain
+
+
+def test_clean_history_passes() -> None:
+    history, drain = clean()
+    result = check(history, drain)
+    assert result.ok, [str(v) for v in result.violations]
+    assert result.acked == 7 and result.failed == 1 and result.indefinite == 1 and result.must_settle == 7
+    assert result.duplicates == {1: 4, 2: 2} and result.max_duplicates == 2
+    assert result.recovery_s == pytest.approx(T0 + 5 - (T0 + 1.5))
+
+
+def test_lost_job_is_flagged() -> None:
+    history, drain = clean()
+    history.executions = [e for e in history.executions if e.job_id != "a"]
+    result = check(history, drain)
+    assert [v.job_id for v in result.flagged("lost")] == ["a"] and result.lost == 1
+
+
+def test_lost_poison_job_is_flagged() -> None:
+    history, drain = clean()
+    drain.dead = []
+    assert [v.job_id for v in check(history, drain).flagged("lost")] == ["p"]
+
+
+def test_indefinite_job_that_was_stored_must_run() -> None:
+    history, drain = clean()
+    drain.queue_records.append(Record("p-plain", 1, 0, "u", 1))
+    assert [v.job_id for v in check(history, drain).flagged("lost")] == ["u"]
+
+
+def test_phantoms_are_flagged() -> None:
+    history, drain = clean()
+    history.executions.append(run("ghost", T0 + 1))  # never dispatched
+    history.executions.append(run("x", T0 + 1))  # dispatch failed definitely
+    drain.queue_records.append(Record("p-plain", 2, 0, "x2", 1))  # stored, never dispatched
+    result = check(history, drain)
+    assert sorted(str(v.job_id) for v in result.flagged("phantom")) == ["ghost", "x", "x2"]
+
+
+def test_duplicate_is_allowed_in_at_least_once_but_not_in_exactly_once() -> None:
+    history, drain = clean()
+    drain.queue_records.append(Record("p-plain", 0, 9, "a", 1))  # job a stored twice
+    drain.dead.append(dead("p", t=T0 + 6))  # and p dead-lettered twice
+    result = check(history, drain)
+    assert result.ok and result.dead_letter_duplicates == 1
+    history.mode = "exactly_once"
+    result = check(history, drain)
+    assert sorted(str(v.job_id) for v in result.flagged("exactly_once")) == ["a", "p"]
+    assert result.exactly_once_violations == 2
+
+
+def test_early_run_is_flagged() -> None:
+    history, drain = clean()
+    history.executions = [e for e in history.executions if e.job_id != "c"] + [run("c", T0 + 1.5, due=T0 + 2.03)]
+    result = check(history, drain)
+    assert [v.job_id for v in result.flagged("early")] == ["c"] and result.early == 1
+
+
+def test_early_against_the_dispatched_due_time_is_flagged() -> None:
+    history, drain = clean()
+    history.executions = [e for e in history.executions if e.job_id != "c"] + [run("c", T0 + 1.5, due=T0)]
+    assert [v.job_id for v in check(history, drain).flagged("early")] == ["c"]
+
+
+def test_retry_before_previous_attempt_failed_is_flagged() -> None:
+    history, drain = clean()
+    history.executions = [e for e in history.executions if e.job_id != "f"] + [
+        run("f", T0 + 1.2, attempt=2, due=T0 + 1.0), run("f", T0 + 1.5, ok=False)]
+    assert [v.job_id for v in check(history, drain).flagged("early")] == ["f"]
+
+
+def test_order_violation_is_flagged() -> None:
+    history, drain = clean()
+    history.executions = [e for e in history.executions if e.job_id not in ("o1", "o2")] + [
+        run("o2", T0 + 0.9, key="k"), run("o1", T0 + 1.0, key="k")]
+    result = check(history, drain)
+    assert [v.job_id for v in result.flagged("order")] == ["o2"] and result.order_violations == 1
+
+
+def test_order_is_not_checked_without_blocking_retries() -> None:
+    history, drain = clean()
+    history.queues = {**QUEUES, "ordered": QueueInfo("ordered", "p-ordered", "key", False, "p-dead-letter")}
+    history.executions = [e for e in history.executions if e.job_id not in ("o1", "o2")] + [
+        run("o2", T0 + 0.9, key="k"), run("o1", T0 + 1.0, key="k")]
+    assert check(history, drain).ok
+
+
+def test_healthy_job_dead_lettered_is_flagged() -> None:
+    history, drain = clean()
+    drain.dead.append(dead("f", error_type="RuntimeError"))
+    result = check(history, drain)
+    assert [v.job_id for v in result.flagged("dead_letter")] == ["f"] and not result.flagged("lost")
+
+
+def test_dead_letter_metadata_is_checked() -> None:
+    history, drain = clean()
+    drain.dead = [dead("p", attempts=1, key="wrong")]
+    details = [v.detail for v in check(history, drain).flagged("dead_letter")]
+    assert len(details) == 2 and "key 'wrong'" in details[0] and "attempts 1" in details[1]
+
+
+def test_unreadable_dead_letter_record_is_a_phantom() -> None:
+    history, drain = clean()
+    drain.dead.append(DeadRecord("p-dead-letter", 0, 5, int(T0 * 1000), None, problem="not JSON"))
+    assert len(check(history, drain).flagged("phantom")) == 1
+
+
+def test_incomplete_drain_fails() -> None:
+    history, drain = clean()
+    drain.complete, drain.note = False, "timed out"
+    assert [v.check for v in check(history, drain).violations] == ["drain"]
+
+
+def test_history_and_drain_round_trip_through_json() -> None:
+    history, drain = clean()
+    again = check(History.from_json(history.to_json()), Drain.from_json(drain.to_json()))
+    assert again.to_json() == check(history, drain).to_json()
