@@ -100,3 +100,18 @@ def until_reachable(action: Callable[[], Any], stopped: Callable[[], bool], what
             log.warning("%s: Kafka is not reachable yet (%s); retrying in %.0fs", what, exc, pause)
             time.sleep(pause)
     return False
+
+
+def fetch(consumer: Any, max_messages: int, timeout: float) -> list[Any]:
+    """Up to `max_messages` records at once, waiting at most `timeout` for the first one.
+
+    `Consumer.consume(n, timeout)` waits until n records arrived OR the timeout passed, so with a
+    large batch a lone job would wait the whole timeout: take what is there without waiting,
+    and only when nothing is, block in `poll` (which returns on the first record)."""
+    msgs = consumer.consume(max_messages, 0)
+    if msgs or timeout <= 0:
+        return list(msgs)
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    return [first, *consumer.consume(max(1, max_messages - 1), 0)]

@@ -29,7 +29,7 @@ from typing import Any, cast
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from protojobs import delays, envelope, topics
-from protojobs.clients import ErrorWatch, consumer_config, producer_config, until_reachable
+from protojobs.clients import ErrorWatch, consumer_config, fetch, producer_config, until_reachable
 from protojobs.config import Settings
 from protojobs.control import ClearEpochs
 from protojobs.offsets import OffsetTracker
@@ -106,7 +106,7 @@ class Router:
             while not self._stop.is_set():
                 self.watch.check()
                 self.epochs.refresh()
-                for msg in self.consumer.consume(self.settings.kafka.batch_size, self._wait_s()):
+                for msg in fetch(self.consumer, self.settings.kafka.batch_size, self._wait_s()):
                     self._take(msg)
                 self.producer.poll(0)
                 self._release_due()

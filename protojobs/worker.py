@@ -33,13 +33,13 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 
 from protojobs import admin, envelope, retry, topics
 from protojobs import jobs as job_hooks
-from protojobs.clients import ErrorWatch, consumer_config, producer_config, until_reachable
+from protojobs.clients import ErrorWatch, consumer_config, fetch, producer_config, until_reachable
 from protojobs.config import PayloadError, QueueSettings, Settings, payload_validator
 from protojobs.control import ClearEpochs
 from protojobs.executor import Context, EventLoop, Handler, Job, Lane, Result
 from protojobs.offsets import OffsetTracker
 from protojobs.producer import Dispatcher, now_ms
-from protojobs.transactions import Output, Transactions, rewind_to_committed
+from protojobs.transactions import Fenced, Output, Transactions, rewind_to_committed
 
 log = logging.getLogger(__name__)
 HOST = socket.gethostname()
@@ -119,6 +119,7 @@ class Worker:
         self.txn: Transactions | None = None  # made in run(), once Kafka answers
         self._dispatcher: Dispatcher | None = None
         self.epochs: ClearEpochs | None = None
+        self.lost_session = False
         self.offsets = OffsetTracker()
         self.generation: dict[tuple[str, int], int] = {}
         self.assigned: set[tuple[str, int]] = set()
@@ -233,20 +234,25 @@ class Worker:
             self._shutdown()
         finally:
             self._close()
+        if self.lost_session:
+            raise Fenced("the group session of an exactly-once worker expired; stopped so that it "
+                         "publishes nothing a newer worker might also publish")
         return self.counters
 
     def _poll_once(self, timeout: float) -> None:
         self.watch.check()
         busy = self._busy()
-        msgs = self.consumer.consume(self.settings.kafka.batch_size if not self.paused else 1,
-                                     0.0 if busy else timeout) if not self.stopping else []
+        # While jobs run, wake at least every 20 ms to collect their results; a new record wakes
+        # the loop at once either way (fetch returns on the first one).
+        msgs = fetch(self.consumer, self.settings.kafka.batch_size if not self.paused else 1,
+                     min(timeout, 0.02) if busy else timeout) if not self.stopping else []
         self.last_poll = time.monotonic()
         if self.epochs is not None:
             self.epochs.refresh()
         for msg in msgs:
             self._take(msg)
         self.producer.poll(0)
-        self._drain(0.02 if busy and not msgs else 0.0)
+        self._drain(0.0)
         self._expire()
         self._flow_control()
 
@@ -463,6 +469,11 @@ class Worker:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning("partitions lost (not committing): %s", [f"{tp.topic}[{tp.partition}]" for tp in partitions])
         self._forget({(tp.topic, tp.partition) for tp in partitions})
+        if self.txn is not None:
+            # Our group session expired (a long pause, SIGSTOP): a newer worker may have taken this
+            # slot's transactional.id. Publish nothing more: stop, and let a fresh process start.
+            self.lost_session = True
+            self.stopping = 2
 
     def _rewind(self, keys: list[tuple[str, int]]) -> None:
         """After an aborted transaction: forget the partitions' progress and seek them back to

@@ -93,7 +93,10 @@ def test_zombie_worker_is_fenced(eo_config, tmp_path: Path) -> None:
         try:
             wait_for(lambda: {r["n"] for r in runs(record)} >= set(range(80)), timeout=60, what="heir took over")
             zombie.send_signal(signal.SIGCONT)
-            assert zombie.wait(40) != 0  # fenced: it stops instead of publishing
+            # The zombie rejoins the group; the first transaction it tries is fenced and it stops.
+            assert dispatcher.dispatch_many("work", [{"n": i, "sleep": 0.02} for i in range(80, 120)]).ok
+            assert zombie.wait(60) != 0  # fenced: it stops instead of publishing
+            wait_for(lambda: {r["n"] for r in runs(record)} >= set(range(120)), timeout=60, what="all jobs")
             wait_for(lambda: committed_equals_end(settings, "work"), timeout=30, what="heir committed")
         finally:
             heir.send_signal(signal.SIGTERM)
@@ -102,8 +105,8 @@ def test_zombie_worker_is_fenced(eo_config, tmp_path: Path) -> None:
         zombie.send_signal(signal.SIGCONT)
         zombie.kill()
         zombie.wait(10)
-    seen = committed_followups(settings, 80)
-    assert set(seen) == set(range(80)) and max(seen.values()) == 1
+    seen = committed_followups(settings, 120)
+    assert set(seen) == set(range(120)) and max(seen.values()) == 1
     log = (tmp_path / "worker-0.log").read_text()
     assert "fenced" in log.lower(), log[-2000:]
 

@@ -1,0 +1,148 @@
+"""The printed table and the PNG plots of a bench run (from the results dict / latest.json).
+
+    python bench/report.py [bench/results/latest.json]   # re-print and re-plot a saved run
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _f(x: Any, fmt: str = ",.0f") -> str:
+    return format(x, fmt) if isinstance(x, int | float) else "-"
+
+
+def _check(ok: bool | None) -> str:
+    return "-" if ok is None else ("met" if ok else "MISSED")
+
+
+def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
+    out = []
+    d = r.get("dispatch", {})
+    if "protojobs" in d:
+        p, raw = d["protojobs"], d["raw"]
+        ok = d["ratio"] >= 0.7 and p["jobs_s"] >= 100_000
+        out.append((f"1 dispatch, {d['jobs']:,} jobs ({d['record_bytes']} B records)",
+                    f"{_f(p['jobs_s'])} jobs/s, {_f(p['mb_s'], '.1f')} MB/s",
+                    f"{_f(raw['jobs_s'])} jobs/s, {_f(raw['mb_s'], '.1f')} MB/s", _f(d["ratio"], ".2f"),
+                    ">= 0.7x raw and >= 100k/s", _check(ok)))
+    elif d:
+        out.append(("1 dispatch", d.get("error", "?"), "", "", "", ""))
+    s = r.get("drain", {})
+    if "raw" in s:
+        raw = s["raw"].get("jobs_s")
+        for name, label, target in (("protojobs_1p", "1 process", ">= 0.5x raw and >= 50k/s"),
+                                    ("protojobs_1p_novalidate", "1 process, validate_on_consume=false", ""),
+                                    ("protojobs_2p", "2 processes", "")):
+            v = s.get(name, {})
+            rate = v.get("jobs_s")
+            ok = (v.get("ratio") or 0) >= 0.5 and (rate or 0) >= 50_000 if target else None
+            out.append((f"2 drain {s['jobs']:,} no-op jobs, {label}", f"{_f(rate)} jobs/s" if rate else v.get("error", "-"),
+                        f"{_f(raw)} jobs/s", _f(v.get("ratio"), ".2f"), target, _check(ok)))
+        eo = s.get("protojobs_1p_exactly_once", {})
+        ratio = s.get("exactly_once_vs_at_least_once")
+        out.append(("2 drain, exactly-once queue, 1 process",
+                    f"{_f(eo['jobs_s'])} jobs/s" if eo.get("jobs_s") else str(eo.get("error", "-"))[:80],
+                    f"{_f(raw)} jobs/s", f"{_f(ratio, '.2f')} of at-least-once", ">= 0.5x at-least-once",
+                    _check(ratio >= 0.5 if ratio else None)))
+    lat = r.get("latency", {})
+    for rate, v in lat.items():
+        p, raw = v.get("protojobs", {}), v.get("raw", {})
+        if "p99_ms" not in p:
+            out.append((f"3 latency @ {rate}/s", p.get("error", "-"), "", "", "", ""))
+            continue
+        ok = p["p99_ms"] <= 10 and (v.get("p99_ratio") or 99) <= 2 if rate == "1000" else None
+        out.append((f"3 latency @ {int(rate):,}/s p50/p99/max ms",
+                    f"{p['p50_ms']:.1f} / {p['p99_ms']:.1f} / {p['max_ms']:.1f}",
+                    f"{raw.get('p50_ms', 0):.1f} / {raw.get('p99_ms', 0):.1f} / {raw.get('max_ms', 0):.1f}",
+                    _f(v.get("p99_ratio"), ".2f"), "p99 <= 10 ms and <= 2x raw" if rate == "1000" else "", _check(ok)))
+    dl = r.get("delay", {})
+    for label, v in dl.items():
+        if isinstance(v, dict) and "p99_ms" in v:
+            ok = v["early"] == 0 and v["p99_ms"] <= 1000
+            out.append((f"4 delay {label}, {v['n']} jobs: lateness p50/p99/max ms, early",
+                        f"{v['p50_ms']:.0f} / {v['p99_ms']:.0f} / {v['max_ms']:.0f}, early {v['early']}",
+                        "", "", "0 early, p99 <= 1 s", _check(ok)))
+    c = r.get("cost", {})
+    if "rss_first_mb" in c:
+        raw_cpu = r.get("drain", {}).get("raw", {}).get("cpu_s_per_100k")
+        out.append((f"5 cost, {c['jobs']:,} jobs, 1 process",
+                    f"RSS {c['rss_first_mb']:.0f} -> {c['rss_exit_mb']:.0f} MB (max {_f(c.get('rss_max_mb'))}), "
+                    f"{c['cpu_s_per_100k']:.1f} CPU s/100k",
+                    f"raw loop {_f(raw_cpu, '.1f')} CPU s/100k", "", "RSS flat", "-"))
+    for name, v in r.get("peers", {}).items():
+        if isinstance(v, dict):
+            rate = v.get("jobs_s")
+            out.append((f"6 peer {name} ({v.get('guarantee', '?')})",
+                        f"{_f(rate)} jobs/s" if rate else v.get("error", "-"), "", "", "protojobs ahead", "-"))
+    return out
+
+
+def table(r: dict[str, Any]) -> str:
+    head = ("scenario", "protojobs", "baseline (raw confluent-kafka)", "ratio", "target", "")
+    body = [head, *rows(r)]
+    widths = [max(len(row[i]) for row in body) for i in range(len(head))]
+    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |" for row in body]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    m = r.get("machine", {})
+    return (f"\nprotojobs bench ({'quick' if r.get('quick') else 'full'}; {m.get('cores')} cores, shared; "
+            f"best of {r.get('repeats')} runs)\n" + "\n".join(lines) + "\n")
+
+
+def plots(r: dict[str, Any], where: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench: matplotlib is not installed: no plots", file=sys.stderr)
+        return
+    lat = {k: v for k, v in r.get("latency", {}).items() if "p99_ms" in v.get("protojobs", {})}
+    if lat:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        rates = list(lat)
+        width = 0.13
+        for i, (side, stat) in enumerate((s, q) for s in ("protojobs", "raw") for q in ("p50_ms", "p99_ms", "max_ms")):
+            xs = [j + (i - 2.5) * width for j in range(len(rates))]
+            ax.bar(xs, [lat[k][side].get(stat, 0) for k in rates], width, label=f"{side} {stat[:-3]}",
+                   hatch="" if side == "protojobs" else "//")
+        ax.set_xticks(range(len(rates)), [f"{int(k):,} jobs/s" for k in rates])
+        ax.set_ylabel("dispatch -> handler start (ms, log)")
+        ax.set_yscale("log")
+        ax.axhline(10, color="grey", linestyle=":", linewidth=1)
+        ax.legend(fontsize=8, ncol=2)
+        ax.set_title("Latency percentiles at offered rates")
+        fig.tight_layout()
+        fig.savefig(where / "latency.png", dpi=110)
+        plt.close(fig)
+    drain = r.get("drain", {})
+    if "raw" in drain:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        one, two = drain.get("protojobs_1p", {}).get("jobs_s"), drain.get("protojobs_2p", {}).get("jobs_s")
+        if one and two:
+            ax.plot([1, 2], [one, two], marker="o", label="protojobs (validate on consume)")
+        nov = drain.get("protojobs_1p_novalidate", {}).get("jobs_s")
+        if nov:
+            ax.plot([1], [nov], marker="s", linestyle="", label="protojobs, validate_on_consume=false")
+        if drain["raw"].get("jobs_s"):
+            ax.plot([1], [drain["raw"]["jobs_s"]], marker="^", linestyle="", label="raw confluent-kafka loop")
+        ax.set_xticks([1, 2])
+        ax.set_xlabel("worker processes")
+        ax.set_ylabel("jobs/s (no-op)")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+        ax.set_title("Drain throughput vs processes (2 cores, shared)")
+        fig.tight_layout()
+        fig.savefig(where / "throughput.png", dpi=110)
+        plt.close(fig)
+
+
+if __name__ == "__main__":
+    path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "results" / "latest.json"
+    results = json.loads(path.read_text())
+    print(table(results))
+    plots(results, path.parent)

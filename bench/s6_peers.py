@@ -1,0 +1,98 @@
+"""Scenario 6: peer job systems draining the same no-op job (same ~200-byte payload).
+
+- Dramatiq 2 with Redis (redis-server from Debian's packages, private port 22190):
+  `dramatiq peer_dramatiq --processes 1 --threads 8`; acks after the actor returns.
+- FastStream (confluent) and Celery (kombu confluentkafka transport) are installed in the bench
+  environment but not wired into this scenario yet: reported as "not run" with the reason.
+Each peer's figure is N / (last call - first call), like protojobs' drain (scenario 2).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from common import PYTHON, Env, payloads, read_reports, spawn, stop, wait_until
+
+REDIS_PORT = 22190
+
+
+def dramatiq_run(env: Env, n: int) -> dict[str, Any]:
+    if shutil.which("redis-server") is None:
+        return {"error": "not run: redis-server is not installed (apt-get install -y redis-server)"}
+    work = env.scratch("dramatiq")
+    redis = subprocess.Popen(["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--dir", str(work),
+                              "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    worker = None
+    try:
+        os.environ["BENCH_REDIS_URL"] = f"redis://127.0.0.1:{REDIS_PORT}/0"
+        import redis as redis_client
+
+        client = redis_client.Redis(port=REDIS_PORT)
+        if not wait_until(lambda: _ping(client), 10, 0.1):
+            return {"error": "not run: redis-server did not start"}
+        client.flushall()
+        import peer_dramatiq
+
+        items = payloads(min(n, 10_000))
+        for i in range(n):
+            peer_dramatiq.noop.send(items[i % len(items)])
+        dramatiq_bin = str(Path(PYTHON).parent / "dramatiq")
+        worker = spawn([dramatiq_bin, "peer_dramatiq", "--processes", "1", "--threads", "8"],
+                       env={"BENCH_REPORT_DIR": str(work), "BENCH_REDIS_URL": os.environ["BENCH_REDIS_URL"]},
+                       log=work / "worker.log")
+
+        def count() -> int:
+            return sum(r["count"] for r in _reports(work))
+
+        done = wait_until(lambda: count() >= n, 600, 0.5)
+        reports = _reports(work)
+        if not done or not reports:
+            return {"error": f"drained {count()} of {n} in 600 s"}
+        seconds = (max(r["last"] for r in reports) - min(r["first"] for r in reports)) / 1e9
+        return {"jobs": n, "seconds": seconds, "jobs_s": n / seconds, "settings": "1 process, 8 threads",
+                "guarantee": "ack after success (at-least-once)"}
+    finally:
+        if worker is not None:
+            stop(worker)
+        stop(redis)  # type: ignore[arg-type]
+
+
+def _reports(work: Path) -> list[dict[str, Any]]:
+    try:
+        return read_reports(work)
+    except ValueError:  # a report being written
+        time.sleep(0.05)
+        return read_reports(work)
+
+
+def _ping(client: Any) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
+
+
+def run(env: Env) -> dict[str, Any]:
+    n = 10_000 if env.quick else 100_000
+    runs = []
+    for _ in range(1 if env.quick else env.repeats):
+        try:
+            runs.append(dramatiq_run(env, n))
+        except Exception as exc:  # noqa: BLE001 - reported in the table
+            runs.append({"error": f"not run: {type(exc).__name__}: {exc}"})
+    ok = [r for r in runs if "jobs_s" in r]
+    dramatiq_result = max(ok, key=lambda r: r["jobs_s"]) if ok else runs[-1]
+    dramatiq_result["runs"] = [r.get("jobs_s") for r in runs]
+    return {
+        "dramatiq+redis": {**dramatiq_result, "guarantee": "ack after success"},
+        "faststream[confluent]": {"error": "not run: installed, not yet wired into the bench",
+                                  "guarantee": "ack-first (auto commit) by default"},
+        "celery+kombu confluentkafka": {"error": "not run: installed, not yet wired into the bench",
+                                        "guarantee": "ack-first by default (acks_late=False)"},
+    }
