@@ -62,7 +62,7 @@ class Toxiproxy:
 
     state_dir: Path
     port: int = 8474
-    timeout: float = 5.0
+    timeout: float = 10.0
 
     @property
     def url(self) -> str:
@@ -121,9 +121,17 @@ class Toxiproxy:
         info = self._call("GET", f"/proxies/{name}")
         return Proxy(self, name, int(info["listen"].rsplit(":", 1)[1]))
 
-    def reset(self) -> None:
-        """Enable every proxy and remove every toxic."""
-        self._call("POST", "/reset")
+    def reset(self, tries: int = 4) -> None:
+        """Enable every proxy and remove every toxic. Retried: under load the server has been
+        seen to take longer than one request timeout to remove toxics."""
+        for attempt in range(tries):
+            try:
+                self._call("POST", "/reset")
+                return
+            except (TimeoutError, OSError, urllib.error.URLError):
+                if attempt == tries - 1:
+                    raise
+                time.sleep(1)
 
 
 @dataclass
