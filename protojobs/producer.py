@@ -81,6 +81,7 @@ class Dispatcher:
         self.producer = producer or Producer(producer_config(settings.kafka, self.watch, **producer_extra))
         self._ensure = ensure_topics
         self._lock = threading.Lock()
+        self._queue_topics: dict[str, str] = {}
 
     # --- building records --------------------------------------------------------------------
 
@@ -122,6 +123,11 @@ class Dispatcher:
     def topic_for(self, env: envelope.Envelope, now: int) -> str:
         """The queue's topic when due, else the delay tier the routing rule picks."""
         prefix = self.settings.kafka.topic_prefix
+        if env.available_at <= now:  # the common case, without the per-call name checks
+            topic = self._queue_topics.get(env.queue)
+            if topic is None:
+                topic = self._queue_topics[env.queue] = topics.queue_topic(prefix, env.queue)
+            return topic
         tier = delays.next_hop(env.available_at, now, self.settings.tiers_ms)
         return topics.queue_topic(prefix, env.queue) if tier is None else topics.delay_topic(prefix, tier)
 
