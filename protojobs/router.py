@@ -29,6 +29,7 @@ from typing import Any, cast
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from protojobs import delays, envelope, topics
+from protojobs.background import Background
 from protojobs.clients import ErrorWatch, consumer_config, fetch, producer_config, until_reachable
 from protojobs.config import Settings
 from protojobs.control import ClearEpochs
@@ -288,25 +289,9 @@ class Router:
                 self.txn.drop(*key)
 
 
-class RouterThread:
+class RouterThread(Background):
     """A Router running beside the worker in the same process (the default of `protojobs run`)."""
 
     def __init__(self, router: Router) -> None:
+        super().__init__(router, "delay router")
         self.router = router
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="protojobs-delay-router", daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.router.run()
-        except BaseException as exc:  # noqa: BLE001 - reported by stop()
-            self.error = exc
-            log.exception("the delay router stopped")
-
-    def start(self) -> RouterThread:
-        self.thread.start()
-        return self
-
-    def stop(self, timeout: float = 30) -> None:
-        self.router.stop()
-        self.thread.join(timeout)

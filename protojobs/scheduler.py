@@ -50,7 +50,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from protojobs import admin, envelope, topics
+from protojobs import admin, envelope, topics, transactions
+from protojobs.background import Background
 from protojobs.clients import ErrorWatch, consumer_config, producer_config
 from protojobs.config import ConfigError, PayloadError, Settings
 from protojobs.producer import Dispatcher, DispatchError
@@ -83,7 +84,7 @@ def group_of(settings: Settings) -> str:
 
 
 def transactional_id(settings: Settings, slot: int) -> str:
-    return f"{settings.kafka.group_id}.scheduler.{socket.gethostname()}.{slot}"
+    return transactions.transactional_id(settings, slot, "scheduler")
 
 
 Record = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]  # topic, key, value, headers
@@ -317,28 +318,12 @@ class Scheduler:
             self.producer = None
 
 
-class SchedulerThread:
+class SchedulerThread(Background):
     """A Scheduler beside the worker in the same process (the default of `protojobs run`)."""
 
     def __init__(self, scheduler: Scheduler) -> None:
+        super().__init__(scheduler, "scheduler")
         self.scheduler = scheduler
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="protojobs-scheduler", daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.scheduler.run()
-        except BaseException as exc:  # noqa: BLE001 - reported by stop()
-            self.error = exc
-            log.exception("the scheduler stopped")
-
-    def start(self) -> SchedulerThread:
-        self.thread.start()
-        return self
-
-    def stop(self, timeout: float = 30) -> None:
-        self.scheduler.stop()
-        self.thread.join(timeout)
 
 
 # --- reading and writing the topic (facade, CLI) ---------------------------------------------------

@@ -347,7 +347,7 @@ class Cluster:
         stop_pidfiles([self.pidfile(i) for i in range(self.nodes)], timeout)
 
     def rss_bytes(self) -> dict[int, int]:
-        return {i: _rss(pid) for i, pid in self.running_pids().items()}
+        return {i: rss_of(pid) for i, pid in self.running_pids().items()}
 
 
 def stop_pidfiles(pidfiles: Iterable[Path], timeout: float = 15.0) -> list[int]:
@@ -448,7 +448,7 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _rss(pid: int) -> int:
+def rss_of(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status") as fh:
             for line in fh:

@@ -1,0 +1,41 @@
+"""A long-running loop (the delay router, the scheduler) in a daemon thread beside the worker."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+
+class Loop(Protocol):
+    def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class Background:
+    """Runs `loop.run()` in a daemon thread; an exception that ends it is logged and kept in
+    `error` (the process goes on without that loop)."""
+
+    def __init__(self, loop: Loop, name: str) -> None:
+        self.loop = loop
+        self.name = name
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=f"protojobs-{name}", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.loop.run()
+        except BaseException as exc:  # noqa: BLE001 - reported through `error`
+            self.error = exc
+            log.exception("the %s stopped", self.name)
+
+    def start(self) -> Background:
+        self.thread.start()
+        return self
+
+    def stop(self, timeout: float = 30) -> None:
+        self.loop.stop()
+        self.thread.join(timeout)
