@@ -19,7 +19,16 @@ def _check(ok: bool | None) -> str:
     return "-" if ok is None else ("met" if ok else "MISSED")
 
 
+SCENARIOS = ("dispatch", "drain", "latency", "delay", "cost", "peers", "profile")
+
+
+def _scenarios(r: dict[str, Any]) -> dict[str, Any]:
+    """A scenario that crashed holds its error text: make it a dict, so every row renders."""
+    return {k: (v if k not in SCENARIOS or isinstance(v, dict) else {}) for k, v in r.items()}
+
+
 def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
+    r = _scenarios(r)
     out = []
     d = r.get("dispatch", {})
     if "protojobs" in d:
@@ -93,6 +102,7 @@ def table(r: dict[str, Any]) -> str:
 
 
 def plots(r: dict[str, Any], where: Path) -> None:
+    r = _scenarios(r)
     try:
         import matplotlib
 
