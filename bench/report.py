@@ -27,6 +27,18 @@ def _scenarios(r: dict[str, Any]) -> dict[str, Any]:
     return {k: (v if k not in SCENARIOS or isinstance(v, dict) else {}) for k, v in r.items()}
 
 
+def _latency_row(rate: str, v: Any) -> tuple[str, str, str, str, str, str]:
+    p = v.get("protojobs", {}) if isinstance(v, dict) else {"error": str(v)[:80]}
+    if "p99_ms" not in p:
+        return (f"3 latency @ {rate}/s", p.get("error", "-"), "", "", "", "")
+    raw = v.get("raw", {})
+    ok = p["p99_ms"] <= 10 and (v.get("p99_ratio") or 99) <= 2 if rate == "1000" else None
+    return (f"3 latency @ {int(rate):,}/s p50/p99/max ms",
+            f"{p['p50_ms']:.1f} / {p['p99_ms']:.1f} / {p['max_ms']:.1f}",
+            f"{raw.get('p50_ms', 0):.1f} / {raw.get('p99_ms', 0):.1f} / {raw.get('max_ms', 0):.1f}",
+            _f(v.get("p99_ratio"), ".2f"), "p99 <= 10 ms and <= 2x raw" if rate == "1000" else "", _check(ok))
+
+
 def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     r = _scenarios(r)
     out = []
@@ -57,17 +69,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
                     f"{_f(eo['jobs_s'])} jobs/s" if eo.get("jobs_s") else str(eo.get("error", "-"))[:80],
                     f"{_f(raw)} jobs/s", f"{_f(ratio, '.2f')} of at-least-once", ">= 0.5x at-least-once",
                     _check(ratio >= 0.5 if ratio else None)))
-    lat = r.get("latency", {})
-    for rate, v in lat.items():
-        p, raw = v.get("protojobs", {}), v.get("raw", {})
-        if "p99_ms" not in p:
-            out.append((f"3 latency @ {rate}/s", p.get("error", "-"), "", "", "", ""))
-            continue
-        ok = p["p99_ms"] <= 10 and (v.get("p99_ratio") or 99) <= 2 if rate == "1000" else None
-        out.append((f"3 latency @ {int(rate):,}/s p50/p99/max ms",
-                    f"{p['p50_ms']:.1f} / {p['p99_ms']:.1f} / {p['max_ms']:.1f}",
-                    f"{raw.get('p50_ms', 0):.1f} / {raw.get('p99_ms', 0):.1f} / {raw.get('max_ms', 0):.1f}",
-                    _f(v.get("p99_ratio"), ".2f"), "p99 <= 10 ms and <= 2x raw" if rate == "1000" else "", _check(ok)))
+    out += [_latency_row(rate, v) for rate, v in r.get("latency", {}).items()]
     dl = r.get("delay", {})
     for label, v in dl.items():
         if isinstance(v, dict) and "p99_ms" in v:

@@ -28,7 +28,6 @@ from common import (
     raw_consumer_conf,
     raw_producer,
     read_reports,
-    rss_of,
     settings_tree,
     spawn,
     stop,
@@ -39,6 +38,7 @@ from common import (
 from protojobs import admin, envelope, topics
 from protojobs.config import Settings
 from protojobs.producer import now_ms
+from protojobs.testing.broker import rss_of
 
 PROTOJOBS = str(Path(PYTHON).parent / "protojobs")
 
