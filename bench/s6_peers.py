@@ -2,13 +2,16 @@
 
 - Dramatiq 2 with Redis (redis-server from Debian's packages, private port 22190):
   `dramatiq peer_dramatiq --processes 1 --threads 8`; acks after the actor returns.
-- FastStream (confluent) and Celery (kombu confluentkafka transport) are installed in the bench
-  environment but not wired into this scenario yet: reported as "not run" with the reason.
+- FastStream 0.7 (faststream[confluent]) on the same Kafka broker: `python peer_faststream.py`
+  (`app.run()`), default subscriber settings (auto commit: ack-first), async handler.
+- Celery (kombu confluentkafka transport) is installed in the bench environment but not wired
+  into this scenario yet: reported as "not run" with the reason.
 Each peer's figure is N / (last call - first call), like protojobs' drain (scenario 2).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -16,7 +19,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import PYTHON, Env, payloads, read_reports, spawn, stop, wait_until
+from common import (
+    PYTHON,
+    Env,
+    create_topic,
+    fresh_prefix,
+    payloads,
+    read_reports,
+    spawn,
+    stop,
+    wait_until,
+)
 
 REDIS_PORT = 22190
 
@@ -63,6 +76,40 @@ def dramatiq_run(env: Env, n: int) -> dict[str, Any]:
         stop(redis)  # type: ignore[arg-type]
 
 
+def faststream_run(env: Env, n: int) -> dict[str, Any]:
+    """Pre-load n JSON payloads into a fresh topic, then time FastStream draining them."""
+    from confluent_kafka import Producer
+
+    work = env.scratch("faststream")
+    topic = f"{fresh_prefix('faststream')}jobs"
+    create_topic(env.bootstrap, topic)
+    producer = Producer({"bootstrap.servers": env.bootstrap, "linger.ms": 5, "compression.type": "lz4"})
+    items = [json.dumps(p).encode() for p in payloads(min(n, 10_000))]
+    for i in range(n):
+        while True:
+            try:
+                producer.produce(topic, items[i % len(items)])
+                break
+            except BufferError:
+                producer.poll(0.05)
+    assert producer.flush(120) == 0, "pre-load not delivered"
+    worker = spawn([PYTHON, "peer_faststream.py"],
+                   env={"BENCH_REPORT_DIR": str(work), "BENCH_BOOTSTRAP": env.bootstrap, "BENCH_TOPIC": topic,
+                        "BENCH_GROUP": f"{topic}-group"}, log=work / "worker.log")
+    try:
+        def count() -> int:
+            return sum(r["count"] for r in _reports(work))
+
+        done = wait_until(lambda: count() >= n, 600, 0.5)
+        reports = _reports(work)
+        if not done or not reports:
+            return {"error": f"drained {count()} of {n} in 600 s (log: {work / 'worker.log'})"}
+        seconds = (max(r["last"] for r in reports) - min(r["first"] for r in reports)) / 1e9
+        return {"jobs": n, "seconds": seconds, "jobs_s": n / seconds, "settings": "1 process, defaults"}
+    finally:
+        stop(worker)
+
+
 def _reports(work: Path) -> list[dict[str, Any]]:
     try:
         return read_reports(work)
@@ -89,10 +136,18 @@ def run(env: Env) -> dict[str, Any]:
     ok = [r for r in runs if "jobs_s" in r]
     dramatiq_result = max(ok, key=lambda r: r["jobs_s"]) if ok else runs[-1]
     dramatiq_result["runs"] = [r.get("jobs_s") for r in runs]
+    fs_runs = []
+    for _ in range(1 if env.quick else env.repeats):
+        try:
+            fs_runs.append(faststream_run(env, n))
+        except Exception as exc:  # noqa: BLE001 - reported in the table
+            fs_runs.append({"error": f"not run: {type(exc).__name__}: {exc}"})
+    fs_ok = [r for r in fs_runs if "jobs_s" in r]
+    fs_result = max(fs_ok, key=lambda r: r["jobs_s"]) if fs_ok else fs_runs[-1]
+    fs_result["runs"] = [r.get("jobs_s") for r in fs_runs]
     return {
         "dramatiq+redis": {**dramatiq_result, "guarantee": "ack after success"},
-        "faststream[confluent]": {"error": "not run: installed, not yet wired into the bench",
-                                  "guarantee": "ack-first (auto commit) by default"},
+        "faststream[confluent]": {**fs_result, "guarantee": "ack-first (auto commit) by default"},
         "celery+kombu confluentkafka": {"error": "not run: installed, not yet wired into the bench",
                                         "guarantee": "ack-first by default (acks_late=False)"},
     }
