@@ -41,7 +41,6 @@ def dramatiq_run(env: Env, n: int) -> dict[str, Any]:
     redis = subprocess.Popen(["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--dir", str(work),
                               "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
-    worker = None
     try:
         os.environ["BENCH_REDIS_URL"] = f"redis://127.0.0.1:{REDIS_PORT}/0"
         import redis as redis_client
@@ -59,20 +58,8 @@ def dramatiq_run(env: Env, n: int) -> dict[str, Any]:
         worker = spawn([dramatiq_bin, "peer_dramatiq", "--processes", "1", "--threads", "8"],
                        env={"BENCH_REPORT_DIR": str(work), "BENCH_REDIS_URL": os.environ["BENCH_REDIS_URL"]},
                        log=work / "worker.log")
-
-        def count() -> int:
-            return sum(r["count"] for r in _reports(work))
-
-        done = wait_until(lambda: count() >= n, 600, 0.5)
-        reports = _reports(work)
-        if not done or not reports:
-            return {"error": f"drained {count()} of {n} in 600 s"}
-        seconds = (max(r["last"] for r in reports) - min(r["first"] for r in reports)) / 1e9
-        return {"jobs": n, "seconds": seconds, "jobs_s": n / seconds, "settings": "1 process, 8 threads",
-                "guarantee": "ack after success (at-least-once)"}
+        return _timed(work, n, worker, "1 process, 8 threads")  # stops the worker
     finally:
-        if worker is not None:
-            stop(worker)
         stop(redis)  # type: ignore[arg-type]
 
 
@@ -96,18 +83,7 @@ def faststream_run(env: Env, n: int) -> dict[str, Any]:
     worker = spawn([PYTHON, "peer_faststream.py"],
                    env={"BENCH_REPORT_DIR": str(work), "BENCH_BOOTSTRAP": env.bootstrap, "BENCH_TOPIC": topic,
                         "BENCH_GROUP": f"{topic}-group"}, log=work / "worker.log")
-    try:
-        def count() -> int:
-            return sum(r["count"] for r in _reports(work))
-
-        done = wait_until(lambda: count() >= n, 600, 0.5)
-        reports = _reports(work)
-        if not done or not reports:
-            return {"error": f"drained {count()} of {n} in 600 s (log: {work / 'worker.log'})"}
-        seconds = (max(r["last"] for r in reports) - min(r["first"] for r in reports)) / 1e9
-        return {"jobs": n, "seconds": seconds, "jobs_s": n / seconds, "settings": "1 process, defaults"}
-    finally:
-        stop(worker)
+    return _timed(work, n, worker, "1 process, defaults")
 
 
 def celery_run(env: Env, n: int) -> dict[str, Any]:
@@ -123,6 +99,11 @@ def celery_run(env: Env, n: int) -> dict[str, Any]:
     worker = spawn([PYTHON, "-m", "celery", "-A", "peer_celery", "worker", "-P", "threads", "-c", "8", "-Q", topic,
                     "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "WARNING"],
                    env={"BENCH_REPORT_DIR": str(work), "BENCH_BOOTSTRAP": env.bootstrap}, log=work / "worker.log")
+    return _timed(work, n, worker, "1 process, 8 threads")
+
+
+def _timed(work: Path, n: int, worker: Any, settings: str) -> dict[str, Any]:
+    """Wait until the peer's reports count n calls, stop it, and rate it: n / (last - first call)."""
     try:
         def count() -> int:
             return sum(r["count"] for r in _reports(work))
@@ -132,7 +113,7 @@ def celery_run(env: Env, n: int) -> dict[str, Any]:
         if not done or not reports:
             return {"error": f"drained {count()} of {n} in 600 s (log: {work / 'worker.log'})"}
         seconds = (max(r["last"] for r in reports) - min(r["first"] for r in reports)) / 1e9
-        return {"jobs": n, "seconds": seconds, "jobs_s": n / seconds, "settings": "1 process, 8 threads"}
+        return {"jobs": n, "seconds": seconds, "jobs_s": n / seconds, "settings": settings}
     finally:
         stop(worker)
 
