@@ -18,10 +18,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-# Apache Kafka from Maven Central (kafka/pom.xml); ~/.m2 keeps the download for the next clone.
-$(KAFKA_LIB)/.fetched: kafka/pom.xml
+# Apache Kafka from Maven Central (protojobs/local/pom.xml); ~/.m2 keeps the download for the next clone.
+$(KAFKA_LIB)/.fetched: protojobs/local/pom.xml
 	rm -rf $(KAFKA_LIB)
-	mvn -q -B -f kafka/pom.xml dependency:copy-dependencies -Dkafka.lib=$(abspath $(KAFKA_LIB))
+	mvn -q -B -f protojobs/local/pom.xml dependency:copy-dependencies -Dkafka.lib=$(abspath $(KAFKA_LIB))
 	touch $@
 
 # toxiproxy-server from its Go module; Go's module and build caches keep it for the next clone.

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, Env  # noqa: E402
 
-from protojobs.testing.broker import Cluster  # noqa: E402
+from protojobs.local.cluster import Cluster  # noqa: E402
 
 SCENARIOS = {"dispatch": "s1_dispatch", "drain": "s2_drain", "latency": "s3_latency", "delay": "s4_delay",
              "cost": "s5_cost", "peers": "s6_peers"}

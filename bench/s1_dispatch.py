@@ -22,8 +22,8 @@ from common import (
     settings_tree,
 )
 
-from protojobs import envelope
-from protojobs.producer import Dispatcher
+from protojobs.engine.dispatch import Dispatcher
+from protojobs.model import envelope
 
 
 def protojobs_run(env: Env, items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -35,10 +35,12 @@ from common import (
     write_config,
 )
 
-from protojobs import admin, envelope, topics
 from protojobs.config import Settings
-from protojobs.producer import now_ms
-from protojobs.testing.broker import rss_of
+from protojobs.engine.dispatch import now_ms
+from protojobs.kafka import admin
+from protojobs.local.cluster import rss_of
+from protojobs.model import envelope
+from protojobs.model import names as topics
 
 PROTOJOBS = str(Path(PYTHON).parent / "protojobs")
 

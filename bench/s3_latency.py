@@ -33,8 +33,8 @@ from common import (
 )
 from s2_drain import PROTOJOBS
 
-from protojobs import envelope
-from protojobs.producer import Dispatcher, Outcome
+from protojobs.engine.dispatch import Dispatcher, Outcome
+from protojobs.model import envelope
 
 WARMUP = 10
 

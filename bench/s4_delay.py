@@ -27,7 +27,7 @@ from common import (
 )
 from s2_drain import PROTOJOBS
 
-from protojobs.producer import Dispatcher
+from protojobs.engine.dispatch import Dispatcher
 
 
 def run(env: Env) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import bench_jobs
 from common import RESULTS, Env, fresh_prefix, make_settings, settings_tree
 from s2_drain import preload
 
-from protojobs.worker import Worker, WorkerOptions
+from protojobs.engine.worker import Worker, WorkerOptions
 
 
 def profiled_drain(env: Env, n: int, validate: bool) -> tuple[pstats.Stats, float]:

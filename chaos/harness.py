@@ -49,9 +49,12 @@ from chaos.history import (
     QueueInfo,
     Recorder,
 )
-from protojobs import admin, config, envelope, topics
-from protojobs.crosscheck import to_toml
-from protojobs.producer import DeliveryUncertain, Dispatcher, DispatchError, Outcome, now_ms
+from protojobs import config
+from protojobs.config.checks import to_toml
+from protojobs.engine.dispatch import DeliveryUncertain, Dispatcher, DispatchError, Outcome, now_ms
+from protojobs.kafka import admin
+from protojobs.model import envelope
+from protojobs.model import names as topics
 from protojobs.testing import Cluster, Toxiproxy, profile
 
 log = logging.getLogger("chaos")

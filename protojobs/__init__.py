@@ -8,11 +8,11 @@ __version__ = "0.1.0"
 __all__ = ["Job", "Jobs", "PermanentError", "RetryLater"]
 
 if TYPE_CHECKING:
-    from protojobs.jobs import Job, Jobs
-    from protojobs.retry import PermanentError, RetryLater
+    from protojobs.api.jobs import Job, Jobs
+    from protojobs.model.retry import PermanentError, RetryLater
 
-_LAZY = {"Job": "protojobs.jobs", "Jobs": "protojobs.jobs",
-         "PermanentError": "protojobs.retry", "RetryLater": "protojobs.retry"}
+_LAZY = {"Job": "protojobs.api.jobs", "Jobs": "protojobs.api.jobs",
+         "PermanentError": "protojobs.model.retry", "RetryLater": "protojobs.model.retry"}
 
 
 def __getattr__(name: str) -> Any:

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from protojobs import config
+from protojobs.engine.worker import Worker, WorkerOptions
 from protojobs.testing import Cluster, profile
-from protojobs.worker import Worker, WorkerOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def make_settings(kafka: Cluster, fresh_prefix: str) -> Callable[..., config.Set
 
 
 def write_config(path: Path, tree: dict[str, Any]) -> Path:
-    from protojobs.crosscheck import to_toml
+    from protojobs.config.checks import to_toml
 
     path.write_text(to_toml(tree))
     return path

@@ -1,4 +1,4 @@
-"""protojobs.config / protojobs.crosscheck: jobs.toml layering, validation, cross-checks, printing."""
+"""protojobs.config: jobs.toml layering, validation, cross-checks, printing."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from protojobs import config, crosscheck
-from protojobs.config import ConfigError, PayloadError, load, payload_validator
-from protojobs.durations import DURATION_REGEX
+from protojobs import config
+from protojobs.config import ConfigError, PayloadError, checks, load, payload_validator
+from protojobs.model.durations import DURATION_REGEX
 from protojobs.testing import Cluster
 
 TESTS = Path(__file__).resolve().parent
@@ -763,6 +763,6 @@ def test_defaults_come_from_the_schema() -> None:
 
 @pytest.mark.parametrize("name", ["send_email.json", "resize_image.json", "report.json"])
 def test_demo_payload_schemas_are_valid(name: str) -> None:
-    schema, problem = crosscheck.load_payload_schema(SCHEMAS / name, name)
+    schema, problem = checks.load_payload_schema(SCHEMAS / name, name)
     assert problem is None and schema is not None
     assert schema["required"] in (["to"], ["url"], ["report_id"])

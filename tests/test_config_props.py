@@ -13,9 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protojobs import config, topics
+from protojobs import config
 from protojobs.config import ConfigError
-from protojobs.durations import parse_ms
+from protojobs.model import names as topics
+from protojobs.model.durations import parse_ms
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 FAST = settings(max_examples=50, deadline=None)

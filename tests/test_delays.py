@@ -14,9 +14,11 @@ import pytest
 from conftest import settings_tree, wait_for, write_config
 from test_engine import read_all, runs, spawn_worker
 
-from protojobs import config, envelope, topics
-from protojobs.producer import Dispatcher
-from protojobs.router import Router, RouterThread
+from protojobs import config
+from protojobs.engine.dispatch import Dispatcher
+from protojobs.engine.router import Router, RouterThread
+from protojobs.model import envelope
+from protojobs.model import names as topics
 from protojobs.testing import Cluster
 
 pytestmark = pytest.mark.broker
@@ -148,8 +150,7 @@ def test_worker_killed_while_jobs_wait_in_tiers(kafka: Cluster, fresh_prefix: st
 
 
 def test_clear_drops_the_queues_jobs_waiting_in_tiers(make_settings, start_worker, router, tmp_path: Path) -> None:
-    from protojobs import commands
-
+    from protojobs.ops import commands
     settings = make_settings({"work": {"handler": "engine_jobs:record"}, "other": {"handler": "engine_jobs:record"}})
     dispatcher = Dispatcher(settings)
     doomed = {dispatcher.dispatch("work", {"n": i}, delay_ms=1500) for i in range(5)}

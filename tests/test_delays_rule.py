@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protojobs.delays import due_at, hop_bound, next_hop, tier_for
+from protojobs.model.delays import due_at, hop_bound, next_hop, tier_for
 
 SETTINGS = settings(max_examples=200, deadline=None)
 TIERS = [1000, 5000, 30_000, 300_000, 3_600_000]

@@ -13,8 +13,13 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from conftest import ROOT, settings_tree, wait_for, write_config
 
-from protojobs import admin, cli, config, dlq, envelope, topics
-from protojobs.producer import Dispatcher, now_ms
+from protojobs import config
+from protojobs.cli import main
+from protojobs.engine.dispatch import Dispatcher, now_ms
+from protojobs.kafka import admin
+from protojobs.model import envelope
+from protojobs.model import names as topics
+from protojobs.ops import dlq
 from protojobs.testing import Cluster, profile
 
 pytestmark = pytest.mark.broker
@@ -39,7 +44,7 @@ def setup(kafka: Cluster, fresh_prefix: str, tmp_path: Path):
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
+    code = main.main(list(argv))
     out = capsys.readouterr()
     return code, out.out, out.err
 

@@ -17,9 +17,12 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from conftest import settings_tree, wait_for, write_config
 
-from protojobs import admin, commands, envelope, topics
 from protojobs.config import PayloadError
-from protojobs.producer import Dispatcher
+from protojobs.engine.dispatch import Dispatcher
+from protojobs.kafka import admin
+from protojobs.model import envelope
+from protojobs.model import names as topics
+from protojobs.ops import commands
 from protojobs.testing import Cluster, profile
 
 pytestmark = pytest.mark.broker

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protojobs import envelope as E
-from protojobs.envelope import Envelope, EnvelopeError
+from protojobs.model import envelope as E
+from protojobs.model.envelope import Envelope, EnvelopeError
 
 SETTINGS = settings(max_examples=150, deadline=None)
 NOW = 1_760_000_000_000

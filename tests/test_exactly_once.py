@@ -14,8 +14,10 @@ from confluent_kafka import Consumer
 from conftest import settings_tree, wait_for, write_config
 from test_engine import committed_equals_end, runs, spawn_worker
 
-from protojobs import config, envelope, topics
-from protojobs.producer import Dispatcher
+from protojobs import config
+from protojobs.engine.dispatch import Dispatcher
+from protojobs.model import envelope
+from protojobs.model import names as topics
 from protojobs.testing import Cluster, profile
 
 pytestmark = pytest.mark.broker

@@ -12,8 +12,8 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from protojobs.local.cluster import pid_alive
 from protojobs.testing import Cluster, profile
-from protojobs.testing.broker import pid_alive
 from protojobs.testing.plugin import Faults
 
 pytestmark = pytest.mark.broker

@@ -21,11 +21,16 @@ from conftest import Running, settings_tree, wait_for, write_config
 from prometheus_client.parser import text_string_to_metric_families
 from test_engine import runs, spawn_worker
 
-from protojobs import admin, cli, config, envelope, health, logs, metrics, topics
-from protojobs.producer import Dispatcher
-from protojobs.router import Router, RouterThread
+from protojobs import config
+from protojobs.cli import main
+from protojobs.engine.dispatch import Dispatcher
+from protojobs.engine.router import Router, RouterThread
+from protojobs.engine.worker import Worker, WorkerOptions
+from protojobs.kafka import admin
+from protojobs.model import envelope
+from protojobs.model import names as topics
+from protojobs.observe import health, logs, metrics
 from protojobs.testing import Cluster
-from protojobs.worker import Worker, WorkerOptions
 
 TESTS = Path(__file__).resolve().parent
 
@@ -127,7 +132,7 @@ def test_scrape_counts_every_outcome_and_lag_drains(kafka: Cluster, fresh_prefix
         wait_for(drained, timeout=40, what="lag 0 on all 9 partitions, 5 dead letters, 1 member")
         assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200
         assert get(f"http://127.0.0.1:{port}/readyz")[0] == 200
-        assert cli.main(["health", "--url", f"http://127.0.0.1:{port}", "--ready"]) == 0
+        assert main.main(["health", "--url", f"http://127.0.0.1:{port}", "--ready"]) == 0
     finally:
         stop(proc)
 
@@ -163,8 +168,7 @@ def test_one_trace_from_dispatch_through_retry_to_success(make_settings, kafka: 
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.trace import SpanKind, StatusCode
 
-    from protojobs import tracing
-
+    from protojobs.observe import tracing
     exporter = InMemorySpanExporter()
     provider = otel.TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -229,14 +233,14 @@ def test_readyz_follows_the_broker_proxy_healthz_stays_ok(kafka: Cluster, toxipr
         wait_status(url + "/readyz", 503, timeout=6)  # within the session timeout
         status, reason = get(url + "/readyz")
         assert status == 503 and "broker unreachable" in reason, reason
-        assert cli.main(["health", "--url", url, "--ready"]) == 1
+        assert main.main(["health", "--url", url, "--ready"]) == 1
         while time.monotonic() - cut < 8:  # the worker keeps polling: alive, not stuck
             assert get(url + "/healthz")[0] == 200
             time.sleep(0.5)
         toxiproxy.client_proxy(kafka).enable()
         wait_status(url + "/readyz", 200, timeout=40)  # ready again after healing
         assert get(url + "/healthz")[0] == 200
-        assert cli.main(["health", "--url", url]) == 0
+        assert main.main(["health", "--url", url]) == 0
     finally:
         toxiproxy.client_proxy(kafka).enable()
         stop(proc)
@@ -246,7 +250,7 @@ def test_readyz_follows_the_broker_proxy_healthz_stays_ok(kafka: Cluster, toxipr
 
 
 def test_health_command_reports_an_unreachable_endpoint(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["health", "--url", f"http://127.0.0.1:{free_port()}", "--timeout", "2"]) == 1
+    assert main.main(["health", "--url", f"http://127.0.0.1:{free_port()}", "--timeout", "2"]) == 1
     assert "did not answer" in capsys.readouterr().err
 
 

@@ -7,7 +7,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from protojobs.offsets import OffsetTracker, PartitionOffsets
+from protojobs.model.offsets import OffsetTracker, PartitionOffsets
 
 
 def test_commit_point_is_one_past_the_contiguous_finished_prefix() -> None:

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protojobs import retry
-from protojobs.retry import DeadLetter, PermanentError, Retry, RetryLater
+from protojobs.model import retry
+from protojobs.model.retry import DeadLetter, PermanentError, Retry, RetryLater
 
 SETTINGS = settings(max_examples=150, deadline=None)
 NOW = 1_760_000_000_000

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from conftest import settings_tree, write_config
 
-from protojobs import cli
-from protojobs.commands import hop_path
+from protojobs.cli import main
+from protojobs.ops.commands import hop_path
 
 
 def test_hop_path_follows_the_routing_rule() -> None:
@@ -26,8 +26,8 @@ def test_retry_plan_prints_and_flags(tmp_path: Path, capsys) -> None:
                                 "fast": {"max_attempts": 2, "backoff": "fixed", "base": "100ms", "jitter": 0}},
                          delays={"tiers": ["200ms", "1s"]})
     path = write_config(tmp_path / "jobs.toml", tree)
-    assert cli.main(["retry-plan", "--config", str(path), "--queue", "ok"]) == 0
+    assert main.main(["retry-plan", "--config", str(path), "--queue", "ok"]) == 0
     out = capsys.readouterr().out
     assert "attempt 2: after 1s" in out and "via 1s" in out and "late by at most 200ms" in out
-    assert cli.main(["retry-plan", "--config", str(path), "--queue", "tight"]) == 1
+    assert main.main(["retry-plan", "--config", str(path), "--queue", "tight"]) == 1
     assert "smallest tier exceeds this delay" in capsys.readouterr().out

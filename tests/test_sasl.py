@@ -23,13 +23,15 @@ import pytest
 from confluent_kafka import KafkaException
 from conftest import ROOT, Running, settings_tree, wait_for, write_config
 
-from protojobs import admin, cli, config, topics
-from protojobs.clients import ClientError
+from protojobs import config
+from protojobs.cli import main
 from protojobs.config import ConfigError
-from protojobs.producer import Dispatcher
+from protojobs.engine.dispatch import Dispatcher
+from protojobs.engine.worker import Worker, WorkerOptions
+from protojobs.kafka import admin
+from protojobs.kafka.clients import ClientError
 from protojobs.testing import Cluster
 from protojobs.testing.plugin import _port_base, _state_root
-from protojobs.worker import Worker, WorkerOptions
 
 pytestmark = pytest.mark.broker
 
@@ -89,7 +91,7 @@ def dispatch_and_consume(settings: config.Settings) -> None:
         assert dispatcher.close() == 0
     names = set(admin.list_topics(admin.client(settings)).topics)
     assert {s.name for s in admin.topic_specs(settings)} <= names
-    assert topics.queue_topic(settings.kafka.topic_prefix, "emails") in names
+    assert names.queue_topic(settings.kafka.topic_prefix, "emails") in names
     running = Running(Worker(settings, WorkerOptions()))
     try:
         wait_for(lambda: bool(runs_of(job_id)) or not running.thread.is_alive(), 60, "the job to run")
@@ -185,7 +187,7 @@ def test_cli_dispatch_with_wrong_password_exits_1_with_the_reason(
         sasl_kafka: Cluster, fresh_prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_config(tmp_path / "jobs.toml", sasl_tree(sasl_kafka, fresh_prefix, producer=WRONG, consumer=WRONG))
     started = time.monotonic()
-    assert cli.main(["dispatch", "--config", str(path), "emails", '{"n": 1}']) == 1
+    assert main.main(["dispatch", "--config", str(path), "emails", '{"n": 1}']) == 1
     elapsed = time.monotonic() - started
     out, err = capsys.readouterr()
     assert out == ""
@@ -206,7 +208,7 @@ def test_no_output_log_line_or_error_message_shows_a_secret(
     seen: list[str] = []
 
     def run(*argv: str) -> tuple[int, str, str]:
-        code = cli.main(list(argv))
+        code = main.main(list(argv))
         out, err = capsys.readouterr()
         seen.extend((out, err))
         return code, out, err

@@ -21,8 +21,11 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from conftest import settings_tree, wait_for, write_config
 from test_engine import runs, spawn_worker
 
-from protojobs import config, envelope, scheduler, topics
-from protojobs.jobs import Jobs
+from protojobs import config
+from protojobs.api.jobs import Jobs
+from protojobs.engine import scheduler
+from protojobs.model import envelope
+from protojobs.model import names as topics
 from protojobs.testing import Cluster, profile
 
 pytestmark = pytest.mark.broker

@@ -13,8 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protojobs import config, schedules
-from protojobs.schedules import (
+from protojobs import config
+from protojobs.model import schedules
+from protojobs.model.schedules import (
     SKIP_GRACE_MS,
     Book,
     RuleError,
@@ -345,7 +346,7 @@ def test_good_schedules_load() -> None:
 
 
 def test_validate_command_prints_the_key_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from protojobs.crosscheck import to_toml
+    from protojobs.config.checks import to_toml
 
     tree = _tree(cron="61 * * * *")
     tree["queues"]["reports"]["schema"] = str(ROOT / "schemas/report.json")

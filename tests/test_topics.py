@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protojobs import topics
-from protojobs.topics import (
+from protojobs.model import names as topics
+from protojobs.model.names import (
     TopicSpec,
     check_topic_name,
     dead_letter_topic,

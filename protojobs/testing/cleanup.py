@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from protojobs.testing.broker import all_pidfiles, stop_pidfiles
+from protojobs.local.cluster import all_pidfiles, stop_pidfiles
 
 
 def main(argv: list[str]) -> int:

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from protojobs.testing.broker import Cluster, all_pidfiles, stop_pidfiles
-from protojobs.testing.toxiproxy import Proxy, Toxiproxy
+from protojobs.local.cluster import Cluster, all_pidfiles, stop_pidfiles
+from protojobs.local.toxiproxy import Proxy, Toxiproxy
 
 
 def _state_root(config: pytest.Config) -> Path:

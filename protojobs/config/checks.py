@@ -45,8 +45,8 @@ from typing import TYPE_CHECKING, Any
 from jsonschema import Draft202012Validator, ValidationError
 from jsonschema.exceptions import SchemaError, best_match
 
-from protojobs import topics
-from protojobs.durations import format_ms
+from protojobs.model import names
+from protojobs.model.durations import format_ms
 
 if TYPE_CHECKING:
     from protojobs.config import QueueSettings, Settings
@@ -326,7 +326,7 @@ def check(settings: Settings, data: Mapping[str, Any], *, import_handlers: bool)
         issues += _check_queue(queue, settings, data)
         if import_handlers:
             issues += _check_handlers(queue, settings, data)
-    from protojobs import schedules  # [schedules.*]: queue, rule (cron, tz, every, at), data
+    from protojobs.model import schedules  # [schedules.*]: queue, rule (cron, tz, every, at), data
 
     issues += schedules.check(settings, data)
     return issues
@@ -344,9 +344,9 @@ def _check_tiers(settings: Settings, data: Mapping[str, Any]) -> list[ConfigIssu
             issues.append(ConfigIssue(path, f"{written[i]!r} is not longer than the tier before it "
                                             f"({written[i - 1]!r}): tiers must be unique and ascending"))
         else:
-            issues += _topic_issue(path, functools.partial(topics.delay_topic, prefix, ms))
+            issues += _topic_issue(path, functools.partial(names.delay_topic, prefix, ms))
     if not data.get("kafka", {}).get("dead_letter_topic"):
-        issues += _topic_issue("kafka.topic_prefix", lambda: topics.dead_letter_topic(prefix))
+        issues += _topic_issue("kafka.topic_prefix", lambda: names.dead_letter_topic(prefix))
     return issues
 
 
@@ -400,7 +400,7 @@ def _check_queue(q: QueueSettings, settings: Settings, data: Mapping[str, Any]) 
         issues.append(ConfigIssue(origin(data, q.name, "retention"), (
             f"{format_ms(q.retention_ms)} is shorter than the largest delay tier ({format_ms(largest)}): "
             "a job may wait that long, so the topic must keep records at least as long")))
-    issues += _topic_issue(at, lambda: topics.queue_topic(settings.kafka.topic_prefix, q.name))
+    issues += _topic_issue(at, lambda: names.queue_topic(settings.kafka.topic_prefix, q.name))
     return issues
 
 

@@ -9,8 +9,8 @@ import json
 import sys
 from pathlib import Path
 
-from protojobs.testing.broker import BrokerError, Cluster
-from protojobs.testing.toxiproxy import Toxiproxy
+from protojobs.local.cluster import BrokerError, Cluster
+from protojobs.local.toxiproxy import Toxiproxy
 
 STATE = Path(".protojobs") / "broker"
 

@@ -8,9 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from protojobs import admin, config, topics
-from protojobs.durations import parse_ms
-from protojobs.producer import Dispatcher, DispatchError
+from protojobs import config
+from protojobs.engine.dispatch import Dispatcher, DispatchError
+from protojobs.kafka import admin
+from protojobs.model import names
+from protojobs.model.durations import parse_ms
 
 
 def _load(path: str | None) -> config.Settings | None:
@@ -98,11 +100,11 @@ def stats_data(settings: config.Settings, queues: Sequence[str] | None = None) -
     group, prefix = settings.kafka.group_id, settings.kafka.topic_prefix
     out: dict[str, Any] = {"group": group, "queues": {}}
     for name in queues or settings.queues:
-        depth = admin.topic_depth(client, group, topics.queue_topic(prefix, name))
+        depth = admin.topic_depth(client, group, names.queue_topic(prefix, name))
         out["queues"][name] = {"depth": sum(depth.values()), "partitions": {str(p): d for p, d in sorted(depth.items())}}
     router = f"{group}-delays"
-    out["delayed"] = {topics.delay_topic(prefix, t): sum(admin.topic_depth(client, router,
-                      topics.delay_topic(prefix, t)).values()) for t in settings.tiers_ms}
+    out["delayed"] = {names.delay_topic(prefix, t): sum(admin.topic_depth(client, router,
+                      names.delay_topic(prefix, t)).values()) for t in settings.tiers_ms}
     dead = {}
     for name in sorted({q.dead_letter_topic for q in settings.queues.values()}):
         dead[name] = sum(high - low for low, high in admin.watermarks(client, name).values())
@@ -143,13 +145,13 @@ def clear(path: str | None, queue: str, yes: bool) -> int:
         print(f"clear: unknown queue {queue!r}", file=sys.stderr)
         return 1
     client = admin.client(settings)
-    topic = topics.queue_topic(settings.kafka.topic_prefix, queue)
+    topic = names.queue_topic(settings.kafka.topic_prefix, queue)
     if not yes:
         pending = sum(h - lo for lo, h in admin.watermarks(client, topic).values())
         print(f"clear: would delete {pending} record(s) of {topic}; add --yes to do it", file=sys.stderr)
         return 2
-    from protojobs.control import record_clear
-    from protojobs.producer import now_ms
+    from protojobs.engine.dispatch import now_ms
+    from protojobs.kafka.control import record_clear
 
     admin.ensure_topics(settings, client)
     record_clear(settings, queue, now_ms())  # first: jobs of the queue still on their way are dropped
@@ -180,8 +182,7 @@ def topics_command(path: str | None, action: str) -> int:
 
 def hop_path(delay_ms: int, tiers_ms: tuple[int, ...]) -> list[int]:
     """The tiers a job delayed by `delay_ms` passes through (zero processing time)."""
-    from protojobs import delays
-
+    from protojobs.model import delays
     path: list[int] = []
     now = 0
     while True:
@@ -194,8 +195,8 @@ def hop_path(delay_ms: int, tiers_ms: tuple[int, ...]) -> list[int]:
 
 def retry_plan_rows(settings: config.Settings, queue: str) -> list[dict[str, Any]]:
     """One row per retry of the queue's policy: nominal delay, tier path, worst lateness."""
-    from protojobs import retry
-    from protojobs.durations import format_ms
+    from protojobs.model import retry
+    from protojobs.model.durations import format_ms
 
     q = settings.queues[queue]
     policy = settings.retry[q.retry]

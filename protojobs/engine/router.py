@@ -28,13 +28,19 @@ from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from protojobs import delays, envelope, topics
-from protojobs.background import Background
-from protojobs.clients import ErrorWatch, consumer_config, fetch, producer_config, until_reachable
 from protojobs.config import Settings
-from protojobs.control import ClearEpochs
-from protojobs.offsets import OffsetTracker
-from protojobs.transactions import Output, Transactions, rewind_to_committed
+from protojobs.engine.background import Background
+from protojobs.kafka.clients import (
+    ErrorWatch,
+    consumer_config,
+    fetch,
+    producer_config,
+    until_reachable,
+)
+from protojobs.kafka.control import ClearEpochs
+from protojobs.kafka.transactions import Output, Transactions, rewind_to_committed
+from protojobs.model import delays, envelope, names
+from protojobs.model.offsets import OffsetTracker
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +72,7 @@ class Router:
         self.transactional = transactional = any(q.delivery == "exactly_once" for q in settings.queues.values())
         self.commit_interval = min(commit_interval, 0.1) if transactional else commit_interval
         prefix = settings.kafka.topic_prefix
-        self.tiers = {topics.delay_topic(prefix, t): t for t in settings.tiers_ms}
+        self.tiers = {names.delay_topic(prefix, t): t for t in settings.tiers_ms}
         self.watch = ErrorWatch()
         self.consumer = Consumer(consumer_config(settings.kafka, self.watch, group=self.group,
                                                  on_commit=self._on_commit, **(consumer_extra or {})))
@@ -182,7 +188,7 @@ class Router:
                 offset=offset, host="router", reason="delay-tier record without a routable queue")
         else:
             hop = delays.next_hop(available, now, self.settings.tiers_ms)
-            target = topics.queue_topic(prefix, queue) if hop is None else topics.delay_topic(prefix, hop)
+            target = names.queue_topic(prefix, queue) if hop is None else names.delay_topic(prefix, hop)
             value = msg.value()
         if self.txn is not None:
             self.txn.add(topic, partition, Output(offset, target, cast(bytes, value), msg.key(),

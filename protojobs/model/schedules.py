@@ -37,11 +37,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
-from protojobs.durations import format_ms, parse_ms
+from protojobs.model.durations import format_ms, parse_ms
 
 if TYPE_CHECKING:
     from protojobs.config import Settings
-    from protojobs.crosscheck import ConfigIssue
+    from protojobs.config.checks import ConfigIssue
 
 CATCH_UP = ("skip", "once", "all")
 SKIP_GRACE_MS = 5_000  # catch_up = "skip": a tick at most this late still fires
@@ -342,7 +342,7 @@ def configured(settings: Settings) -> dict[str, Schedule]:
 def check(settings: Settings, data: Mapping[str, Any]) -> list[ConfigIssue]:
     """Cross-checks of `[schedules.*]`, each at its key path (called by crosscheck.check)."""
     from protojobs.config import payload_validator
-    from protojobs.crosscheck import ConfigIssue, PayloadError, _suggest, key_path
+    from protojobs.config.checks import ConfigIssue, PayloadError, _suggest, key_path
 
     issues: list[ConfigIssue] = []
     for name, table in (data.get("schedules") or {}).items():

@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, Generic, ParamSpec
 
 if TYPE_CHECKING:
     from protojobs.config import RetryPolicy, Settings
-    from protojobs.dlq import Entry
-    from protojobs.producer import Dispatcher
-    from protojobs.worker import Counters, Worker
+    from protojobs.engine.dispatch import Dispatcher
+    from protojobs.engine.worker import Counters, Worker
+    from protojobs.ops.dlq import Entry
 
 __all__ = ["EVENTS", "Job", "JobEvent", "Jobs"]
 
@@ -255,22 +255,20 @@ class Jobs:
     @_either
     def unschedule(self, schedule_id: str) -> bool:
         """Remove a dynamic schedule; False if there is none with that id."""
-        from protojobs import scheduler
-
+        from protojobs.engine import scheduler
         return scheduler.undefine(self.settings, schedule_id, self._producer().producer)
 
     scheduleAt, scheduleIn, scheduleEvery, scheduleDaily = (  # noqa: N815 - the seed's spelling
         schedule_at, schedule_in, schedule_every, schedule_daily)
 
     def _schedule(self, job: type[Job] | Job | str, data: Any, queue: str | None, **rule: Any) -> str:
-        from protojobs import scheduler
-
+        from protojobs.engine import scheduler
         name, queue = _route(job, queue, self.settings)
         return scheduler.schedule(self.settings, queue, name, data, producer=self._producer().producer, **rule)
 
     def _send(self, job: type[Job] | Job | str, data: Any, queue: str | None, delay_ms: int,
               key: str | None, job_id: str | None) -> str:
-        from protojobs.producer import DispatchError, Outcome
+        from protojobs.engine.dispatch import DispatchError, Outcome
 
         settings = self.settings
         if delay_ms > 0 and not settings.tiers_ms:
@@ -291,7 +289,7 @@ class Jobs:
     def _producer(self) -> Dispatcher:
         with self._lock:
             if self._dispatcher is None:
-                from protojobs.producer import Dispatcher
+                from protojobs.engine.dispatch import Dispatcher
 
                 self._dispatcher = Dispatcher(self.settings)
             return self._dispatcher
@@ -307,8 +305,8 @@ class Jobs:
         """Run a worker (and the delay router) for `queue` in this thread until stop(), or
         `max_jobs` jobs finished (0: forever). In the main thread, SIGTERM/SIGINT stop it unless
         the application installed its own handlers."""
-        from protojobs import admin
-        from protojobs.worker import Worker, WorkerOptions
+        from protojobs.engine.worker import Worker, WorkerOptions
+        from protojobs.kafka import admin
 
         settings = self.settings
         worker = Worker(settings, WorkerOptions(queues=[queue], max_jobs=max_jobs), events=self._emit)
@@ -337,8 +335,7 @@ class Jobs:
     def stats(self, queue: str | None = None) -> dict[str, Any]:
         """depth (from offsets), delayed (all queues share the tiers), dead_lettered (its
         dead-letter topic's records), group members; no `queue`: {queue: that dict}."""
-        from protojobs import commands
-
+        from protojobs.ops import commands
         settings = self.settings
         names = [_known(settings, queue)] if queue is not None else list(settings.queues)
         data = commands.stats_data(settings, names)
@@ -352,17 +349,16 @@ class Jobs:
     @_either
     def clear(self, queue: str = "default") -> int:
         """Delete every pending record of the queue's topic; return how many were deleted."""
-        from protojobs import admin, topics
-
+        from protojobs.kafka import admin
+        from protojobs.model import names
         settings = self.settings
-        topic = topics.queue_topic(settings.kafka.topic_prefix, _known(settings, queue))
+        topic = names.queue_topic(settings.kafka.topic_prefix, _known(settings, queue))
         return admin.clear(admin.client(settings), topic)
 
     @_either
     def failed_jobs(self, limit: int = 50, offset: int = 0) -> list[Entry]:
         """Dead-lettered jobs (`dlq.Entry`: job_id, queue, envelope, dead...), newest first."""
-        from protojobs import dlq
-
+        from protojobs.ops import dlq
         return dlq.failed_jobs(self.settings, limit, offset)
 
     failedJobs = failed_jobs  # noqa: N815 - the seed's spelling
@@ -370,8 +366,7 @@ class Jobs:
     @_either
     def retry(self, job_id: str) -> bool:
         """Re-run a dead-lettered job (as attempt 1); False when no dead-lettered job has this id."""
-        from protojobs import dlq
-
+        from protojobs.ops import dlq
         return dlq.retry(self.settings, job_id)
 
     @_either
@@ -477,7 +472,7 @@ def _known(settings: Settings, queue: str) -> str:
 
 def _add_registered_handlers(worker: Worker) -> None:
     """Queues without handler and jobs run the registered Job class their envelope names."""
-    from protojobs.executor import Handler
+    from protojobs.engine.lanes import Handler
 
     with _registry_lock:
         classes = {name: cls for name, cls in _REGISTRY.items() if not inspect.isabstract(cls)}
@@ -492,7 +487,7 @@ def _add_registered_handlers(worker: Worker) -> None:
 
 
 def _start_router(settings: Settings) -> Any:
-    from protojobs.router import Router, RouterThread
+    from protojobs.engine.router import Router, RouterThread
 
     return RouterThread(Router(settings)).start()
 
@@ -516,7 +511,7 @@ def _install_signals(stop: Callable[[], None]) -> Callable[[], None]:
 
 def _delay_ms(delay: float | str | datetime.timedelta | None) -> int:
     """Seconds (int or float), a duration string ("5m") or a timedelta -> ms."""
-    from protojobs.durations import parse_ms
+    from protojobs.model.durations import parse_ms
 
     if delay is None or isinstance(delay, str):
         return parse_ms(delay) if delay else 0

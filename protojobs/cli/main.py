@@ -19,8 +19,7 @@ def _config_default() -> str:
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
-    from protojobs import devbroker
-
+    from protojobs.local import devbroker
     state = Path(args.state)
     if args.action == "start":
         if args.if_needed and not devbroker.needed(args.config):
@@ -33,18 +32,17 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from protojobs import logs, runner
-
+    from protojobs.engine import supervisor
+    from protojobs.observe import logs
     logs.configure(args.log_format)  # and $PROTOJOBS_LOG_FORMAT for the spawned workers
     router = "off" if args.no_router else "only" if args.router_only else "on"
-    return runner.run(args.config, queues=args.queue or None, max_jobs=args.max_jobs, processes=args.processes,
+    return supervisor.run(args.config, queues=args.queue or None, max_jobs=args.max_jobs, processes=args.processes,
                       router=router, slot=args.slot, metrics_port=args.metrics_port,
                       scheduler=not args.no_scheduler)
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
-    from protojobs import health
-
+    from protojobs.observe import health
     return health.health_command(args.url, ready=args.ready, timeout=args.timeout)
 
 
@@ -61,8 +59,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_dispatch(args: argparse.Namespace) -> int:
-    from protojobs import commands
-
+    from protojobs.ops import commands
     if (args.payload is None) == (args.file is None):
         print("dispatch: give a JSON payload or --file F.jsonl (not both)", file=sys.stderr)
         return 2
@@ -71,32 +68,27 @@ def _cmd_dispatch(args: argparse.Namespace) -> int:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from protojobs import commands
-
+    from protojobs.ops import commands
     return commands.stats(args.config, args.queue, args.json)
 
 
 def _cmd_clear(args: argparse.Namespace) -> int:
-    from protojobs import commands
-
+    from protojobs.ops import commands
     return commands.clear(args.config, args.queue, args.yes)
 
 
 def _cmd_retry_plan(args: argparse.Namespace) -> int:
-    from protojobs import commands
-
+    from protojobs.ops import commands
     return commands.retry_plan(args.config, args.queue)
 
 
 def _cmd_topics(args: argparse.Namespace) -> int:
-    from protojobs import commands
-
+    from protojobs.ops import commands
     return commands.topics_command(args.config, args.action)
 
 
 def _cmd_schedules(args: argparse.Namespace) -> int:
-    from protojobs import scheduler
-
+    from protojobs.engine import scheduler
     if (args.action == "list") != (args.name is None):
         print("schedules: `list` takes no name; pause, resume, remove and next take one", file=sys.stderr)
         return 2
@@ -108,8 +100,7 @@ def _cmd_schedules(args: argparse.Namespace) -> int:
 
 
 def _cmd_dlq(args: argparse.Namespace) -> int:
-    from protojobs import dlq
-
+    from protojobs.ops import dlq
     if (args.action == "show") != (args.job_id is not None):
         print("dlq: `show` takes one job id (`dlq show ID`); the other actions take none", file=sys.stderr)
         return 2

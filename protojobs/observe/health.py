@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from protojobs.config import Settings
-from protojobs.testing.broker import pid_alive
+from protojobs.local.cluster import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,7 @@ class Attached:
     def beat(self) -> None:
         try:
             if self.jobs is not None:
-                from protojobs import metrics
-
+                from protojobs.observe import metrics
                 self.jobs.flush()
                 metrics.sample_in_flight(self.worker)
             if self.directory is not None:
@@ -122,14 +121,13 @@ def write_heartbeat(directory: Path, slot: int, beat: dict[str, Any]) -> None:
 def attach(worker: Any, slot: int = 0) -> Attached:
     """Hook metrics (when this command serves them: $PROTOJOBS_OBS_DIR is set), tracing (when
     OpenTelemetry is installed) and the heartbeat into `worker`; `stop()` it after the run."""
-    from protojobs import tracing
-
+    from protojobs.observe import tracing
     hooks: list[Callable[..., None]] = [worker.events]
     directory = Path(os.environ[ENV_DIR]) if os.environ.get(ENV_DIR) else None
     jobs = None
     if directory is not None:
-        from protojobs import metrics
-        from protojobs.producer import Dispatcher
+        from protojobs.engine.dispatch import Dispatcher
+        from protojobs.observe import metrics
 
         jobs = metrics.JobMetrics()
         hooks.append(jobs)
@@ -138,7 +136,7 @@ def attach(worker: Any, slot: int = 0) -> Attached:
     if traced is not None:
         hooks.append(traced)
         if worker._dispatcher is None:
-            from protojobs.producer import Dispatcher
+            from protojobs.engine.dispatch import Dispatcher
 
             worker._dispatcher = Dispatcher(worker.settings)
         tracing.instrument_dispatcher(worker._dispatcher)
@@ -252,8 +250,7 @@ class Server:
                         "this process's own gauges will be missing from /metrics")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.directory / "metrics")  # before the import below
         os.environ[ENV_DIR] = str(self.directory)  # inherited by the spawned workers
-        from protojobs import metrics
-
+        from protojobs.observe import metrics
         self.metrics = metrics
         self.gauges = metrics.AdminGauges(settings, **({"interval": refresh} if refresh else {}))
         self.checks = Checks(settings, self.directory / "heartbeat", slots, lambda: self.gauges.members)
@@ -320,6 +317,5 @@ def health_command(url: str, ready: bool = False, timeout: float = 5.0) -> int:
 def child_exited(pid: int) -> None:
     """The supervisor saw a worker process exit: drop its live gauges (no-op without metrics)."""
     if os.environ.get(ENV_DIR):
-        from protojobs import metrics
-
+        from protojobs.observe import metrics
         metrics.process_dead(pid)

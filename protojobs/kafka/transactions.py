@@ -34,8 +34,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from protojobs.clients import ErrorWatch, producer_config
 from protojobs.config import Settings
+from protojobs.kafka.clients import ErrorWatch, producer_config
 
 log = logging.getLogger(__name__)
 TIMEOUT = 30.0

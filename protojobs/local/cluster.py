@@ -1,6 +1,6 @@
 """Real Apache Kafka (KRaft) on loopback: fetch, format, start, wait, stop.
 
-The jars come from Maven Central through `kafka/pom.xml` (see `ensure_kafka`); nothing is
+The jars come from Maven Central through the packaged `pom.xml` (see `ensure_kafka`); nothing is
 downloaded by hand. Each node runs in its own process group with a pidfile in the cluster's
 state directory, so `stop()` (and `protojobs.testing.cleanup`) can always kill it: no JVM
 outlives a test run.
@@ -27,10 +27,11 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 KAFKA_VERSION = "4.1.1"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout, when running from one
 JVM_FLAGS = {
     "test": ["-Xms256m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"],
     "bench": ["-Xms1g", "-Xmx2g", "-XX:+UseG1GC"],
@@ -51,8 +52,18 @@ class BrokerError(RuntimeError):
     """A broker could not be fetched, formatted or started; the message says why and what to do."""
 
 
+def cache_dir() -> Path:
+    """Where fetched Kafka jars and toxiproxy live: $PROTOJOBS_CACHE, else the checkout's `.cache`
+    (`make install` fills it), else ~/.cache/protojobs for an installed wheel."""
+    if os.environ.get("PROTOJOBS_CACHE"):
+        return Path(os.environ["PROTOJOBS_CACHE"])
+    if (REPO_ROOT / "pyproject.toml").exists() and (REPO_ROOT / "protojobs").is_dir():
+        return REPO_ROOT / ".cache"
+    return Path.home() / ".cache" / "protojobs"
+
+
 def kafka_lib_dir() -> Path:
-    return Path(os.environ.get("PROTOJOBS_KAFKA_LIB", REPO_ROOT / ".cache" / "kafka" / "lib"))
+    return Path(os.environ.get("PROTOJOBS_KAFKA_LIB", cache_dir() / "kafka" / "lib"))
 
 
 def ensure_kafka() -> Path:
@@ -60,11 +71,12 @@ def ensure_kafka() -> Path:
     lib = kafka_lib_dir()
     if any(lib.glob(f"kafka_2.13-{KAFKA_VERSION}.jar")):
         return lib
-    pom = REPO_ROOT / "kafka" / "pom.xml"
     if shutil.which("mvn") is None:
         raise BrokerError("Maven (mvn) is not on PATH: it fetches Kafka from Maven Central; install it")
-    if not pom.exists():
-        raise BrokerError(f"no Kafka jars in {lib} and no {pom} to fetch them: set PROTOJOBS_KAFKA_LIB")
+    # The pom is package data; Maven writes next to it, so it runs from a copy in the cache.
+    pom = lib.parent / "pom.xml"
+    pom.parent.mkdir(parents=True, exist_ok=True)
+    pom.write_bytes(resources.files("protojobs.local").joinpath("pom.xml").read_bytes())
     cmd = ["mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies", f"-Dkafka.lib={lib}"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:

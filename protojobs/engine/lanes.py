@@ -28,8 +28,8 @@ from queue import SimpleQueue
 from typing import Any
 
 from protojobs.config import QueueSettings
-from protojobs.crosscheck import import_target, is_job_class
-from protojobs.envelope import Envelope
+from protojobs.config.checks import import_target, is_job_class
+from protojobs.model.envelope import Envelope
 
 WAITING, RUNNING, DONE, TIMED_OUT, DROPPED = range(5)
 

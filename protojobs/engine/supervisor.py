@@ -17,11 +17,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from protojobs import config, health, logs
-from protojobs.router import Router, RouterThread
-from protojobs.scheduler import Scheduler, SchedulerThread
-from protojobs.transactions import Fenced
-from protojobs.worker import Worker, WorkerOptions
+from protojobs import config
+from protojobs.engine.router import Router, RouterThread
+from protojobs.engine.scheduler import Scheduler, SchedulerThread
+from protojobs.engine.worker import Worker, WorkerOptions
+from protojobs.kafka.transactions import Fenced
+from protojobs.observe import health, logs
 
 log = logging.getLogger(__name__)
 

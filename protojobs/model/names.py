@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from protojobs.durations import format_ms
+from protojobs.model.durations import format_ms
 
 MAX_TOPIC_NAME = 249
 _LEGAL = re.compile(r"^[A-Za-z0-9._-]+$")

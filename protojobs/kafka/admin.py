@@ -29,9 +29,9 @@ from confluent_kafka.admin import (
     OffsetSpec,
 )
 
-from protojobs import topics
-from protojobs.clients import KAFKA_LOG, ErrorWatch
 from protojobs.config import Settings
+from protojobs.kafka.clients import KAFKA_LOG, ErrorWatch
+from protojobs.model import names
 
 TIMEOUT = 15.0
 
@@ -73,23 +73,23 @@ def list_topics(admin: AdminClient, topic: str | None = None, timeout: float = T
                 raise
 
 
-def topic_specs(settings: Settings) -> list[topics.TopicSpec]:
+def topic_specs(settings: Settings) -> list[names.TopicSpec]:
     """Every topic jobs.toml implies, in a stable order."""
     prefix = settings.kafka.topic_prefix
     queues = list(settings.queues.values())
     parts = max(q.partitions for q in queues)
     rf = max(q.replication_factor for q in queues)
     retention = max(q.retention_ms for q in queues)
-    specs = [topics.TopicSpec(topics.queue_topic(prefix, q.name), q.partitions, q.replication_factor,
+    specs = [names.TopicSpec(names.queue_topic(prefix, q.name), q.partitions, q.replication_factor,
                               {"retention.ms": str(q.retention_ms)}) for q in queues]
     for tier in settings.tiers_ms:
-        specs.append(topics.TopicSpec(topics.delay_topic(prefix, tier), parts, rf,
+        specs.append(names.TopicSpec(names.delay_topic(prefix, tier), parts, rf,
                                       {"retention.ms": str(max(retention, 2 * tier))}))
     dead = sorted({q.dead_letter_topic for q in queues})
-    specs += [topics.TopicSpec(name, parts, rf, {"retention.ms": str(retention)}) for name in dead]
-    specs.append(topics.TopicSpec(topics.control_topic(prefix), 1, rf, {"cleanup.policy": "compact"}))
+    specs += [names.TopicSpec(name, parts, rf, {"retention.ms": str(retention)}) for name in dead]
+    specs.append(names.TopicSpec(names.control_topic(prefix), 1, rf, {"cleanup.policy": "compact"}))
     # one partition: whoever the scheduler group assigns it to leads (protojobs.scheduler)
-    specs.append(topics.TopicSpec(topics.schedules_topic(prefix), 1, rf, {"cleanup.policy": "compact"}))
+    specs.append(names.TopicSpec(names.schedules_topic(prefix), 1, rf, {"cleanup.policy": "compact"}))
     return specs
 
 
@@ -100,7 +100,7 @@ class Change:
     topic: str
     action: str  # create | add-partitions | alter-config | refuse | ok
     detail: str
-    spec: topics.TopicSpec | None = None
+    spec: names.TopicSpec | None = None
     config: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -111,7 +111,7 @@ class Change:
         return f"{self.action:15} {self.topic}: {self.detail}"
 
 
-def plan(admin: AdminClient, specs: Iterable[topics.TopicSpec]) -> list[Change]:
+def plan(admin: AdminClient, specs: Iterable[names.TopicSpec]) -> list[Change]:
     """What `apply` would do (nothing is changed)."""
     specs = list(specs)
     meta = list_topics(admin)

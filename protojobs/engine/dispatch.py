@@ -24,9 +24,10 @@ from typing import Any, cast
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from protojobs import admin, delays, envelope, topics
-from protojobs.clients import ClientError, ErrorWatch, producer_config
 from protojobs.config import PayloadError, QueueSettings, Settings, payload_validator
+from protojobs.kafka import admin
+from protojobs.kafka.clients import ClientError, ErrorWatch, producer_config
+from protojobs.model import delays, envelope, names
 
 
 class DispatchError(RuntimeError):
@@ -126,10 +127,10 @@ class Dispatcher:
         if env.available_at <= now:  # the common case, without the per-call name checks
             topic = self._queue_topics.get(env.queue)
             if topic is None:
-                topic = self._queue_topics[env.queue] = topics.queue_topic(prefix, env.queue)
+                topic = self._queue_topics[env.queue] = names.queue_topic(prefix, env.queue)
             return topic
         tier = delays.next_hop(env.available_at, now, self.settings.tiers_ms)
-        return topics.queue_topic(prefix, env.queue) if tier is None else topics.delay_topic(prefix, tier)
+        return names.queue_topic(prefix, env.queue) if tier is None else names.delay_topic(prefix, tier)
 
     # --- sending -----------------------------------------------------------------------------
 

@@ -31,15 +31,22 @@ from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from protojobs import admin, envelope, retry, topics
-from protojobs import jobs as job_hooks
-from protojobs.clients import ErrorWatch, consumer_config, fetch, producer_config, until_reachable
+from protojobs.api import jobs as job_hooks
 from protojobs.config import PayloadError, QueueSettings, Settings, payload_validator
-from protojobs.control import ClearEpochs
-from protojobs.executor import Context, EventLoop, Handler, Job, Lane, Result
-from protojobs.offsets import OffsetTracker
-from protojobs.producer import Dispatcher, now_ms
-from protojobs.transactions import Fenced, Output, Transactions, rewind_to_committed
+from protojobs.engine.dispatch import Dispatcher, now_ms
+from protojobs.engine.lanes import Context, EventLoop, Handler, Job, Lane, Result
+from protojobs.kafka import admin
+from protojobs.kafka.clients import (
+    ErrorWatch,
+    consumer_config,
+    fetch,
+    producer_config,
+    until_reachable,
+)
+from protojobs.kafka.control import ClearEpochs
+from protojobs.kafka.transactions import Fenced, Output, Transactions, rewind_to_committed
+from protojobs.model import envelope, names, retry
+from protojobs.model.offsets import OffsetTracker
 
 log = logging.getLogger(__name__)
 HOST = socket.gethostname()
@@ -101,12 +108,12 @@ class Worker:
         self.settings = settings
         self.options = options or WorkerOptions()
         self.events = events
-        names = list(self.options.queues or settings.queues)
-        unknown = [n for n in names if n not in settings.queues]
+        wanted = list(self.options.queues or settings.queues)
+        unknown = [n for n in wanted if n not in settings.queues]
         if unknown:
             raise ValueError(f"unknown queue(s) {unknown}; jobs.toml declares {sorted(settings.queues)}")
         prefix = settings.kafka.topic_prefix
-        self.queues: dict[str, QueueSettings] = {topics.queue_topic(prefix, n): settings.queues[n] for n in names}
+        self.queues: dict[str, QueueSettings] = {names.queue_topic(prefix, n): settings.queues[n] for n in wanted}
         self.done: SimpleQueue[Result | Move] = SimpleQueue()
         self._loop: EventLoop | None = None
         self.lanes = {t: Lane(q, self._handlers(q), self.done, self._startable, self._event_loop, self._attempt)
@@ -336,11 +343,11 @@ class Worker:
             "job_id": job.env.id, "attempt": job.env.attempt})
         if isinstance(decision, retry.Retry) and self.settings.tiers_ms:
             nxt = envelope.with_attempt(job.env, job.env.attempt + 1, decision.available_at, failed_at=now)
-            from protojobs.delays import next_hop
+            from protojobs.model.delays import next_hop
 
             tier = next_hop(nxt.available_at, now, self.settings.tiers_ms)
-            dest = (topics.queue_topic(self.settings.kafka.topic_prefix, q.name) if tier is None
-                    else topics.delay_topic(self.settings.kafka.topic_prefix, tier))
+            dest = (names.queue_topic(self.settings.kafka.topic_prefix, q.name) if tier is None
+                    else names.delay_topic(self.settings.kafka.topic_prefix, tier))
             self._send(Move(job, job.topic, job.partition, job.offset, job.generation, envelope.encode(nxt),
                             job.env.key.encode() if job.env.key else None, envelope.headers(nxt), dest))
             return

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from protojobs.testing.broker import (
-    REPO_ROOT,
+from protojobs.local.cluster import (
     BrokerError,
     _read_pid,
     _tail,
+    cache_dir,
     pid_alive,
     stop_pidfiles,
     track,
@@ -34,7 +34,7 @@ TOXIPROXY_VERSION = "v2.12.0"
 
 
 def toxiproxy_binary() -> Path:
-    return Path(os.environ.get("PROTOJOBS_TOXIPROXY", REPO_ROOT / ".cache" / "bin" / "toxiproxy-server"))
+    return Path(os.environ.get("PROTOJOBS_TOXIPROXY", cache_dir() / "bin" / "toxiproxy-server"))
 
 
 def ensure_toxiproxy() -> Path:

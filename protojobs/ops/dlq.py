@@ -44,11 +44,13 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from protojobs import admin, config, envelope, topics
-from protojobs.clients import ClientError, ErrorWatch, consumer_config
-from protojobs.commands import parse_time_ms
-from protojobs.durations import parse_ms
-from protojobs.producer import Dispatcher, Outcome, delivery_error, now_ms
+from protojobs import config
+from protojobs.engine.dispatch import Dispatcher, Outcome, delivery_error, now_ms
+from protojobs.kafka import admin
+from protojobs.kafka.clients import ClientError, ErrorWatch, consumer_config
+from protojobs.model import envelope, names
+from protojobs.model.durations import parse_ms
+from protojobs.ops.commands import parse_time_ms
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_REPLAYS = 3
@@ -197,7 +199,7 @@ def read_all(settings: config.Settings, timeout: float = READ_TIMEOUT) -> list[E
     spans = {(topic, p): span for topic in dead_letter_topics(settings)
              for p, span in _bounds(client, topic).items()}
     prefix = settings.kafka.topic_prefix
-    queue_of_topic = {topics.queue_topic(prefix, name): name for name in settings.queues}
+    queue_of_topic = {names.queue_topic(prefix, name): name for name in settings.queues}
     entries = [_entry(msg, queue_of_topic) for msg in _consume(settings, spans, timeout)]
     return sorted(entries, key=lambda e: (e.failed_at, e.topic, e.partition, e.offset))
 
@@ -301,7 +303,7 @@ def _produce(dispatcher: Dispatcher, env: envelope.Envelope, now: int) -> Outcom
         outcome.error = None if err is None else delivery_error(err)
         outcome.done = True
 
-    topic = topics.queue_topic(dispatcher.settings.kafka.topic_prefix, again.queue)
+    topic = names.queue_topic(dispatcher.settings.kafka.topic_prefix, again.queue)
     hdrs = envelope.headers(again) + [(H_REPLAYS, str(again.replays).encode())]
     key = again.key.encode() if again.key is not None else None
     while True:

@@ -50,12 +50,13 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from protojobs import admin, envelope, topics, transactions
-from protojobs.background import Background
-from protojobs.clients import ErrorWatch, consumer_config, producer_config
 from protojobs.config import ConfigError, PayloadError, Settings
-from protojobs.producer import Dispatcher, DispatchError
-from protojobs.schedules import (
+from protojobs.engine.background import Background
+from protojobs.engine.dispatch import Dispatcher, DispatchError
+from protojobs.kafka import admin, transactions
+from protojobs.kafka.clients import ErrorWatch, consumer_config, producer_config
+from protojobs.model import envelope, names
+from protojobs.model.schedules import (
     Book,
     Schedule,
     configured,
@@ -108,7 +109,7 @@ class Scheduler:
         self.settings = settings
         self.slot = slot
         self.clock = clock
-        self.topic = topics.schedules_topic(settings.kafka.topic_prefix)
+        self.topic = names.schedules_topic(settings.kafka.topic_prefix)
         self.config = configured(settings)
         self.watch = ErrorWatch()
         self.consumer = Consumer(consumer_config(settings.kafka, self.watch, group=group_of(settings), **{
@@ -331,7 +332,7 @@ class SchedulerThread(Background):
 
 def read_book(settings: Settings, watch: ErrorWatch | None = None, timeout: float = 30.0) -> Book:
     """The schedules topic from its beginning to its end (committed records only), folded."""
-    topic = topics.schedules_topic(settings.kafka.topic_prefix)
+    topic = names.schedules_topic(settings.kafka.topic_prefix)
     consumer = Consumer(consumer_config(settings.kafka, watch or ErrorWatch(),
                                         group=f"protojobs-schedules-reader-{uuid.uuid4().hex}", **{
                                             "enable.partition.eof": True, "isolation.level": "read_committed",
@@ -362,7 +363,7 @@ def write(settings: Settings, records: Iterable[tuple[bytes, bytes | None]], pro
     """Write records to the schedules topic and wait for the broker's acks."""
     admin.ensure_topics(settings)
     producer = producer or Producer(producer_config(settings.kafka, ErrorWatch()))
-    topic = topics.schedules_topic(settings.kafka.topic_prefix)
+    topic = names.schedules_topic(settings.kafka.topic_prefix)
     errors: list[str] = []
     for key, value in records:
         producer.produce(topic, value, key, on_delivery=lambda err, _m: errors.append(err.str()) if err else None)
@@ -517,7 +518,7 @@ def schedule(settings: Settings, queue: str, job: str | None, data: Any, *, at: 
              jitter_ms: int = 0, producer: Producer | None = None) -> str:
     """Store one dynamic schedule (exactly one of at / every_ms / daily "HH:MM"); its id.
     `every_ms` ticks count from now (the first fires one interval later)."""
-    from protojobs.schedules import Rule, cron_rule, every_rule, parse_time
+    from protojobs.model.schedules import Rule, cron_rule, every_rule, parse_time
 
     now = now_ms()
     if sum(x is not None for x in (at, every_ms, daily)) != 1:

@@ -10,7 +10,7 @@ Layers, lowest precedence first:
    an operator's variable beats both files. Values are typed as dynaconf types env values (TOML:
    `8` -> 8, `true` -> True, `["1s", "5s"]` -> an array, anything else stays a string).
 Tables merge key by key; arrays and scalars replace. The merged tree is validated against
-schemas/protojobs.schema.json (the single source of truth of the shape and of the defaults),
+protojobs/config/protojobs.schema.json (the single source of truth of the shape and of the defaults),
 built into frozen dataclasses and cross-checked (protojobs.crosscheck). Every problem is
 reported at once in one ConfigError; a config is either fully valid or not loaded. Nothing else
 in protojobs reads the environment.
@@ -46,6 +46,7 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from functools import cached_property
+from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -54,16 +55,15 @@ from dynaconf.utils import object_merge
 from dynaconf.utils.parse_conf import boolean_fix, parse_conf_data
 from jsonschema import Draft202012Validator
 
-from protojobs import crosscheck
-from protojobs.crosscheck import ConfigIssue, PayloadError, is_secret_key, key_path, to_toml
-from protojobs.durations import format_ms, parse_ms
+from protojobs.config import checks
+from protojobs.config.checks import ConfigIssue, PayloadError, is_secret_key, key_path, to_toml
+from protojobs.model.durations import format_ms, parse_ms
 
 __all__ = ["ConfigError", "ConfigIssue", "KafkaSettings", "PayloadError", "QueueSettings", "RetryPolicy",
            "Settings", "effective", "from_dict", "is_secret_key", "key_path", "load", "payload_validator",
            "redacted", "show_command", "to_toml", "validate_command"]
 
-SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
-CONFIG_SCHEMA = SCHEMA_DIR / "protojobs.schema.json"
+CONFIG_SCHEMA = "protojobs.schema.json"  # package data of protojobs.config
 ENV_PREFIX = "PROTOJOBS_"
 MISSING_FILE = "file not found (give --config or set PROTOJOBS_CONFIG)"
 
@@ -144,7 +144,7 @@ class QueueSettings(_Frozen):
 
     @cached_property
     def _payload_validator(self) -> Callable[[Any], None]:
-        return crosscheck.compile_payload_schema(self.schema)
+        return checks.compile_payload_schema(self.schema)
 
 
 @dataclass(frozen=True)
@@ -227,16 +227,16 @@ def _read_toml(path: Path, why: str = "") -> dict[str, Any]:
 
 def _settings(data: dict[str, Any], base_dir: Path, source: Path | None,
               env: Mapping[str, str], import_handlers: bool) -> Settings:
-    secrets = crosscheck.secret_values(data)
+    secrets = checks.secret_values(data)
     data, origins, issues = _apply_env(copy.deepcopy(data), env)
-    secrets |= crosscheck.secret_values(data)
-    issues += crosscheck.schema_issues(data, _validator())
+    secrets |= checks.secret_values(data)
+    issues += checks.schema_issues(data, _validator())
     if issues:
-        raise ConfigError(crosscheck.finish(issues, origins, secrets))
+        raise ConfigError(checks.finish(issues, origins, secrets))
     settings, issues = _build(data, base_dir, source)
-    issues += crosscheck.check(settings, data, import_handlers=import_handlers)
+    issues += checks.check(settings, data, import_handlers=import_handlers)
     if issues:
-        raise ConfigError(crosscheck.finish(issues, origins, secrets))
+        raise ConfigError(checks.finish(issues, origins, secrets))
     return settings
 
 
@@ -317,11 +317,12 @@ def _plain(value: Any) -> Any:
 
 @functools.cache
 def config_schema() -> dict[str, Any]:
-    """schemas/protojobs.schema.json, parsed once."""
+    """The JSON Schema of jobs.toml (package data: protojobs/config/protojobs.schema.json)."""
     try:
-        return dict(json.loads(CONFIG_SCHEMA.read_text(encoding="utf-8")))
+        text = resources.files("protojobs.config").joinpath(CONFIG_SCHEMA).read_text(encoding="utf-8")
+        return dict(json.loads(text))
     except (OSError, ValueError) as exc:
-        issue = ConfigIssue(str(CONFIG_SCHEMA), f"cannot read the config schema: {exc}")
+        issue = ConfigIssue(CONFIG_SCHEMA, f"cannot read the config schema: {exc}")
         raise ConfigError([issue]) from None
 
 
@@ -383,8 +384,8 @@ def _inherit(table: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
 def _queue(name: str, q: dict[str, Any], kafka: KafkaSettings, base_dir: Path,
            data: dict[str, Any]) -> tuple[QueueSettings, list[ConfigIssue]]:
     schema_path = base_dir / q["schema"] if "schema" in q else None
-    schema, problem = crosscheck.load_payload_schema(schema_path, q.get("schema", ""))
-    issues = [ConfigIssue(crosscheck.origin(data, name, "schema"), problem)] if problem else []
+    schema, problem = checks.load_payload_schema(schema_path, q.get("schema", ""))
+    issues = [ConfigIssue(checks.origin(data, name, "schema"), problem)] if problem else []
     queue = QueueSettings(
         name=name, handler=q.get("handler"), jobs=tuple(q.get("jobs", ())), schema_path=schema_path,
         schema=_freeze(schema) if schema is not None else None, retry=q["retry"],
@@ -422,7 +423,7 @@ def payload_validator(queue: QueueSettings) -> Callable[[Any], None]:
 def redacted(settings_or_dict: Settings | Mapping[str, Any]) -> dict[str, Any]:
     """A plain copy safe to print: the effective config of Settings, or any tree; secrets "***"."""
     tree = effective(settings_or_dict) if isinstance(settings_or_dict, Settings) else _plain(settings_or_dict)
-    return dict(crosscheck.redact(tree))
+    return dict(checks.redact(tree))
 
 
 def effective(settings: Settings) -> dict[str, Any]:
@@ -468,9 +469,9 @@ def validate_command(config: str | None, cluster: bool = False, env: Mapping[str
     try:
         settings = load(config, env)
         if cluster:
-            problems = crosscheck.check_cluster(settings, timeout=cluster_timeout)
+            problems = checks.check_cluster(settings, timeout=cluster_timeout)
             if problems:
-                raise ConfigError(crosscheck.finish(problems, {}, crosscheck.secret_values(settings.raw)))
+                raise ConfigError(checks.finish(problems, {}, checks.secret_values(settings.raw)))
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)

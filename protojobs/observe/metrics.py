@@ -268,15 +268,16 @@ class AdminGauges:
             self._stop.wait(self.interval)
 
     def refresh(self) -> None:
-        from protojobs import commands, topics
-        from protojobs.durations import format_ms
+        from protojobs.model import names
+        from protojobs.model.durations import format_ms
+        from protojobs.ops import commands
 
         data = commands.stats_data(self.settings)
         for queue, q in data["queues"].items():
             for partition, depth in q["partitions"].items():
                 LAG.labels(queue, partition).set(depth)
         prefix = self.settings.kafka.topic_prefix
-        tier_names = {topics.delay_topic(prefix, t): format_ms(t) for t in self.settings.tiers_ms}
+        tier_names = {names.delay_topic(prefix, t): format_ms(t) for t in self.settings.tiers_ms}
         for topic, waiting in data["delayed"].items():
             TIER_WAITING.labels(tier_names.get(topic, topic)).set(waiting)
         DEAD_LETTER_DEPTH.set(sum(data["dead_letter"].values()))
@@ -289,8 +290,7 @@ def bench_per_job(n: int = 20_000, repeat: int = 5) -> float:
     """µs of metrics work per successful job (job.processing + job.processed), best of `repeat`."""
     import timeit
 
-    from protojobs import envelope
-
+    from protojobs.model import envelope
     hook = JobMetrics()
     now = int(time.time() * 1000)
     env = envelope.new_envelope("bench", "handler", {}, now_ms=now)

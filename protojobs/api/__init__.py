@@ -1,0 +1,1 @@
+"""protojobs.api: see docs/architecture.md."""

@@ -1,0 +1,5 @@
+import sys
+
+from protojobs.cli.main import main
+
+sys.exit(main())

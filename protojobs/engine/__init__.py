@@ -1,0 +1,1 @@
+"""protojobs.engine: see docs/architecture.md."""

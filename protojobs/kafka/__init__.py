@@ -1,0 +1,1 @@
+"""protojobs.kafka: see docs/architecture.md."""

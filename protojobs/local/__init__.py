@@ -1,0 +1,1 @@
+"""protojobs.local: see docs/architecture.md."""

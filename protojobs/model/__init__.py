@@ -1,0 +1,1 @@
+"""protojobs.model: see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""protojobs.observe: see docs/architecture.md."""

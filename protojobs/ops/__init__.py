@@ -1,0 +1,1 @@
+"""protojobs.ops: see docs/architecture.md."""
