@@ -28,7 +28,7 @@ class _ProtojobsBase:
         raise NotImplementedError
 
 
-_ProtojobsBase.__module__ = "protojobs.api.jobs"
+_ProtojobsBase.__module__ = "protojobs.api.job"
 
 
 class SendEmail(_ProtojobsBase):

@@ -53,7 +53,7 @@ def test_delayed_jobs_never_run_early(make_settings, start_worker, router) -> No
     routing = router(settings)
     worker = start_worker(settings)
     # Lateness is measured from a running pipeline: wait until both consumers own partitions.
-    wait_for(lambda: len(engine_jobs.RUNS) == 1 and routing.generation, timeout=40, what="pipeline up")
+    wait_for(lambda: len(engine_jobs.RUNS) == 1 and routing.partitions.assigned, timeout=40, what="pipeline up")
     engine_jobs.RUNS.clear()
     delays_ms = [0, 50, 150, 200, 350, 800, 1000, 1500, 2500, 3000, 4200, 6500] * 3
     random.Random(7).shuffle(delays_ms)

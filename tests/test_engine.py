@@ -140,8 +140,8 @@ def test_slow_handler_does_not_cause_rebalance(make_settings, start_worker) -> N
     Dispatcher(settings).dispatch("work", {"n": 2})
     worker = start_worker(settings, consumer_extra={"max.poll.interval.ms": 6000})
     revokes: list[Any] = []
-    original = worker.worker._on_revoke
-    worker.worker._on_revoke = lambda c, p: (revokes.append(p), original(c, p))  # type: ignore[method-assign]
+    original = worker.worker.partitions_revoking
+    worker.worker.partitions_revoking = lambda keys: (revokes.append(keys), original(keys))  # type: ignore[method-assign]
     wait_for(lambda: len(engine_jobs.RUNS) >= 2, timeout=40, what="both jobs")
     time.sleep(1)
     during = list(revokes)  # closing the consumer revokes too: only count what came before
@@ -169,7 +169,7 @@ def test_clear_deletes_and_stats_match_raw_count(make_settings, kafka: Cluster) 
 
 def spawn_worker(config_file: Path, record: Path, *extra: str) -> subprocess.Popen[bytes]:
     """A real `protojobs run` process; its output goes to worker-<n>.log beside the record."""
-    env = dict(os.environ, PROTOJOBS_TEST_RECORD=str(record), PYTHONPATH=str(TESTS))
+    env = dict(os.environ, PROTOJOBS_TEST_RECORD=str(record), PYTHONPATH=str(TESTS), PYTHONFAULTHANDLER="1")
     log = record.parent / f"worker-{len(list(record.parent.glob('worker-*.log')))}.log"
     with open(log, "wb") as out:
         return subprocess.Popen([sys.executable, "-m", "protojobs.cli", "run", "--config", str(config_file), *extra],

@@ -124,7 +124,8 @@ def test_failed_job_dead_letters_inside_the_transaction(kafka: Cluster, fresh_pr
     wait_for(lambda: worker.worker.counters.dead == 1, what="dead letter")
     wait_for(lambda: committed_equals_end(settings, "work"), what="offset committed in the transaction")
     worker.stop()
-    assert worker.worker.txn is not None and worker.worker.txn.committed >= 1
+    txn = worker.worker.partitions.txn
+    assert txn is not None and txn.committed >= 1
     consumer = Consumer(profile.consumer(kafka.bootstrap, f"dl-{time.monotonic_ns()}",
                                          **{"isolation.level": "read_committed"}))
     consumer.subscribe([settings.kafka.dead_letter_topic])

@@ -30,7 +30,7 @@ from facade_jobs import (
 from test_engine import read_all
 
 from protojobs import Jobs
-from protojobs.api.jobs import EVENTS, JobEvent
+from protojobs.api.events import EVENTS, JobEvent
 from protojobs.config import ConfigError, Settings
 from protojobs.engine.dispatch import DispatchError
 from protojobs.kafka import admin
@@ -314,7 +314,7 @@ def test_a_raising_listener_breaks_neither_dispatch_nor_the_worker(make_settings
     for name in EVENTS:
         Jobs.listen(name, broken)
     seen = record_events()  # registered after the broken ones: still called
-    with caplog.at_level(logging.ERROR, logger="protojobs.api.jobs"):
+    with caplog.at_level(logging.ERROR, logger="protojobs.api.events"):
         job_id = Jobs.dispatch(CleanupJob, {"n": 1})
         assert Jobs.work("default", 1).done == 1
     assert [e.name for e in seen] == ["job.queuing", "job.queued", "worker.starting", "job.processing",
@@ -348,7 +348,7 @@ def test_should_retry_false_dead_letters_at_once(make_settings) -> None:
 def test_a_raising_failed_hook_does_not_stop_the_worker(make_settings, caplog) -> None:
     settings = make_settings(QUEUES)
     Jobs.configure(settings)
-    with caplog.at_level(logging.ERROR, logger="protojobs.api.jobs"):
+    with caplog.at_level(logging.ERROR, logger="protojobs.engine.attempt"):
         broken = Jobs.dispatch(BrokenHookJob, {"n": 1})
         Jobs.dispatch(CleanupJob, {"n": 2})
         running = work_in_thread("default")
@@ -402,7 +402,7 @@ def test_stats_and_clear_count_real_records(make_settings) -> None:
 
 
 def test_failed_jobs_and_retry_redrive_a_dead_job(make_settings) -> None:
-    pytest.importorskip("protojobs.dlq")
+    pytest.importorskip("protojobs.ops.dlq")
     settings = make_settings(QUEUES, retry={"default": {"max_attempts": 1}})
     Jobs.configure(settings)
     job_id = Jobs.dispatch(ToggleJob, {"n": 1})
@@ -429,6 +429,6 @@ def test_import_protojobs_stays_light() -> None:
             "assert 'confluent_kafka' not in sys.modules\n"
             "from protojobs import Job, PermanentError, RetryLater\n"
             "assert 'confluent_kafka' not in sys.modules, 'Job imported the Kafka client'\n"
-            "assert protojobs.Jobs.__module__ == 'protojobs.api.jobs'\n"
+            "assert protojobs.Jobs.__module__ == 'protojobs.api.facade'\n"
             "assert PermanentError.__module__ == RetryLater.__module__ == 'protojobs.model.retry'\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -29,7 +29,7 @@ from protojobs.engine.worker import Worker, WorkerOptions
 from protojobs.kafka import admin
 from protojobs.model import envelope
 from protojobs.model import names as topics
-from protojobs.observe import health, logs, metrics
+from protojobs.observe import logs, metrics
 from protojobs.testing import Cluster
 
 TESTS = Path(__file__).resolve().parent
@@ -173,14 +173,13 @@ def test_one_trace_from_dispatch_through_retry_to_success(make_settings, kafka: 
     provider = otel.TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     settings = make_settings({"flaky": {"handler": "engine_jobs:flaky", "partitions": 1}})
-    dispatcher = tracing.instrument_dispatcher(Dispatcher(settings), provider)
+    dispatcher = Dispatcher(settings, hooks=[tracing.Tracing(provider)])
     with provider.get_tracer("web").start_as_current_span("POST /signup") as request:
         job_id = dispatcher.dispatch("flaky", {"n": 1, "fail": 1})
     trace_id = request.get_span_context().trace_id
     admin.ensure_topics(settings)
     routing = RouterThread(Router(settings)).start()
-    hook = tracing.WorkerTracing(provider)
-    worker = Running(Worker(settings, WorkerOptions(), events=health.compose(hook)))
+    worker = Running(Worker(settings, WorkerOptions(), hooks=[tracing.Tracing(provider)]))
     try:
         wait_for(lambda: worker.worker.counters.done == 1, timeout=30, what="the retried job to succeed")
     finally:
@@ -275,8 +274,8 @@ def test_job_label_cardinality_is_capped() -> None:
     now = int(time.time() * 1000)
     for i in range(metrics.MAX_JOB_LABELS + 20):
         env = envelope.new_envelope("capped", f"job{i}", {}, now_ms=now)
-        hook("job.processing", job=env, context=None)
-        hook("job.processed", job=env, result=None, duration=0.01)
+        hook.before_process(env, None)
+        hook.after_process(env, None, 0.01)
     hook.flush()
     names = {s.labels["job"] for f in metrics.JOBS.collect() for s in f.samples
              if s.labels.get("queue") == "capped" and s.name == "protojobs_jobs_total"}

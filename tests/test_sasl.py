@@ -30,6 +30,7 @@ from protojobs.engine.dispatch import Dispatcher
 from protojobs.engine.worker import Worker, WorkerOptions
 from protojobs.kafka import admin
 from protojobs.kafka.clients import ClientError
+from protojobs.model import names as topics
 from protojobs.testing import Cluster
 from protojobs.testing.plugin import _port_base, _state_root
 
@@ -91,7 +92,7 @@ def dispatch_and_consume(settings: config.Settings) -> None:
         assert dispatcher.close() == 0
     names = set(admin.list_topics(admin.client(settings)).topics)
     assert {s.name for s in admin.topic_specs(settings)} <= names
-    assert names.queue_topic(settings.kafka.topic_prefix, "emails") in names
+    assert topics.queue_topic(settings.kafka.topic_prefix, "emails") in names
     running = Running(Worker(settings, WorkerOptions()))
     try:
         wait_for(lambda: bool(runs_of(job_id)) or not running.thread.is_alive(), 60, "the job to run")

@@ -22,7 +22,7 @@ from conftest import settings_tree, wait_for, write_config
 from test_engine import runs, spawn_worker
 
 from protojobs import config
-from protojobs.api.jobs import Jobs
+from protojobs.api.facade import Jobs
 from protojobs.engine import scheduler
 from protojobs.model import envelope
 from protojobs.model import names as topics

@@ -1,5 +1,1 @@
-"""protojobs.cli: the command line (the only code that prints or exits)."""
-
-from protojobs.cli.main import main
-
-__all__ = ["main"]
+"""protojobs.cli: the command line, the only code that prints or exits (`main.main`)."""

@@ -32,11 +32,11 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from protojobs.engine import supervisor
+    from protojobs.cli import run as runner
     from protojobs.observe import logs
     logs.configure(args.log_format)  # and $PROTOJOBS_LOG_FORMAT for the spawned workers
     router = "off" if args.no_router else "only" if args.router_only else "on"
-    return supervisor.run(args.config, queues=args.queue or None, max_jobs=args.max_jobs, processes=args.processes,
+    return runner.run(args.config, queues=args.queue or None, max_jobs=args.max_jobs, processes=args.processes,
                       router=router, slot=args.slot, metrics_port=args.metrics_port,
                       scheduler=not args.no_scheduler)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -17,11 +18,13 @@ class Loop(Protocol):
 
 class Background:
     """Runs `loop.run()` in a daemon thread; an exception that ends it is logged and kept in
-    `error` (the process goes on without that loop)."""
+    `error`, and `on_exit` is called (e.g. to stop the worker, so the whole process restarts
+    instead of going on without its router)."""
 
-    def __init__(self, loop: Loop, name: str) -> None:
+    def __init__(self, loop: Loop, name: str, on_exit: Callable[[], None] | None = None) -> None:
         self.loop = loop
         self.name = name
+        self.on_exit = on_exit
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name=f"protojobs-{name}", daemon=True)
 
@@ -31,6 +34,8 @@ class Background:
         except BaseException as exc:  # noqa: BLE001 - reported through `error`
             self.error = exc
             log.exception("the %s stopped", self.name)
+            if self.on_exit is not None:
+                self.on_exit()
 
     def start(self) -> Background:
         self.thread.start()

@@ -11,7 +11,9 @@ Guarantees
   `ClientRefused` (both a DispatchError and a protojobs.clients.ClientError) within about a
   second, instead of after librdkafka's retry loop; its message never includes the config.
 - A delayed job (`delay_ms` / `at_ms` in the future) goes to the delay tier the routing rule
-  picks (protojobs.delays); it never runs before its `available_at`.
+  picks (model.delays); it never runs before its `available_at`.
+- Hooks (`engine.hooks`): `before_dispatch` may add options (tracing sets `trace`) before the
+  job is built; `after_enqueue` sees every job handed to the producer.
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, Producer
 
 from protojobs.config import PayloadError, QueueSettings, Settings, payload_validator
+from protojobs.engine.hooks import Hooks, HookSet
 from protojobs.kafka import admin
 from protojobs.kafka.clients import ClientError, ErrorWatch, producer_config
+from protojobs.kafka.clock import now_ms
+from protojobs.kafka.outbox import Outbox
 from protojobs.model import delays, envelope, names
 
 
@@ -41,10 +46,6 @@ class DeliveryUncertain(DispatchError):
 class ClientRefused(DispatchError, ClientError):
     """Kafka refused the client (bad credentials, no authorization): nothing was stored. A
     DispatchError, so callers that report dispatch failures report this one too."""
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass
@@ -76,10 +77,12 @@ class Dispatcher:
     """Sends jobs to the queues of one Settings. Thread-safe; one per process is enough."""
 
     def __init__(self, settings: Settings, producer: Producer | None = None, ensure_topics: bool = True,
-                 **producer_extra: Any) -> None:
+                 hooks: Iterable[Hooks] = (), **producer_extra: Any) -> None:
         self.settings = settings
         self.watch = ErrorWatch()
         self.producer = producer or Producer(producer_config(settings.kafka, self.watch, **producer_extra))
+        self.outbox = Outbox(self.producer)
+        self.hooks = hooks if isinstance(hooks, HookSet) else HookSet(hooks)
         self._ensure = ensure_topics
         self._lock = threading.Lock()
         self._queue_topics: dict[str, str] = {}
@@ -111,6 +114,16 @@ class Dispatcher:
         return envelope.new_envelope(queue, job_name, data, now_ms=now, available_at=due, key=key,
                                      id=job_id, trace=trace)
 
+    def prepare(self, queue: str, data: Any, **options: Any) -> tuple[envelope.Envelope, str]:
+        """Hooks, then `build`, then the destination topic: a job ready to produce (no I/O)."""
+        if self.hooks:
+            self.hooks.before_dispatch(queue, data, options)
+        env = self.build(queue, data, **options)
+        topic = self.topic_for(env, now_ms())
+        if self.hooks:
+            self.hooks.after_enqueue(env, topic)
+        return env, topic
+
     def _job_name(self, q: QueueSettings, job: str | None) -> str:
         if q.jobs:
             names = {target.rsplit(":", 1)[-1]: target for target in q.jobs}
@@ -135,7 +148,8 @@ class Dispatcher:
     # --- sending -----------------------------------------------------------------------------
 
     def send(self, env: envelope.Envelope, outcome: Outcome, topic: str | None = None) -> None:
-        """Produce one envelope; `outcome` is filled by the delivery report (serve with poll)."""
+        """Produce one envelope to `topic` (default: where `topic_for` routes it now); `outcome`
+        is filled by the delivery report (served by `wait`)."""
         if self._ensure:
             try:
                 admin.ensure_topics(self.settings)
@@ -143,19 +157,13 @@ class Dispatcher:
                 raise ClientRefused(str(err)) from None
             self._ensure = False
 
-        def report(err: KafkaError | None, _msg: Message) -> None:
+        def delivered(err: KafkaError | None) -> None:
             outcome.error = None if err is None else delivery_error(err)
             outcome.done = True
 
-        value = envelope.encode(env)
         key = env.key.encode() if env.key is not None else None
-        target = topic or self.topic_for(env, now_ms())
-        while True:
-            try:
-                self.producer.produce(target, value, key, headers=cast(Any, envelope.headers(env)), on_delivery=report)
-                return
-            except BufferError:  # local queue full: serve delivery reports, then try again
-                self.producer.poll(0.05)
+        self.outbox.send(topic or self.topic_for(env, now_ms()), envelope.encode(env), key, envelope.headers(env),
+                         delivered)
 
     def wait(self, outcomes: Iterable[Outcome], timeout: float | None = None) -> None:
         """Serve delivery reports until every outcome is known (or raise DeliveryUncertain)."""
@@ -177,9 +185,9 @@ class Dispatcher:
 
     def dispatch(self, queue: str, data: Any, **options: Any) -> str:
         """Send one job and wait for the broker's ack; return its id."""
-        env = self.build(queue, data, **options)
+        env, topic = self.prepare(queue, data, **options)
         outcome = Outcome(env.id)
-        self.send(env, outcome)
+        self.send(env, outcome, topic)
         self.wait([outcome])
         if outcome.error is not None:
             raise outcome.error
@@ -192,12 +200,12 @@ class Dispatcher:
         outcomes: list[tuple[int, Outcome]] = []
         for index, data in enumerate(items):
             try:
-                env = self.build(queue, data, **options)
+                env, topic = self.prepare(queue, data, **dict(options))
             except (PayloadError, DispatchError) as err:
                 result.errors[index] = err if isinstance(err, DispatchError) else DispatchError(str(err))
                 continue
             outcome = Outcome(env.id)
-            self.send(env, outcome)
+            self.send(env, outcome, topic)
             outcomes.append((index, outcome))
             if len(outcomes) % 10_000 == 0:
                 self.producer.poll(0)

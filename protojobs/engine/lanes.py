@@ -11,113 +11,33 @@ cancelled; a sync handler cannot be killed (Python threads cannot be), so the wo
 declares it timed out at its deadline, the lane gets a fresh thread, and whatever the old thread
 returns later is ignored. Handlers see the deadline in their context (`ctx.deadline`, epoch s).
 
-Completed jobs go to `done` (a SimpleQueue) for the consume loop, which owns offsets.
+Each attempt runs through `engine.attempt.Attempt` on the lane thread, failure decision
+included; a job declared timed out gets its failure decided on the thread that replaces it.
+Results go to `done` (a SimpleQueue) for the consume loop, which owns offsets.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from queue import SimpleQueue
 from typing import Any
 
 from protojobs.config import QueueSettings
-from protojobs.config.checks import import_target, is_job_class
-from protojobs.model.envelope import Envelope
-
-WAITING, RUNNING, DONE, TIMED_OUT, DROPPED = range(5)
-
-
-@dataclass(frozen=True, slots=True)
-class Context:
-    """What a handler may take as its second argument."""
-
-    id: str
-    attempt: int
-    queue: str
-    key: str | None
-    deadline: float  # epoch seconds: a long job should check it and stop in time
-    job: str
-    topic: str
-    partition: int
-    offset: int
-    available_at: int = 0  # epoch ms: the job was due then (it never starts earlier)
-    dispatcher: Callable[..., str] | None = None
-
-    def dispatch(self, queue: str, data: Any, **options: Any) -> str:
-        """Dispatch a follow-up job; in an exactly-once queue it is published atomically with
-        this job's completion. Returns the new job's id."""
-        if self.dispatcher is None:
-            raise RuntimeError("this context cannot dispatch")
-        return self.dispatcher(queue, data, **options)
-
-    @property
-    def remaining(self) -> float:
-        return self.deadline - time.time()
-
-
-@dataclass(slots=True, eq=False)
-class Job:
-    """One record being worked on by this process."""
-
-    topic: str
-    partition: int
-    offset: int
-    env: Envelope
-    generation: int
-    chain: Hashable | None
-    state: int = WAITING
-    started: float = 0.0  # monotonic
-    deadline: float = 0.0  # monotonic
-    outputs: list[Any] = field(default_factory=list)  # exactly-once: records to publish on success
-
-
-@dataclass(slots=True)
-class Result:
-    job: Job
-    error: BaseException | None
-    value: Any
-    duration: float
-
-
-class Handler:
-    """A resolved `handler = "module:callable"` (function, coroutine function or Job class)."""
-
-    def __init__(self, target: Any) -> None:
-        self.target = target
-        func = target
-        if is_job_class(target):
-            instance = target()
-            func = instance.handle
-        self.func = func
-        self.is_async = inspect.iscoroutinefunction(func)
-        self.takes_context = _positional_count(func) >= 2
-
-    @classmethod
-    def load(cls, target: str) -> Handler:
-        obj, why = import_target(target)
-        if why is not None:
-            raise ImportError(why)
-        return cls(obj)
-
-    def __call__(self, data: Any, ctx: Context) -> Any:
-        return self.func(data, ctx) if self.takes_context else self.func(data)
-
-
-def _positional_count(func: Callable[..., Any]) -> int:
-    try:
-        params = inspect.signature(func).parameters.values()
-    except (TypeError, ValueError):
-        return 1
-    if any(p.kind is p.VAR_POSITIONAL for p in params):
-        return 2
-    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+from protojobs.engine.attempt import (
+    DONE,
+    DROPPED,
+    RUNNING,
+    TIMED_OUT,
+    Attempt,
+    Handler,
+    JobRun,
+    Result,
+)
 
 
 class EventLoop:
@@ -144,25 +64,23 @@ class Lane:
     """The buffered and running jobs of one queue."""
 
     def __init__(self, queue: QueueSettings, handlers: dict[str, Handler], done: SimpleQueue[Any],
-                 valid: Callable[[Job], bool], loop: Callable[[], EventLoop],
-                 attempt: Callable[[Job, Handler], Any]) -> None:
+                 valid: Callable[[JobRun], bool], attempt: Attempt) -> None:
         self.queue = queue
-        self.handlers = handlers
+        self.handlers = handlers  # envelope job name -> handler; "*": the queue's one handler
         self.done = done
         self.valid = valid  # False once the job's partition was revoked: drop it unstarted
-        self._loop = loop
-        self._attempt = attempt
+        self.attempt = attempt
         self.lock = threading.Lock()
-        self.ready: deque[Job] = deque()
-        self.chains: dict[Hashable, deque[Job]] = {}
-        self.running: dict[int, Job] = {}  # id(job) -> job
+        self.ready: deque[JobRun] = deque()
+        self.chains: dict[Hashable, deque[JobRun]] = {}
+        self.running: dict[int, JobRun] = {}  # id(job) -> job
         self.threads = 0
         self.buffered = 0
         self.halted = False
         self.pool = ThreadPoolExecutor(max_workers=queue.concurrency * 2 + 2,
                                        thread_name_prefix=f"protojobs-{queue.name}")
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: JobRun) -> None:
         with self.lock:
             self.buffered += 1
             if job.chain is not None:
@@ -176,7 +94,7 @@ class Lane:
                 self.threads += 1
                 self.pool.submit(self._work)
 
-    def _next(self, previous: Job | None) -> Job | None:
+    def _next(self, previous: JobRun | None) -> JobRun | None:
         """Release `previous`'s chain (starting its successor) and take the next ready job."""
         with self.lock:
             if previous is not None:
@@ -199,7 +117,7 @@ class Lane:
             self.threads -= 1
             return None
 
-    def _release_chain_locked(self, job: Job) -> None:
+    def _release_chain_locked(self, job: JobRun) -> None:
         if job.chain is None:
             return
         chain = self.chains.get(job.chain)
@@ -208,26 +126,52 @@ class Lane:
         else:
             self.chains.pop(job.chain, None)
 
+    def handler_for(self, job: JobRun) -> Handler | None:
+        return self.handlers.get(job.env.job) or self.handlers.get("*")
+
     def _work(self) -> None:
         job = self._next(None)
         while job is not None:
-            handler = self.handlers.get(job.env.job) or self.handlers.get("*")
-            started = time.perf_counter()
             try:
-                value, error = self._attempt(job, handler) if handler else (None, LookupError(
-                    f"job {job.env.job!r} is not on queue {self.queue.name!r}'s jobs list"))
-            except BaseException as exc:  # noqa: BLE001 - a handler's failure is the job's, never the worker's
-                value, error = None, exc
-            with self.lock:
-                late = job.state == TIMED_OUT
-                if not late:
-                    job.state = DONE
-            if not late:
-                self.done.put(Result(job, error, value, time.perf_counter() - started))
+                result = self.attempt.run(job, self.handler_for(job), self)
+            except BaseException as exc:  # noqa: BLE001 - never lose a job to a bug of ours
+                result = Result(job, exc, None, 0.0)
+            self._report(job, result)
             job = self._next(job)
 
-    def expire(self, now: float) -> list[Job]:
-        """Declare running jobs past their deadline timed out; give the lane fresh threads."""
+    def _report(self, job: JobRun, result: Result) -> None:
+        with self.lock:
+            late = job.state == TIMED_OUT
+            if not late:
+                job.state = DONE
+        if not late:
+            self.done.put(result)
+
+    def _timed_out(self, job: JobRun) -> None:
+        """On the thread that replaces a stuck one: decide the timed-out attempt's failure, then work."""
+        error = TimeoutError(f"handler ran past its timeout of {self.queue.timeout_ms / 1000:g}s")
+        try:
+            result = self.attempt.failed(job, error, self.handler_for(job), time.perf_counter() - self.queue.timeout_ms / 1000)
+        except BaseException as exc:  # noqa: BLE001
+            result = Result(job, exc, None, 0.0)
+        self.done.put(result)
+        self._work()
+
+    def hold(self, job: JobRun) -> bool:
+        """Suspend `job`'s timeout (a blocking retry's backoff); False if it already timed out."""
+        with self.lock:
+            if job.state != RUNNING:
+                return False
+            job.deadline = float("inf")
+            return True
+
+    def rearm(self, job: JobRun) -> None:
+        with self.lock:
+            job.deadline = time.monotonic() + self.queue.timeout_ms / 1000
+
+    def expire(self, now: float) -> list[JobRun]:
+        """Declare running jobs past their deadline timed out; each gets a fresh thread that
+        decides its failure and then takes the lane's next job."""
         expired = []
         with self.lock:
             for job in list(self.running.values()):
@@ -236,12 +180,8 @@ class Lane:
                     self.running.pop(id(job), None)
                     self._release_chain_locked(job)
                     expired.append(job)
-            for _ in expired:
-                self.pool.submit(self._work)  # replaces the thread that is stuck in the handler
-        for job in expired:
-            self.done.put(Result(job, TimeoutError(f"handler ran past its timeout of "
-                                                   f"{self.queue.timeout_ms / 1000:g}s"), None,
-                                 self.queue.timeout_ms / 1000))
+            for job in expired:
+                self.pool.submit(self._timed_out, job)  # replaces the thread stuck in the handler
         return expired
 
     def halt(self) -> None:

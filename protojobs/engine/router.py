@@ -5,7 +5,7 @@ partition are due in (almost) the order they entered, so only the head of a part
 watching: when the head is not due, the partition is paused and sought back to it (pause first,
 then seek), and resumed when it is. No sleeping in the poll loop, no skip-and-requeue.
 
-Rule (protojobs.delays): a record that entered tier t at time E is due at
+Rule (model.delays): a record that entered tier t at time E is due at
 min(E + t, available_at); released, it goes to its queue when now >= available_at, else to the
 tier for what remains. So a job never runs before its `available_at`, and is late by at most
 the smallest tier plus processing lag. E is the record's Kafka timestamp (its produce time);
@@ -26,41 +26,39 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, Message, Producer, TopicPartition
 
 from protojobs.config import Settings
 from protojobs.engine.background import Background
-from protojobs.kafka.clients import (
-    ErrorWatch,
-    consumer_config,
-    fetch,
-    producer_config,
-    until_reachable,
-)
+from protojobs.kafka.clients import ErrorWatch, fetch, producer_config, until_reachable
+from protojobs.kafka.clock import now_ms
 from protojobs.kafka.control import ClearEpochs
-from protojobs.kafka.transactions import Output, Transactions, rewind_to_committed
+from protojobs.kafka.outbox import Outbox
+from protojobs.kafka.partitions import Key, Partitions
+from protojobs.kafka.transactions import Fenced, Output, TransactionalProducer, Transactions
 from protojobs.model import delays, envelope, names
-from protojobs.model.offsets import OffsetTracker
 
 log = logging.getLogger(__name__)
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 @dataclass
 class Forward:
+    """A record on its way out of a tier, for the tier record (topic, partition, offset)."""
+
     topic: str
     partition: int
     offset: int
     generation: int
+    target: str
+    value: bytes | None
+    key: bytes | None
+    headers: list[tuple[str, bytes]]
     acked: bool = False
     error: str | None = None
 
 
 class Router:
-    """Consumes every delay tier (group `{group_id}-delays`) and forwards due records."""
+    """Consumes every delay tier (group `names.router_group`) and forwards due records."""
 
     def __init__(self, settings: Settings, *, clock: Callable[[], int] = now_ms, commit_interval: float = 0.5,
                  consumer_extra: dict[str, Any] | None = None, producer_extra: dict[str, Any] | None = None,
@@ -69,26 +67,28 @@ class Router:
         self.clock = clock
         self.slot = slot
         self.producer_extra = producer_extra or {}
-        self.transactional = transactional = any(q.delivery == "exactly_once" for q in settings.queues.values())
-        self.commit_interval = min(commit_interval, 0.1) if transactional else commit_interval
+        # With an exactly-once queue in the config, every forward and its tier offset commit go in
+        # one transaction, so a record is never forwarded twice.
+        self.transactional = any(q.delivery == "exactly_once" for q in settings.queues.values())
+        self.commit_interval = min(commit_interval, 0.1) if self.transactional else commit_interval
         prefix = settings.kafka.topic_prefix
         self.tiers = {names.delay_topic(prefix, t): t for t in settings.tiers_ms}
         self.watch = ErrorWatch()
-        self.consumer = Consumer(consumer_config(settings.kafka, self.watch, group=self.group,
-                                                 on_commit=self._on_commit, **(consumer_extra or {})))
-        self.producer = Producer(producer_config(settings.kafka, self.watch, **(producer_extra or {})))
-        self.offsets = OffsetTracker()
-        self.held: dict[tuple[str, int], int] = {}  # paused partition -> due time (epoch ms)
-        self.generation: dict[tuple[str, int], int] = {}
+        self.partitions = Partitions(settings.kafka, self.watch, group=self.group, owner=self,
+                                     transactional=lambda _topic: True, **(consumer_extra or {}))
+        self.outbox = Outbox(Producer(producer_config(settings.kafka, self.watch, **self.producer_extra)))
+        self.held: dict[Key, int] = {}  # paused partition -> due time (epoch ms)
         self.forwarded = 0
+        self.epochs: ClearEpochs | None = None
         self._stop = threading.Event()
-        # With an exactly-once queue in the config, every forward and its tier offset commit go in
-        # one transaction (`{group_id}.router.{host}.{slot}`), so a record is never forwarded twice.
-        self.txn: Transactions | None = None  # made in run(), once Kafka answers
 
     @property
     def group(self) -> str:
-        return f"{self.settings.kafka.group_id}-delays"
+        return names.router_group(self.settings.kafka.group_id)
+
+    @property
+    def consumer(self) -> Any:
+        return self.partitions.consumer
 
     def stop(self) -> None:
         self._stop.set()
@@ -96,16 +96,9 @@ class Router:
     def run(self) -> None:
         if not self.tiers:
             return
-
-        def start() -> None:
-            if self.transactional and self.txn is None:
-                self.txn = Transactions(self.settings, self.consumer, self.slot, self.watch, role="router",
-                                        **self.producer_extra)
-
-        if not until_reachable(start, self._stop.is_set, "delay router start-up"):
+        if not until_reachable(self._start, self._stop.is_set, "delay router start-up"):
             return
-        self.consumer.subscribe(list(self.tiers), on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                on_lost=self._on_lost)
+        self.partitions.subscribe(list(self.tiers))
         self.epochs = ClearEpochs(self.settings, self.watch)
         self.epochs.catch_up()
         next_commit = time.monotonic() + self.commit_interval
@@ -115,16 +108,25 @@ class Router:
                 self.epochs.refresh()
                 for msg in fetch(self.consumer, self.settings.kafka.batch_size, self._wait_s()):
                     self._take(msg)
-                self.producer.poll(0)
+                self.outbox.poll(0)
                 self._release_due()
                 if time.monotonic() >= next_commit:
-                    self._commit(asynchronous=True)
+                    self.partitions.commit(asynchronous=True)
                     next_commit = time.monotonic() + self.commit_interval
-            self.producer.flush(10)
-            self._commit(asynchronous=False)
+                if self.partitions.session_lost:
+                    raise Fenced("the group session of an exactly-once delay router expired; stopped so "
+                                 "that it forwards nothing a newer router might also forward")
+            self.outbox.flush(10)
+            self.partitions.commit(asynchronous=False)
         finally:
             self.epochs.close()
-            self.consumer.close()
+            self.partitions.close()
+
+    def _start(self) -> None:
+        if self.transactional and self.partitions.txn is None:
+            producer = TransactionalProducer(self.settings.kafka, self.watch, self.slot, role="router",
+                                             **self.producer_extra)
+            self.partitions.txn = Transactions(producer, self.consumer)
 
     def _wait_s(self) -> float:
         """Poll no longer than until the earliest held record is due (at most 100 ms)."""
@@ -151,13 +153,13 @@ class Router:
             due = delays.due_at(entered if entered > 0 else now, self.tiers[topic], available)
         if due > now:
             tp = TopicPartition(topic, partition, offset)
-            self.consumer.pause([tp])
+            self.consumer.pause([tp])  # pause first, then seek: a seek before the pause can be lost
             self.consumer.seek(tp)
             self.held[key] = due
             return
-        self.offsets.started(topic, partition, offset)
+        self.partitions.started(topic, partition, offset)
         if self._cleared(msg):
-            self.offsets.finished(topic, partition, offset)  # its queue was cleared after dispatch
+            self.partitions.finished(topic, partition, offset)  # its queue was cleared after dispatch
             return
         self._forward(msg, available, now)
 
@@ -166,7 +168,7 @@ class Router:
         queue = envelope.header_value(hdrs, envelope.H_QUEUE)
         dispatched = envelope.header_value(hdrs, envelope.H_DISPATCHED_AT)
         return queue is not None and dispatched is not None and dispatched.isdigit() and \
-            self.epochs.cleared(queue, int(dispatched))
+            self.epochs is not None and self.epochs.cleared(queue, int(dispatched))
 
     def _available_at(self, msg: Message) -> int | None:
         text = envelope.header_value(cast(Any, msg.headers()), envelope.H_AVAILABLE_AT)
@@ -190,40 +192,29 @@ class Router:
             hop = delays.next_hop(available, now, self.settings.tiers_ms)
             target = names.queue_topic(prefix, queue) if hop is None else names.delay_topic(prefix, hop)
             value = msg.value()
-        if self.txn is not None:
-            self.txn.add(topic, partition, Output(offset, target, cast(bytes, value), msg.key(),
-                                                  cast(Any, list(msg.headers() or []))))
-            self.offsets.finished(topic, partition, offset)
+        headers = cast(Any, list(msg.headers() or []))
+        if self.partitions.txn is not None:
+            self.partitions.publish_with_offset(topic, partition, Output(offset, target, cast(bytes, value),
+                                                                         msg.key(), headers))
+            self.partitions.finished(topic, partition, offset)
             self.forwarded += 1
             return
-        move = Forward(topic, partition, offset, self.generation.get((topic, partition), 0))
+        self._send(Forward(topic, partition, offset, self.partitions.generation_of(topic, partition), target,
+                           value, msg.key(), headers))
 
-        def report(err: KafkaError | None, _m: Message) -> None:
+    def _send(self, move: Forward) -> None:
+        def delivered(err: KafkaError | None) -> None:
             move.acked, move.error = err is None, None if err is None else err.str()
-            self._forwarded(move, msg, target, value)
+            self._forwarded(move)
 
-        self._produce(target, value, msg, report)
+        self.outbox.send(move.target, move.value, move.key, move.headers, delivered)
 
-    def _produce(self, target: str, value: bytes | None, msg: Message, report: Callable[..., None]) -> None:
-        while True:
-            try:
-                self.producer.produce(target, value, msg.key(), headers=cast(Any, msg.headers()), on_delivery=report)
-                return
-            except BufferError:
-                self.producer.poll(0.05)
-
-    def _forwarded(self, move: Forward, msg: Message, target: str, value: bytes | None) -> None:
+    def _forwarded(self, move: Forward) -> None:
         if not move.acked:
-            log.warning("re-forwarding to %s after a failed delivery: %s", target, move.error)
-
-            def again(err: KafkaError | None, _m: Message) -> None:
-                move.acked, move.error = err is None, None if err is None else err.str()
-                self._forwarded(move, msg, target, value)
-
-            self._produce(target, value, msg, again)
+            log.warning("re-forwarding to %s after a failed delivery: %s", move.target, move.error)
+            self._send(move)
             return
-        if self.generation.get((move.topic, move.partition), 0) == move.generation:
-            self.offsets.finished(move.topic, move.partition, move.offset)
+        if self.partitions.finished(move.topic, move.partition, move.offset, move.generation):
             self.forwarded += 1
 
     def _release_due(self) -> None:
@@ -232,72 +223,30 @@ class Router:
         if due:
             for key in due:
                 del self.held[key]
-            self.consumer.resume([TopicPartition(t, p) for t, p in due])
+            self.partitions.resume(due)
 
-    # --- offsets and rebalancing --------------------------------------------------------------
+    # --- rebalancing (called by Partitions, on this thread, inside poll) ------------------------
 
-    def _commit(self, asynchronous: bool, only: set[tuple[str, int]] | None = None) -> None:
-        points = [TopicPartition(t, p, o) for t, p, o in self.offsets.commit_points()
-                  if only is None or (t, p) in only]
-        if not points:
-            return
-        if self.txn is not None:
-            chosen = [(tp.topic, tp.partition, tp.offset) for tp in points]
-            if self.txn.commit(chosen, self._rewind):
-                for t, p, o in chosen:
-                    self.offsets.mark_committed(t, p, o)
-            return
-        try:
-            if asynchronous:
-                self.consumer.commit(offsets=points, asynchronous=True)
-                return
-            for tp in self.consumer.commit(offsets=points, asynchronous=False) or []:
-                if tp.error is None:
-                    self.offsets.mark_committed(tp.topic, tp.partition, tp.offset)
-        except Exception as exc:  # noqa: BLE001 - retried at the next interval
-            log.warning("delay router commit failed (will retry): %s", exc)
-
-    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            if err is None and tp.error is None:
-                self.offsets.mark_committed(tp.topic, tp.partition, tp.offset)
-
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            key = (tp.topic, tp.partition)
-            self.generation[key] = self.generation.get(key, 0) + 1
-            self.offsets.drop(*key)
-            self.held.pop(key, None)
-
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        revoked = {(tp.topic, tp.partition) for tp in partitions}
-        self.producer.flush(10)
-        self._commit(asynchronous=False, only=revoked)
-        self._forget(revoked)
-
-    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._forget({(tp.topic, tp.partition) for tp in partitions})
-
-    def _rewind(self, keys: list[tuple[str, int]]) -> None:
-        """After an aborted transaction: back to the committed offsets; nothing stays paused."""
-        held = [key for key in keys if key in self.held]
-        self._forget(set(keys))
-        if held:
-            self.consumer.resume([TopicPartition(t, p) for t, p in held])
-        rewind_to_committed(self.consumer, keys)
-
-    def _forget(self, keys: set[tuple[str, int]]) -> None:
+    def partitions_assigned(self, keys: set[Key]) -> None:
         for key in keys:
-            self.generation[key] = self.generation.get(key, 0) + 1
-            self.offsets.drop(*key)
             self.held.pop(key, None)
-            if self.txn is not None:
-                self.txn.drop(*key)
+
+    def partitions_revoking(self, keys: set[Key]) -> None:
+        self.outbox.flush(10)
+
+    def partitions_forgotten(self, keys: set[Key]) -> None:
+        """Revoked, lost or rewound: nothing stays held (a rewound partition is resumed)."""
+        held = [key for key in keys if key in self.held]
+        for key in held:
+            del self.held[key]
+        assigned = [key for key in held if key in self.partitions.assigned]
+        if assigned:
+            self.partitions.resume(assigned)
 
 
 class RouterThread(Background):
     """A Router running beside the worker in the same process (the default of `protojobs run`)."""
 
-    def __init__(self, router: Router) -> None:
-        super().__init__(router, "delay router")
+    def __init__(self, router: Router, on_exit: Callable[[], None] | None = None) -> None:
+        super().__init__(router, "delay router", on_exit)
         self.router = router

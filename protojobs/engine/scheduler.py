@@ -12,9 +12,9 @@ Becoming leader:
    open, i.e. until the previous leader's last transaction committed or aborted);
 2. read the topic from its beginning up to its end (read_committed) into a `Book`: per schedule
    its last tick, the dynamic definitions, pause/resume controls;
-3. init the transactional producer, `transactional.id = {group_id}.scheduler.{host}.{slot}`.
+3. init the transactional producer (`model.names.transactional_id`, role "scheduler").
 
-Then, for each due tick (protojobs.schedules.plan), ONE transaction holds the tick's job (built
+Then, for each due tick (model.schedules.plan), ONE transaction holds the tick's job (built
 by Dispatcher.build with the id `sched-<name>-<tick_ms>`, produced to its queue or delay tier),
 the schedule's new `state/<name>` record, and the consumer's offset sent with the group metadata.
 A zombie leader (its partition moved while it was stalled) has an old group generation: its
@@ -55,6 +55,9 @@ from protojobs.engine.background import Background
 from protojobs.engine.dispatch import Dispatcher, DispatchError
 from protojobs.kafka import admin, transactions
 from protojobs.kafka.clients import ErrorWatch, consumer_config, producer_config
+from protojobs.kafka.clock import now_ms
+from protojobs.kafka.partitions import Key, Partitions
+from protojobs.kafka.transactions import Aborted, Fenced, TransactionalProducer
 from protojobs.model import envelope, names
 from protojobs.model.schedules import (
     Book,
@@ -76,16 +79,12 @@ TIMEOUT = 30.0
 SCHEDULER_TXN_TIMEOUT_MS = 10_000  # a leader killed inside a transaction delays the next one this long
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def group_of(settings: Settings) -> str:
-    return f"{settings.kafka.group_id}-scheduler"
+    return names.scheduler_group(settings.kafka.group_id)
 
 
 def transactional_id(settings: Settings, slot: int) -> str:
-    return transactions.transactional_id(settings, slot, "scheduler")
+    return transactions.transactional_id(settings.kafka, slot, "scheduler")
 
 
 Record = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]  # topic, key, value, headers
@@ -112,13 +111,14 @@ class Scheduler:
         self.topic = names.schedules_topic(settings.kafka.topic_prefix)
         self.config = configured(settings)
         self.watch = ErrorWatch()
-        self.consumer = Consumer(consumer_config(settings.kafka, self.watch, group=group_of(settings), **{
+        self.partitions = Partitions(settings.kafka, self.watch, group=group_of(settings), owner=self, **{
             "isolation.level": "read_committed",  # cooperative-sticky: a joining member never moves partition 0
             "auto.offset.reset": "earliest", "client.id": f"scheduler-{socket.gethostname()}-{slot}",
             "topic.metadata.refresh.interval.ms": 10_000,
-            **(consumer_extra or {})}))
+            **(consumer_extra or {})})
+        self.consumer = self.partitions.consumer
         self._producer_extra = producer_extra or {}
-        self.producer: Producer | None = None
+        self.producer: TransactionalProducer | None = None
         self.book = Book()
         self.leading = False
         self.loaded = False
@@ -140,8 +140,7 @@ class Scheduler:
             except (admin.AdminError, KafkaException, TimeoutError) as exc:
                 log.warning("scheduler: cannot create the schedules topic yet (%s); retrying", exc)
                 self._stop.wait(1)
-        self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                on_lost=self._on_revoke)
+        self.partitions.subscribe([self.topic])
         try:
             while not self._stop.is_set():
                 self.watch.check()
@@ -153,7 +152,7 @@ class Scheduler:
                 elif self.leading:
                     self._tick()
         finally:
-            self.consumer.close()  # leaves the group: another member leads at once
+            self.partitions.close()  # leaves the group: another member leads at once
             if self.producer is not None:
                 self.producer.flush(5)
 
@@ -174,13 +173,19 @@ class Scheduler:
         due = [d for _, _, _, d in self._due.values() if d is not None]
         return max(0.0, min(0.1, (min(due) - self.clock()) / 1000)) if due else 0.1
 
-    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if any(tp.partition == 0 for tp in partitions):
+    # --- leadership (called by Partitions, on this thread, inside poll) --------------------------
+
+    def partitions_assigned(self, keys: set[Key]) -> None:
+        if (self.topic, 0) in keys:
             self.leading, self.loaded = True, False
             self.book, self._due = Book(), {}
 
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if any(tp.partition == 0 for tp in partitions):
+    def partitions_revoking(self, keys: set[Key]) -> None:
+        return None
+
+    def partitions_forgotten(self, keys: set[Key]) -> None:
+        """Revoked or lost: partition 0 gone means no longer leading."""
+        if (self.topic, 0) in keys:
             if self.leading:
                 log.info("scheduler: no longer leading")
             self.leading, self.loaded = False, False
@@ -201,20 +206,16 @@ class Scheduler:
                 book.apply(msg.key(), msg.value(), cast(int, msg.offset()))
         self.book, self._due = book, {}
         if self.producer is None:
-            conf = producer_config(self.settings.kafka, self.watch, **self._producer_extra)
-            conf["transactional.id"] = transactional_id(self.settings, self.slot)
-            conf["transaction.timeout.ms"] = min(int(conf.get("transaction.timeout.ms", 60_000)),
-                                                 SCHEDULER_TXN_TIMEOUT_MS)
-            conf["message.timeout.ms"] = min(int(conf.get("message.timeout.ms", 300_000)),
-                                             conf["transaction.timeout.ms"])
-            producer = Producer(conf)
+            conf = {**self.settings.kafka.producer, **self._producer_extra}
+            txn_timeout = min(int(conf.get("transaction.timeout.ms", 60_000)), SCHEDULER_TXN_TIMEOUT_MS)
+            extra = {**self._producer_extra, "transaction.timeout.ms": txn_timeout,
+                     "message.timeout.ms": min(int(conf.get("message.timeout.ms", 300_000)), txn_timeout)}
             try:
-                producer.init_transactions(TIMEOUT)
+                self.producer = TransactionalProducer(self.settings.kafka, self.watch, self.slot, "scheduler", **extra)
             except KafkaException as exc:
                 log.warning("scheduler: cannot init transactions (%s); retrying", exc.args[0])
                 return
-            self.producer = producer
-            self.dispatcher = Dispatcher(self.settings, producer=producer, ensure_topics=False)
+            self.dispatcher = Dispatcher(self.settings, producer=self.producer.producer, ensure_topics=False)
         self.loaded = True
         print(f"protojobs: scheduler leading ({len(self.book.schedules(self.config))} schedules, "
               f"transactional.id {transactional_id(self.settings, self.slot)})", file=sys.stderr, flush=True)
@@ -285,38 +286,22 @@ class Scheduler:
         return self.topic, key, value, []
 
     def _commit(self, records: list[Record]) -> bool:
-        producer = self.producer
-        assert producer is not None
+        """One transaction: the tick's jobs and states, and the consumer's position. A refused one
+        is aborted and the book loaded again (a zombie then learns it lost the partition); a
+        fenced producer is dropped and a new one made."""
+        assert self.producer is not None
         try:
-            producer.begin_transaction()
-            for topic, key, value, headers in records:
-                while True:
-                    try:
-                        producer.produce(topic, value, key, headers=cast(Any, headers))
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
-            offsets = [TopicPartition(self.topic, 0, self.book.position)]
-            producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), TIMEOUT)
-            producer.commit_transaction(TIMEOUT)
+            self.producer.commit([(topic, value, key, headers) for topic, key, value, headers in records],
+                                 [TopicPartition(self.topic, 0, self.book.position)],
+                                 self.consumer.consumer_group_metadata())
             return True
-        except KafkaException as exc:
-            self._failed(exc.args[0])
-            return False
-
-    def _failed(self, err: KafkaError) -> None:
-        """A refused transaction: abort it and load again (a zombie then learns it lost the partition)."""
+        except Aborted as exc:
+            log.warning("scheduler: transaction aborted: %s", exc)
+        except Fenced as exc:
+            log.error("scheduler: transactional producer failed (%s); a new one is made", exc)
+            self.producer = None
         self.loaded = False
-        if err.fatal():
-            log.error("scheduler: transactional producer failed (%s); a new one is made", err.str())
-            self.producer = None
-            return
-        log.warning("scheduler: transaction aborted: %s", err.str())
-        try:
-            cast(Producer, self.producer).abort_transaction(TIMEOUT)
-        except KafkaException as abort_exc:
-            log.error("scheduler: abort failed (%s); a new producer is made", abort_exc.args[0])
-            self.producer = None
+        return False
 
 
 class SchedulerThread(Background):

@@ -1,55 +1,50 @@
-"""The consume loop: poll, hand jobs to the lanes, commit only finished jobs (at-least-once).
+"""The consume loop: poll, hand jobs to the lanes, apply their results, commit only finished jobs.
 
 Commit rule: an offset is committed only when its job and every earlier job of its partition
-are finished: done, or their retry / dead-letter copy acknowledged by the broker. Commits run
-every `commit_interval` (asynchronously) and synchronously on revoke and on shutdown; nothing is
-committed when partitions are lost. A crash therefore re-delivers exactly the unfinished suffix.
+are finished: done, or their retry / dead-letter copy acknowledged by the broker (exactly-once
+queues: in the same transaction as those copies). Commits run every `commit_interval`
+(asynchronously) and synchronously on revoke and on shutdown; nothing is committed when
+partitions are lost (`kafka.partitions`). A crash therefore re-delivers exactly the unfinished
+suffix.
 
-Rebalancing: cooperative-sticky. On revoke the loop stops taking the revoked partitions' jobs,
-waits (bounded) for their running jobs, commits, and forgets them; their buffered jobs are
+Rebalancing (cooperative-sticky): on revoke the loop stops starting the revoked partitions' jobs,
+waits (bounded) for their running ones, commits, and forgets them; their buffered jobs are
 dropped unstarted (the next owner gets them from the committed offset).
 
 Shutdown (SIGTERM/SIGINT, `stop()`, or `max_jobs` reached): stop fetching (pause everything),
 let running jobs finish, commit, close the consumer (leaving the group). A second signal skips
 the wait for running jobs.
+
+The loop's thread runs no user code: handlers, their hooks and failure decisions run on lane
+threads (`engine.lanes`, `engine.attempt`).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import random
-import socket
 import sys
-import threading
 import time
-import traceback
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from queue import Empty, SimpleQueue
-from typing import Any, cast
+from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, Message, Producer
 
-from protojobs.api import jobs as job_hooks
 from protojobs.config import PayloadError, QueueSettings, Settings, payload_validator
-from protojobs.engine.dispatch import Dispatcher, now_ms
-from protojobs.engine.lanes import Context, EventLoop, Handler, Job, Lane, Result
+from protojobs.engine.attempt import Attempt, Handler, JobRun, Move, Result, dead_letter
+from protojobs.engine.dispatch import Dispatcher
+from protojobs.engine.hooks import Hooks, HookSet
+from protojobs.engine.lanes import EventLoop, Lane
 from protojobs.kafka import admin
-from protojobs.kafka.clients import (
-    ErrorWatch,
-    consumer_config,
-    fetch,
-    producer_config,
-    until_reachable,
-)
+from protojobs.kafka.clients import ErrorWatch, fetch, producer_config, until_reachable
 from protojobs.kafka.control import ClearEpochs
-from protojobs.kafka.transactions import Fenced, Output, Transactions, rewind_to_committed
-from protojobs.model import envelope, names, retry
-from protojobs.model.offsets import OffsetTracker
+from protojobs.kafka.outbox import Outbox
+from protojobs.kafka.partitions import Key, Partitions
+from protojobs.kafka.transactions import Fenced, Output, TransactionalProducer, Transactions
+from protojobs.model import envelope, names
 
 log = logging.getLogger(__name__)
-HOST = socket.gethostname()
 
 
 @dataclass
@@ -64,28 +59,18 @@ class Counters:
         return self.done + self.dead + self.retried
 
 
-@dataclass
-class Move:
-    """A record this loop produced for a finished source job (retry or dead-letter copy)."""
+@dataclass(slots=True)
+class Sent:
+    """A move on its way to the broker, for the source record (topic, partition, offset)."""
 
-    job: Job | None
+    move: Move
+    env: envelope.Envelope | None
     topic: str
     partition: int
     offset: int
     generation: int
-    value: bytes
-    key: bytes | None
-    headers: list[tuple[str, bytes]]
-    target: str
     acked: bool = False
     error: str | None = None
-
-
-Events = Callable[..., None]
-
-
-def _no_events(name: str, **fields: Any) -> None:
-    return None
 
 
 @dataclass
@@ -104,134 +89,71 @@ class WorkerOptions:
 class Worker:
     """One consumer in the group, running the jobs of `options.queues` (default: all)."""
 
-    def __init__(self, settings: Settings, options: WorkerOptions | None = None, events: Events = _no_events) -> None:
+    def __init__(self, settings: Settings, options: WorkerOptions | None = None,
+                 hooks: Iterable[Hooks] = (), handlers: dict[str, dict[str, Handler]] | None = None) -> None:
         self.settings = settings
         self.options = options or WorkerOptions()
-        self.events = events
+        self.hooks = HookSet(hooks)
         wanted = list(self.options.queues or settings.queues)
         unknown = [n for n in wanted if n not in settings.queues]
         if unknown:
             raise ValueError(f"unknown queue(s) {unknown}; jobs.toml declares {sorted(settings.queues)}")
         prefix = settings.kafka.topic_prefix
         self.queues: dict[str, QueueSettings] = {names.queue_topic(prefix, n): settings.queues[n] for n in wanted}
-        self.done: SimpleQueue[Result | Move] = SimpleQueue()
-        self._loop: EventLoop | None = None
-        self.lanes = {t: Lane(q, self._handlers(q), self.done, self._startable, self._event_loop, self._attempt)
-                      for t, q in self.queues.items()}
-        self.watch = ErrorWatch()
-        self.producer = Producer(producer_config(settings.kafka, self.watch, **self.options.producer_extra))
-        self.consumer = Consumer(consumer_config(settings.kafka, self.watch, on_commit=self._on_commit,
-                                                 **self.options.consumer_extra))
         self.eo = {t for t, q in self.queues.items() if q.delivery == "exactly_once"}
-        self.txn: Transactions | None = None  # made in run(), once Kafka answers
+        self.watch = ErrorWatch()
+        self.partitions = Partitions(settings.kafka, watch=self.watch, owner=self,
+                                     transactional=self.eo.__contains__, **self.options.consumer_extra)
+        self.outbox = Outbox(Producer(producer_config(settings.kafka, self.watch, **self.options.producer_extra)))
+        self.done: SimpleQueue[Result | Sent] = SimpleQueue()
+        self._loop: EventLoop | None = None
         self._dispatcher: Dispatcher | None = None
+        self.attempt = Attempt(settings, self.queues, self.hooks, self._event_loop, self.dispatcher,
+                               self.eo.__contains__)
+        extra = handlers or {}
+        self.lanes = {t: Lane(q, {**_handlers(q), **extra.get(q.name, {})}, self.done, self._startable, self.attempt)
+                      for t, q in self.queues.items()}
         self.epochs: ClearEpochs | None = None
-        self.lost_session = False
-        self.offsets = OffsetTracker()
-        self.generation: dict[tuple[str, int], int] = {}
-        self.assigned: set[tuple[str, int]] = set()
-        self.revoking: set[tuple[str, int]] = set()
-        self.paused = False
         self.counters = Counters()
         self.stopping = 0  # 1: graceful, 2: at once
-        self.rng = random.Random()
         self.last_poll = time.monotonic()
-        limit = sum(q.concurrency for q in self.queues.values()) * 4
-        self.max_buffer = self.options.max_buffer or max(1000, limit)
+        self.max_buffer = self.options.max_buffer or max(1000, 4 * sum(q.concurrency for q in self.queues.values()))
 
-    # --- handlers -----------------------------------------------------------------------------
-
-    def _handlers(self, q: QueueSettings) -> dict[str, Handler]:
-        if q.handler:
-            return {"*": Handler.load(q.handler)}
-        return {target.rsplit(":", 1)[-1]: Handler.load(target) for target in q.jobs}
+    @property
+    def assigned(self) -> set[Key]:
+        return self.partitions.assigned
 
     def _event_loop(self) -> EventLoop:
         if self._loop is None:
             self._loop = EventLoop()
         return self._loop
 
-    def _attempt(self, job: Job, handler: Handler) -> tuple[Any, BaseException | None]:
-        env = job.env
-        q = self.queues[job.topic]
-        ctx = Context(env.id, env.attempt, env.queue, env.key, time.time() + q.timeout_ms / 1000,
-                      env.job, job.topic, job.partition, job.offset, env.available_at,
-                      functools.partial(self._dispatch_from, job))
-        self.events("job.processing", job=env, context=ctx)
-        while True:
-            try:
-                if handler.is_async:
-                    return self._event_loop().run(handler(job.env.data, ctx), q.timeout_ms / 1000), None
-                return handler(job.env.data, ctx), None
-            except Exception as exc:
-                if not q.blocking_retries:
-                    raise
-                ctx = self._retry_in_place(job, exc, ctx)
-
-    def _retry_in_place(self, job: Job, error: Exception, ctx: Context) -> Context:
-        """Blocking retries: wait out the backoff on this lane thread (this key or partition
-        waits, every other one keeps flowing), then run the next attempt. Re-raises when the
-        policy dead-letters, so the failure path records the final attempt."""
-        q = self.queues[job.topic]
-        now = now_ms()
-        decision = retry.decide(self.settings.retry[q.retry], job.env.attempt, error, now, self.rng)
-        if isinstance(decision, retry.DeadLetter):
-            raise error
-        self.events("job.failed", job=job.env, error=error, attempts=job.env.attempt, final=False)
-        time.sleep(decision.delay_ms / 1000)
-        job.env = envelope.with_attempt(job.env, job.env.attempt + 1, decision.available_at, failed_at=now)
-        job.deadline = time.monotonic() + q.timeout_ms / 1000
-        job.outputs.clear()  # a failed attempt's dispatches are never published
-        return Context(job.env.id, job.env.attempt, job.env.queue, job.env.key,
-                       time.time() + q.timeout_ms / 1000, job.env.job, job.topic, job.partition, job.offset,
-                       job.env.available_at, functools.partial(self._dispatch_from, job))
-
-    def _dispatch_from(self, job: Job, queue: str, data: Any, **options: Any) -> str:
-        """`ctx.dispatch(...)` in a handler: in an exactly-once queue the job is published with
-        the transaction that commits this job (once, whatever happens); elsewhere it is sent
-        at once and acknowledged before the handler goes on."""
+    def dispatcher(self) -> Dispatcher:
+        """The Dispatcher behind `ctx.dispatch` (made on first use, with this worker's hooks)."""
         if self._dispatcher is None:
-            self._dispatcher = Dispatcher(self.settings)
-        if job.topic not in self.eo:
-            return self._dispatcher.dispatch(queue, data, **options)
-        env = self._dispatcher.build(queue, data, **options)
-        target = self._dispatcher.topic_for(env, now_ms())
-        job.outputs.append(Output(job.offset, target, envelope.encode(env),
-                                  env.key.encode() if env.key is not None else None, envelope.headers(env)))
-        return env.id
+            self._dispatcher = Dispatcher(self.settings, hooks=self.hooks.hooks)
+        return self._dispatcher
 
-    def _valid(self, job: Job) -> bool:
-        """The job's partition is still ours, as it was when the job was taken."""
-        return self.generation.get((job.topic, job.partition)) == job.generation
-
-    def _startable(self, job: Job) -> bool:
-        """Valid, and its partition is not being revoked (buffered jobs of it are dropped)."""
-        return self._valid(job) and (job.topic, job.partition) not in self.revoking
+    def _startable(self, job: JobRun) -> bool:
+        return self.partitions.startable(job.topic, job.partition, job.generation)
 
     # --- the loop -----------------------------------------------------------------------------
 
     def run(self) -> Counters:
-        def start() -> None:
-            admin.ensure_topics(self.settings)
-            if self.eo and self.txn is None:
-                self.txn = Transactions(self.settings, self.consumer, self.options.slot, self.watch,
-                                        **self.options.producer_extra)
-
-        if not until_reachable(start, lambda: self.stopping > 0, "worker start-up"):
+        if not until_reachable(self._start, lambda: self.stopping > 0, "worker start-up"):
             self._close()
             return self.counters
         self.epochs = ClearEpochs(self.settings, self.watch)
         self.epochs.catch_up()
-        self.consumer.subscribe(list(self.queues), on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                on_lost=self._on_lost)
-        self.events("worker.starting", queues=[q.name for q in self.queues.values()])
+        self.partitions.subscribe(list(self.queues))
+        self.hooks.worker_started([q.name for q in self.queues.values()])
         next_commit = time.monotonic() + self.options.commit_interval
         started = time.monotonic()
         try:
             while self.stopping == 0:
                 self._poll_once(0.1)
                 if time.monotonic() >= next_commit:
-                    self._commit(asynchronous=True)
+                    self.partitions.commit(asynchronous=True)
                     next_commit = time.monotonic() + self.options.commit_interval
                     if self.options.status:
                         sys.stderr.write(status_line(self, started))
@@ -241,30 +163,38 @@ class Worker:
             self._shutdown()
         finally:
             self._close()
-        if self.lost_session:
+        if self.partitions.session_lost:
             raise Fenced("the group session of an exactly-once worker expired; stopped so that it "
                          "publishes nothing a newer worker might also publish")
         return self.counters
 
+    def _start(self) -> None:
+        admin.ensure_topics(self.settings)
+        if self.eo and self.partitions.txn is None:
+            producer = TransactionalProducer(self.settings.kafka, self.watch, self.options.slot,
+                                             **self.options.producer_extra)
+            self.partitions.txn = Transactions(producer, self.partitions.consumer)
+
     def _poll_once(self, timeout: float) -> None:
         self.watch.check()
-        busy = self._busy()
         # While jobs run, wake at least every 20 ms to collect their results; a new record wakes
         # the loop at once either way (fetch returns on the first one).
-        msgs = fetch(self.consumer, self.settings.kafka.batch_size if not self.paused else 1,
-                     min(timeout, 0.02) if busy else timeout) if not self.stopping else []
+        if not self.stopping:
+            batch = self.settings.kafka.batch_size if not self.partitions.paused else 1
+            for msg in fetch(self.partitions.consumer, batch, min(timeout, 0.02) if self._busy() else timeout):
+                self._take(msg)
         self.last_poll = time.monotonic()
         if self.epochs is not None:
             self.epochs.refresh()
-        for msg in msgs:
-            self._take(msg)
-        self.producer.poll(0)
+        self.outbox.poll(0)
         self._drain(0.0)
         self._expire()
         self._flow_control()
+        if self.partitions.session_lost:
+            self.stopping = 2
 
     def _busy(self) -> bool:
-        return any(lane.running or lane.buffered for lane in self.lanes.values()) or self.offsets.pending() > 0
+        return any(lane.running or lane.buffered for lane in self.lanes.values()) or self.partitions.pending() > 0
 
     def _take(self, msg: Message) -> None:
         err = msg.error()
@@ -274,37 +204,35 @@ class Worker:
             return
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
         assert topic is not None and partition is not None and offset is not None
-        tp = (topic, partition)
-        self.offsets.started(topic, partition, offset)
+        self.partitions.started(topic, partition, offset)
+        generation = self.partitions.generation_of(topic, partition)
         q = self.queues[topic]
         try:
             env = envelope.decode(msg.value())
             if self.epochs is not None and self.epochs.cleared(env.queue, env.dispatched_at):
-                self.offsets.finished(topic, partition, offset)  # its queue was cleared after dispatch
+                self.partitions.finished(topic, partition, offset)  # its queue was cleared after dispatch
                 return
             if q.validate_on_consume:
                 payload_validator(q)(env.data)
         except (envelope.EnvelopeError, PayloadError) as exc:
-            self._dead_letter(None, msg.value(), exc, "undecodable record" if isinstance(
-                exc, envelope.EnvelopeError) else "payload failed its schema on consume",
-                topic, partition, offset, attempts=0, target=q.dead_letter_topic)
+            reason = "undecodable record" if isinstance(exc, envelope.EnvelopeError) else \
+                "payload failed its schema on consume"
+            move = dead_letter(msg.value(), exc, reason, topic, partition, offset, 0, q.dead_letter_topic)
+            self._send(Sent(move, None, topic, partition, offset, generation))
             return
-        chain: Hashable | None = None
-        if q.ordering == "key":
-            chain = env.key
-        elif q.ordering == "partition":
-            chain = tp
-        self.lanes[topic].submit(Job(topic, partition, offset, env, self.generation.get(tp, 0), chain))
+        chain: Hashable | None = env.key if q.ordering == "key" else (topic, partition) \
+            if q.ordering == "partition" else None
+        self.lanes[topic].submit(JobRun(topic, partition, offset, env, generation, chain))
 
     def _drain(self, wait: float) -> None:
-        """Handle every finished job and acknowledged move waiting in `done`."""
+        """Apply every finished job and acknowledged move waiting in `done`."""
         try:
             item = self.done.get(timeout=wait) if wait else self.done.get_nowait()
         except Empty:
             return
         while True:
-            if isinstance(item, Move):
-                self._moved(item)
+            if isinstance(item, Sent):
+                self._acknowledged(item)
             else:
                 self._finished(item)
             try:
@@ -313,97 +241,53 @@ class Worker:
                 return
 
     def _finished(self, result: Result) -> None:
-        job = result.job
-        if not self._valid(job):
+        job = result.run
+        if not self.partitions.owns(job.topic, job.partition, job.generation):
             return  # revoked meanwhile: the next owner runs it again
-        if result.error is None:
-            self.counters.done += 1
-            if self.txn is not None and job.topic in self.eo:
-                for out in job.outputs:
-                    self.txn.add(job.topic, job.partition, out)
-            self.offsets.finished(job.topic, job.partition, job.offset)
-            self.events("job.processed", job=job.env, result=result.value, duration=result.duration)
+        if result.move is not None:
+            self.counters.failed += 1
+            self._send(Sent(result.move, job.env, job.topic, job.partition, job.offset, job.generation))
             return
-        self.counters.failed += 1
-        self._failed(job, result.error)
-
-    def _failed(self, job: Job, error: BaseException) -> None:
-        q = self.queues[job.topic]
-        handlers = self.lanes[job.topic].handlers
-        job_obj = job_hooks.job_instance(handlers.get(job.env.job) or handlers.get("*"))  # a jobs.Job, or None
-        policy = job_hooks.policy_for(job_obj, self.settings, q.retry)
-        now = now_ms()
-        decision = retry.decide(policy, job.env.attempt, error, now, self.rng)
-        if isinstance(decision, retry.Retry) and not job_hooks.should_retry(job_obj, job.env.attempt, error):
-            decision = retry.DeadLetter("should_retry returned False")
-        self.events("job.failed", job=job.env, error=error, attempts=job.env.attempt,
-                    final=isinstance(decision, retry.DeadLetter))
-        log.warning("job failed: %s", f"{type(error).__name__}: {error}", extra={
-            "queue": q.name, "topic": job.topic, "partition": job.partition, "offset": job.offset,
-            "job_id": job.env.id, "attempt": job.env.attempt})
-        if isinstance(decision, retry.Retry) and self.settings.tiers_ms:
-            nxt = envelope.with_attempt(job.env, job.env.attempt + 1, decision.available_at, failed_at=now)
-            from protojobs.model.delays import next_hop
-
-            tier = next_hop(nxt.available_at, now, self.settings.tiers_ms)
-            dest = (names.queue_topic(self.settings.kafka.topic_prefix, q.name) if tier is None
-                    else names.delay_topic(self.settings.kafka.topic_prefix, tier))
-            self._send(Move(job, job.topic, job.partition, job.offset, job.generation, envelope.encode(nxt),
-                            job.env.key.encode() if job.env.key else None, envelope.headers(nxt), dest))
+        if result.error is not None:  # a bug of ours, not the handler's: never lose the job
+            log.error("job %s could not be settled: %r; it runs again after a restart", job.env.id, result.error)
             return
-        reason = decision.reason if isinstance(decision, retry.DeadLetter) else "no delay tiers to retry through"
-        job_hooks.call_failed(job_obj, error, job.env.data)  # logs, never raises
-        self._dead_letter(job, job.env, error, reason, job.topic, job.partition, job.offset,
-                          attempts=job.env.attempt, target=q.dead_letter_topic)
+        self.counters.done += 1
+        if job.topic in self.eo and self.partitions.txn is not None:
+            for out in job.outputs:
+                self.partitions.publish_with_offset(job.topic, job.partition, out)
+        self.partitions.finished(job.topic, job.partition, job.offset)
 
-    def _dead_letter(self, job: Job | None, original: envelope.Envelope | bytes | None, error: BaseException,
-                     reason: str, topic: str, partition: int, offset: int, attempts: int, target: str) -> None:
-        now = now_ms()
-        env = original if isinstance(original, envelope.Envelope) else None
-        tb = "".join(traceback.format_exception(error))
-        value = envelope.dead_letter_record(
-            original, error_type=type(error).__qualname__, error_message=str(error), traceback=tb,
-            attempts=attempts, first_failed_at=(env.first_failed_at if env and env.first_failed_at else now),
-            failed_at=now, topic=topic, partition=partition, offset=offset, host=HOST, reason=reason)
-        key = env.key.encode() if env is not None and env.key else None
-        hdrs = envelope.headers(env) if env is not None else []
-        gen = self.generation.get((topic, partition), 0) if job is None else job.generation
-        self._send(Move(job, topic, partition, offset, gen, value, key, hdrs + [("pj-reason", reason.encode())], target))
-
-    def _send(self, move: Move) -> None:
-        if self.txn is not None and move.topic in self.eo:  # published with the offset's transaction
-            self.txn.add(move.topic, move.partition, Output(move.offset, move.target, move.value, move.key,
-                                                            move.headers))
-            move.acked = True
-            self._moved(move)
+    def _send(self, sent: Sent) -> None:
+        """Publish a move: with the offset's transaction (exactly-once), else acknowledged first."""
+        move = sent.move
+        if sent.topic in self.eo and self.partitions.txn is not None:
+            self.partitions.publish_with_offset(sent.topic, sent.partition,
+                                                Output(sent.offset, move.target, move.value, move.key, move.headers))
+            sent.acked = True
+            self._acknowledged(sent)
             return
-        def report(err: KafkaError | None, _msg: Message) -> None:
-            move.acked, move.error = err is None, None if err is None else err.str()
-            self.done.put(move)
 
-        while True:
-            try:
-                self.producer.produce(move.target, move.value, move.key, headers=cast(Any, move.headers), on_delivery=report)
-                return
-            except BufferError:
-                self.producer.poll(0.05)
+        def delivered(err: KafkaError | None) -> None:
+            sent.acked, sent.error = err is None, None if err is None else err.str()
+            self.done.put(sent)
 
-    def _moved(self, move: Move) -> None:
+        self.outbox.send(move.target, move.value, move.key, move.headers, delivered)
+
+    def _acknowledged(self, sent: Sent) -> None:
         """A retry or dead-letter copy was acknowledged (or failed: send it again)."""
-        if not move.acked:
-            log.warning("re-sending to %s after a failed delivery: %s", move.target, move.error)
-            self._send(move)
+        if not sent.acked:
+            log.warning("re-sending to %s after a failed delivery: %s", sent.move.target, sent.error)
+            self._send(sent)
             return
-        if self.generation.get((move.topic, move.partition)) != move.generation:
+        if not self.partitions.finished(sent.topic, sent.partition, sent.offset, sent.generation):
             return
-        self.offsets.finished(move.topic, move.partition, move.offset)
-        env, queue = (move.job.env if move.job else None), self.queues[move.topic].name
-        if move.target.endswith("dead-letter") or move.job is None or move.target == self.queues[move.topic].dead_letter_topic:
+        queue = self.queues[sent.topic].name
+        if sent.move.dead:
             self.counters.dead += 1
-            self.events("job.dead_lettered", job=env, queue=queue, target=move.target)
+            self.hooks.after_dead_letter(sent.env, queue, sent.move.target, sent.move.reason)
         else:
             self.counters.retried += 1
-            self.events("job.retried", job=env, queue=queue, target=move.target)
+            self.hooks.after_retry(sent.env, queue, sent.move.target)  # type: ignore[arg-type]
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -414,88 +298,26 @@ class Worker:
     def _flow_control(self) -> None:
         """Pause fetching while too many jobs wait; resume below half. Polling never stops."""
         buffered = sum(lane.buffered for lane in self.lanes.values())
-        if not self.paused and buffered >= self.max_buffer and self.assigned:
-            self.consumer.pause([TopicPartition(t, p) for t, p in self.assigned])
-            self.paused = True
-        elif self.paused and buffered < self.max_buffer // 2 and self.assigned:
-            self.consumer.resume([TopicPartition(t, p) for t, p in self.assigned])
-            self.paused = False
+        if not self.partitions.paused and buffered >= self.max_buffer and self.assigned:
+            self.partitions.hold_all()
+        elif self.partitions.paused and buffered < self.max_buffer // 2 and self.assigned:
+            self.partitions.release_all()
 
-    # --- offsets ------------------------------------------------------------------------------
+    # --- rebalancing (called by Partitions, on this thread, inside poll) ------------------------
 
-    def _commit(self, asynchronous: bool, only: set[tuple[str, int]] | None = None) -> None:
-        """Commit the finished prefix: exactly-once partitions in a transaction with their
-        outputs, the others with a plain (asynchronous, or on revoke/shutdown synchronous) commit."""
-        chosen = [(t, p, o) for t, p, o in self.offsets.commit_points() if only is None or (t, p) in only]
-        if self.txn is not None:
-            eo_points = [pt for pt in chosen if pt[0] in self.eo]
-            if self.txn.commit(eo_points, self._rewind):
-                for t, p, o in eo_points:
-                    self.offsets.mark_committed(t, p, o)
-        points = [TopicPartition(t, p, o) for t, p, o in chosen if t not in self.eo]
-        if not points:
-            return
-        try:
-            if asynchronous:
-                self.consumer.commit(offsets=points, asynchronous=True)
-            else:
-                for tp in self.consumer.commit(offsets=points, asynchronous=False) or []:
-                    if tp.error is None:
-                        self.offsets.mark_committed(tp.topic, tp.partition, tp.offset)
-        except Exception as exc:  # noqa: BLE001 - a failed commit is retried at the next interval
-            log.warning("commit failed (will retry): %s", exc)
+    def partitions_assigned(self, keys: set[Key]) -> None:
+        return None
 
-    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            if tp.error is None and err is None:
-                self.offsets.mark_committed(tp.topic, tp.partition, tp.offset)
-
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            key = (tp.topic, tp.partition)
-            self.generation[key] = self.generation.get(key, 0) + 1
-            self.offsets.drop(tp.topic, tp.partition)
-            self.assigned.add(key)
-        if self.paused and partitions:
-            consumer.incremental_assign(partitions)
-            consumer.pause(partitions)
-
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        revoked = {(tp.topic, tp.partition) for tp in partitions}
-        self.revoking |= revoked
+    def partitions_revoking(self, keys: set[Key]) -> None:
         deadline = time.monotonic() + (self.options.revoke_wait if self.stopping < 2 else 0)
-        while time.monotonic() < deadline and any(lane.busy(revoked) for lane in self.lanes.values()):
-            self.producer.poll(0)
+        while time.monotonic() < deadline and any(lane.busy(keys) for lane in self.lanes.values()):
+            self.outbox.poll(0)
             self._drain(0.05)
-        self.producer.flush(5)
+        self.outbox.flush(5)
         self._drain(0)
-        self._commit(asynchronous=False, only=revoked)
-        self._forget(revoked)
-        self.revoking -= revoked
 
-    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.warning("partitions lost (not committing): %s", [f"{tp.topic}[{tp.partition}]" for tp in partitions])
-        self._forget({(tp.topic, tp.partition) for tp in partitions})
-        if self.txn is not None:
-            # Our group session expired (a long pause, SIGSTOP): a newer worker may have taken this
-            # slot's transactional.id. Publish nothing more: stop, and let a fresh process start.
-            self.lost_session = True
-            self.stopping = 2
-
-    def _rewind(self, keys: list[tuple[str, int]]) -> None:
-        """After an aborted transaction: forget the partitions' progress and seek them back to
-        their committed offsets; their jobs run again."""
-        self._forget(set(keys), keep_assigned=True)
-        rewind_to_committed(self.consumer, keys)
-
-    def _forget(self, tps: set[tuple[str, int]], keep_assigned: bool = False) -> None:
-        for key in tps:
-            self.generation[key] = self.generation.get(key, 0) + 1
-            self.offsets.drop(*key)
-            if self.txn is not None:
-                self.txn.drop(*key)
-            if not keep_assigned:
-                self.assigned.discard(key)
+    def partitions_forgotten(self, keys: set[Key]) -> None:
+        return None
 
     # --- stopping -----------------------------------------------------------------------------
 
@@ -506,44 +328,33 @@ class Worker:
     def _shutdown(self) -> None:
         for lane in self.lanes.values():
             lane.halt()  # buffered jobs stay unstarted (uncommitted: the next owner runs them)
-        if self.assigned:
-            self.consumer.pause([TopicPartition(t, p) for t, p in self.assigned])
-        while self.stopping < 2 and self._busy_running():
-            self.consumer.poll(0.05)  # keeps the group membership alive; partitions are paused
-            self.producer.poll(0)
+        self.partitions.hold_all()
+        while self.stopping < 2 and (any(lane.running for lane in self.lanes.values()) or len(self.outbox)):
+            self.partitions.consumer.poll(0.05)  # keeps the group membership alive; partitions are paused
+            self.outbox.poll(0)
             self._drain(0.05)
             self._expire()
-        self.producer.flush(10)
+        self.outbox.flush(10)
         self._drain(0)
-        self._commit(asynchronous=False)
-
-    def _busy_running(self) -> bool:
-        return any(lane.running for lane in self.lanes.values()) or len(self.producer) > 0
+        self.partitions.commit(asynchronous=False)
 
     def _close(self) -> None:
         if self.epochs is not None:
             self.epochs.close()
-        try:
-            self.consumer.close()
-        except Exception as exc:  # noqa: BLE001
-            log.warning("closing the consumer: %s", exc)
-        self.producer.flush(5)
+        self.partitions.close()
+        self.outbox.flush(5)
         for lane in self.lanes.values():
             lane.close()
         if self._loop is not None:
             self._loop.close()
-        self.events("worker.stopped", counters=self.counters)
+        self.hooks.close()
+        self.hooks.worker_stopped(self.counters)
 
 
-def install_signals(worker: Worker) -> None:
-    import signal
-
-    def handler(signum: int, _frame: Any) -> None:
-        worker.stop()
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+def _handlers(q: QueueSettings) -> dict[str, Handler]:
+    if q.handler:
+        return {"*": Handler.load(q.handler)}
+    return {target.rsplit(":", 1)[-1]: Handler.load(target) for target in q.jobs}
 
 
 def status_line(worker: Worker, started: float) -> str:

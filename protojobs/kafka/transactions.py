@@ -1,10 +1,13 @@
 """Exactly-once queues: a job's Kafka-side effects and its source offset commit in ONE transaction.
 
-Per worker process, one transactional producer whose `transactional.id` is
-`{group_id}.{host}.{slot}`: stable for a host and process slot (a restarted worker fences its
-zombie) and unique across hosts (two hosts' slot-0 workers never fence each other). Offsets go
-through `send_offsets_to_transaction` with the consumer's group metadata (KIP-447), so a
+Per worker process, one transactional producer whose `transactional.id` comes from
+`model.names.transactional_id` (stable per host and process slot, unique across hosts). Offsets
+go through `send_offsets_to_transaction` with the consumer's group metadata (KIP-447), so a
 zombie whose partitions moved is fenced by the group generation too.
+
+`TransactionalProducer.commit` is the one transactional commit (worker, delay router and
+scheduler): it raises `Fenced` when the producer can never commit again (fatal error, fenced
+epoch) and `Aborted` after aborting a transaction that failed for a passing reason.
 
 No transaction is open while handlers run: a finished job's outputs (retry or dead-letter
 copy, jobs it dispatched through `ctx.dispatch`) are buffered by source offset. Every
@@ -21,9 +24,9 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -34,15 +37,23 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from protojobs.config import Settings
+from protojobs.config import KafkaSettings
 from protojobs.kafka.clients import ErrorWatch, producer_config
+from protojobs.kafka.outbox import Headers, produce_all
+from protojobs.model import names
 
 log = logging.getLogger(__name__)
 TIMEOUT = 30.0
+FENCING = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
+Record = tuple[str, bytes | None, bytes | None, Headers]  # topic, value, key, headers
 
 
 class Fenced(RuntimeError):
     """Another producer with our transactional.id (or a newer group generation) took over."""
+
+
+class Aborted(RuntimeError):
+    """The transaction was aborted: none of its records or offsets are visible."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,25 +64,55 @@ class Output:
     topic: str
     value: bytes
     key: bytes | None
-    headers: list[tuple[str, bytes]]
+    headers: Headers
 
 
-def transactional_id(settings: Settings, slot: int, role: str = "worker") -> str:
-    """`{group_id}.{host}.{slot}` for workers, `{group_id}.{role}.{host}.{slot}` for others."""
-    middle = "" if role == "worker" else f"{role}."
-    return f"{settings.kafka.group_id}.{middle}{socket.gethostname()}.{slot}"
+def transactional_id(kafka: KafkaSettings, slot: int, role: str = "worker") -> str:
+    return names.transactional_id(kafka.group_id, socket.gethostname(), slot, role)
+
+
+class TransactionalProducer:
+    """A producer with `transactional.id`, initialised; `commit` publishes records and offsets atomically."""
+
+    def __init__(self, kafka: KafkaSettings, watch: ErrorWatch, slot: int, role: str = "worker",
+                 **producer_extra: Any) -> None:
+        conf = producer_config(kafka, watch, **producer_extra)
+        conf["transactional.id"] = self.transactional_id = transactional_id(kafka, slot, role)
+        self.producer = Producer(conf)
+        self.producer.init_transactions(TIMEOUT)
+
+    def commit(self, records: Iterable[Record], offsets: list[TopicPartition], group_metadata: Any) -> None:
+        """One transaction: `records`, then `offsets` for the consumer group. Raises Fenced or Aborted."""
+        try:
+            self.producer.begin_transaction()
+            produce_all(self.producer, records)
+            if offsets:
+                self.producer.send_offsets_to_transaction(offsets, group_metadata, TIMEOUT)
+            self.producer.commit_transaction(TIMEOUT)
+        except KafkaException as exc:
+            self._abort(exc.args[0])
+
+    def _abort(self, err: KafkaError) -> None:
+        if err.fatal() or err.code() in FENCING:
+            raise Fenced(f"transactional producer fenced: {err.str()}")
+        log.warning("transaction failed, aborting: %s", err.str())
+        try:
+            self.producer.abort_transaction(TIMEOUT)
+        except KafkaException as abort_exc:
+            if abort_exc.args[0].fatal():
+                raise Fenced(f"abort failed: {abort_exc.args[0].str()}") from abort_exc
+        raise Aborted(err.str())
+
+    def flush(self, timeout: float) -> int:
+        return int(self.producer.flush(timeout))
 
 
 class Transactions:
-    """Buffers outputs of exactly-once partitions and commits them with their offsets."""
+    """Buffers the outputs of transactional partitions and commits them with their offsets."""
 
-    def __init__(self, settings: Settings, consumer: Consumer, slot: int, watch: ErrorWatch,
-                 role: str = "worker", **producer_extra: Any) -> None:
+    def __init__(self, producer: TransactionalProducer, consumer: Consumer) -> None:
+        self.producer = producer
         self.consumer = consumer
-        conf = producer_config(settings.kafka, watch, **producer_extra)
-        conf["transactional.id"] = transactional_id(settings, slot, role)
-        self.producer = Producer(conf)
-        self.producer.init_transactions(TIMEOUT)
         self.outputs: dict[tuple[str, int], list[Output]] = {}
         self.committed = 0
         self.aborted = 0
@@ -84,55 +125,26 @@ class Transactions:
 
     def commit(self, points: list[tuple[str, int, int]], rewind: Callable[[list[tuple[str, int]]], None]) -> bool:
         """Publish the outputs below each commit point and commit the points, atomically.
-        True when committed; False after an abort (the partitions were rewound)."""
+        True when committed; False after an abort (the partitions were rewound). Raises Fenced."""
         if not points:
             return True
-        batch = []
+        batch: list[Record] = []
         for topic, partition, point in points:
             pending = self.outputs.get((topic, partition), [])
-            batch += [o for o in pending if o.source_offset < point]
+            batch += [(o.topic, o.value, o.key, o.headers) for o in pending if o.source_offset < point]
             self.outputs[(topic, partition)] = [o for o in pending if o.source_offset >= point]
         try:
-            self.producer.begin_transaction()
-            for out in batch:
-                self._produce(out)
-            self.producer.send_offsets_to_transaction(
-                [TopicPartition(t, p, o) for t, p, o in points], self.consumer.consumer_group_metadata(), TIMEOUT)
-            self.producer.commit_transaction(TIMEOUT)
-        except KafkaException as exc:
-            self._failed(exc, points, rewind)
+            self.producer.commit(batch, [TopicPartition(t, p, o) for t, p, o in points],
+                                 self.consumer.consumer_group_metadata())
+        except Aborted:
+            self.aborted += 1
+            keys = [(t, p) for t, p, _ in points]
+            for key in keys:
+                self.outputs.pop(key, None)
+            rewind(keys)
             return False
         self.committed += 1
         return True
-
-    def _produce(self, out: Output) -> None:
-        while True:
-            try:
-                self.producer.produce(out.topic, out.value, out.key, headers=cast(Any, out.headers))
-                return
-            except BufferError:
-                self.producer.poll(0.05)
-
-    def _failed(self, exc: KafkaException, points: list[tuple[str, int, int]],
-                rewind: Callable[[list[tuple[str, int]]], None]) -> None:
-        err: KafkaError = exc.args[0]
-        if err.fatal() or err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
-                                         KafkaError.INVALID_PRODUCER_EPOCH):
-            raise Fenced(f"transactional producer fenced: {err.str()}") from exc
-        log.warning("transaction failed, aborting and rewinding: %s", err.str())
-        try:
-            self.producer.abort_transaction(TIMEOUT)
-        except KafkaException as abort_exc:
-            if abort_exc.args[0].fatal():
-                raise Fenced(f"abort failed: {abort_exc.args[0].str()}") from abort_exc
-        self.aborted += 1
-        keys = [(t, p) for t, p, _ in points]
-        for key in keys:
-            self.outputs.pop(key, None)
-        rewind(keys)
-
-    def close(self) -> None:
-        self.producer.flush(5)
 
 
 def rewind_to_committed(consumer: Consumer, keys: list[tuple[str, int]]) -> None:

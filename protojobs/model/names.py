@@ -1,4 +1,4 @@
-"""Every Kafka topic name protojobs uses, in one place (DESIGN.md section 2).
+"""Every Kafka name protojobs uses, in one place: topics, consumer groups, transactional ids.
 
 - `{prefix}{queue}`           one topic per queue (`queue_topic`)
 - `{prefix}dead-letter`       failed jobs (`dead_letter_topic`; a queue may name its own)
@@ -109,3 +109,40 @@ class TopicSpec:
                     f"topic {self.name}: config entries must be strings, not {key!r}={value!r}"
                 )
         object.__setattr__(self, "config", MappingProxyType(dict(self.config)))
+
+
+# --- consumer groups and transactional ids -----------------------------------------------------
+# Every group and transactional.id protojobs uses is built here. `group_id` is `[kafka] group_id`.
+
+
+def worker_group(group_id: str) -> str:
+    """The workers' group: `[kafka] group_id` itself (the seed's name)."""
+    return group_id
+
+
+def router_group(group_id: str) -> str:
+    """The delay routers' group: `{group_id}-delays`."""
+    return f"{group_id}-delays"
+
+
+def scheduler_group(group_id: str) -> str:
+    """The schedulers' group (the member holding partition 0 leads): `{group_id}-scheduler`."""
+    return f"{group_id}-scheduler"
+
+
+def dlq_reader_group(group_id: str) -> str:
+    """The group `dlq` reads with (it assigns partitions and never commits): `{group_id}-dlq-reader`."""
+    return f"{group_id}-dlq-reader"
+
+
+def control_reader_group(unique: str) -> str:
+    """A private, never-committing group for reading the control topic: `protojobs-control-{unique}`."""
+    return f"protojobs-control-{unique}"
+
+
+def transactional_id(group_id: str, host: str, slot: int, role: str = "worker") -> str:
+    """`{group_id}.{host}.{slot}` for workers, `{group_id}.{role}.{host}.{slot}` for the router and
+    the scheduler: stable for a host and process slot (a restarted process fences its zombie) and
+    unique across hosts (two hosts' slot-0 workers never fence each other)."""
+    middle = "" if role == "worker" else f"{role}."
+    return f"{group_id}.{middle}{host}.{slot}"

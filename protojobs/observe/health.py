@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from protojobs.config import Settings
+from protojobs.engine.hooks import Hooks
 from protojobs.local.cluster import pid_alive
 
 log = logging.getLogger(__name__)
@@ -54,32 +55,33 @@ BROKER_CACHE_S = 1.0
 # --- worker side -----------------------------------------------------------------------------
 
 
-def compose(*hooks: Callable[..., None]) -> Callable[..., None]:
-    """One `events` callable calling each hook in turn; a failing hook is logged, never raised."""
-    active = [h for h in hooks if h is not None]
-    if len(active) == 1:
-        return active[0]
+class Observed:
+    """What one worker process reports: metrics and tracing hooks (made before the Worker, which
+    takes them) and the heartbeat thread (started with the Worker, `start(worker)`)."""
 
-    def events(name: str, **fields: Any) -> None:
-        for hook in active:
-            try:
-                hook(name, **fields)
-            except Exception:  # noqa: BLE001 - observability never fails a job
-                log.exception("events hook %r failed on %s", hook, name)
+    def __init__(self, slot: int = 0) -> None:
+        from protojobs.observe import tracing
 
-    return events
+        self.slot = slot
+        self.directory = Path(os.environ[ENV_DIR]) if os.environ.get(ENV_DIR) else None
+        self.hooks: list[Hooks] = []
+        self.jobs: Any = None
+        if self.directory is not None:  # this command serves /metrics: count and time jobs
+            from protojobs.observe import metrics
 
-
-class Attached:
-    """What `attach` added to one worker: the heartbeat thread and the hooks."""
-
-    def __init__(self, worker: Any, slot: int, directory: Path | None, jobs: Any) -> None:
-        self.worker, self.slot, self.directory, self.jobs = worker, slot, directory, jobs
+            self.jobs = metrics.JobMetrics()
+            self.hooks.append(self.jobs)
+        traced = tracing.hooks()
+        if traced is not None:
+            self.hooks.append(traced)
+        self.worker: Any = None
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="protojobs-heartbeat", daemon=True)
 
-    def start(self) -> Attached:
-        self.thread.start()
+    def start(self, worker: Any) -> Observed:
+        self.worker = worker
+        if self.directory is not None:
+            self.thread.start()
         return self
 
     def stop(self) -> None:
@@ -96,10 +98,11 @@ class Attached:
         try:
             if self.jobs is not None:
                 from protojobs.observe import metrics
+
                 self.jobs.flush()
                 metrics.sample_in_flight(self.worker)
             if self.directory is not None:
-                write_heartbeat(self.directory, self.slot, heartbeat(self.worker))
+                write_heartbeat(self.directory / "heartbeat", self.slot, heartbeat(self.worker))
         except Exception:  # noqa: BLE001
             log.exception("heartbeat failed")
 
@@ -116,33 +119,6 @@ def write_heartbeat(directory: Path, slot: int, beat: dict[str, Any]) -> None:
     tmp = directory / f".worker-{slot}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(beat))
     os.replace(tmp, path)
-
-
-def attach(worker: Any, slot: int = 0) -> Attached:
-    """Hook metrics (when this command serves them: $PROTOJOBS_OBS_DIR is set), tracing (when
-    OpenTelemetry is installed) and the heartbeat into `worker`; `stop()` it after the run."""
-    from protojobs.observe import tracing
-    hooks: list[Callable[..., None]] = [worker.events]
-    directory = Path(os.environ[ENV_DIR]) if os.environ.get(ENV_DIR) else None
-    jobs = None
-    if directory is not None:
-        from protojobs.engine.dispatch import Dispatcher
-        from protojobs.observe import metrics
-
-        jobs = metrics.JobMetrics()
-        hooks.append(jobs)
-        worker._dispatcher = metrics.instrument_dispatcher(Dispatcher(worker.settings), jobs)
-    traced = tracing.worker_events()
-    if traced is not None:
-        hooks.append(traced)
-        if worker._dispatcher is None:
-            from protojobs.engine.dispatch import Dispatcher
-
-            worker._dispatcher = Dispatcher(worker.settings)
-        tracing.instrument_dispatcher(worker._dispatcher)
-    worker.events = compose(*hooks)
-    attached = Attached(worker, slot, directory / "heartbeat" if directory else None, jobs)
-    return attached.start() if directory is not None else attached
 
 
 # --- serving side ----------------------------------------------------------------------------

@@ -6,7 +6,7 @@ of series is bounded by jobs.toml.
 
 | metric | labels | what |
 | --- | --- | --- |
-| `protojobs_jobs_total` | queue, job, outcome | `dispatched` (built by an instrumented Dispatcher, e.g. `ctx.dispatch`), `started` (every attempt), `succeeded`, `failed` (every failed attempt), `retried` / `dead_lettered` (the copy was acknowledged), `replayed` (a replayed job started its first attempt again) |
+| `protojobs_jobs_total` | queue, job, outcome | `dispatched` (every job a Dispatcher with these hooks builds, e.g. `ctx.dispatch`), `started` (every attempt), `succeeded`, `failed` (every failed attempt), `retried` / `dead_lettered` (the copy was acknowledged), `replayed` (a replayed job started its first attempt again) |
 | `protojobs_handler_duration_seconds` | queue | each attempt, failed or not |
 | `protojobs_dispatch_to_start_seconds` | queue | first attempts of jobs that were due at dispatch |
 | `protojobs_delay_lateness_seconds` | queue | start time minus `available_at`: delayed jobs and retries |
@@ -16,7 +16,7 @@ of series is bounded by jobs.toml.
 | `protojobs_dead_letter_depth` | | records in the dead-letter topic(s) |
 | `protojobs_group_members` | | members of the worker group |
 
-The last four come from `commands.stats_data` (admin calls) in a background thread of the
+The last four come from `ops.stats.stats_data` (admin calls) in a background thread of the
 serving process every `REFRESH_S` seconds, never per job.
 
 Multiprocess: `protojobs run --metrics-port` sets `PROMETHEUS_MULTIPROC_DIR` to a fresh
@@ -28,8 +28,7 @@ events one successful job causes, job.processing + job.processed): ~1.0 µs per 
 worker's threads (the events only append to a deque), ~2.0-2.3 µs per job in all including the
 once-a-second aggregation (in-process and multiprocess registries alike: each label child is
 written once per flush, not once per job). Writing every observation straight to the metrics
-measured ~6 µs (in-process) and ~14 µs (multiprocess, mmap-backed) per job. See
-`bench_per_job()` / `python -m protojobs.metrics`.
+measured ~6 µs (in-process) and ~14 µs (multiprocess, mmap-backed) per job.
 """
 
 from __future__ import annotations
@@ -52,6 +51,8 @@ from prometheus_client import (
 )
 
 from protojobs.config import Settings
+from protojobs.engine.hooks import Hooks
+from protojobs.model.envelope import Envelope
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,8 @@ def process_dead(pid: int) -> None:
         mp.mark_process_dead(pid)
 
 
-class JobMetrics:
-    """The Worker's `events` hook: counts and times jobs.
+class JobMetrics(Hooks):
+    """Hooks for the Worker and the Dispatcher: count and time jobs.
 
     The hot path only appends the event to a deque (atomic, no lock); `flush()` (every second,
     from the heartbeat thread, and when the worker stops) aggregates what came in and writes
@@ -124,23 +125,35 @@ class JobMetrics:
         self._started: dict[tuple[str, int], float] = {}
         self._lock = threading.Lock()
 
+    inline = True  # appends to a deque: cheap enough for the polling thread
+
     # --- hot path (worker and lane threads) ------------------------------------------------------
 
-    def __call__(self, name: str, **fields: Any) -> None:
-        if name == "job.processing":
-            self._pending.append(("s", fields["job"], time.time()))
-        elif name == "job.processed":
-            self._pending.append(("ok", fields["job"], fields.get("duration", 0.0)))
-        elif name == "job.failed":
-            self._pending.append(("f", fields["job"], time.time()))
-        elif name == "job.retried" or name == "job.dead_lettered":
-            self._pending.append((name, (fields.get("queue"), fields.get("job")), 0.0))
-        elif name == "worker.stopped":
-            self.flush()
-        else:
-            return
+    def _add(self, item: tuple[str, Any, float]) -> None:
+        self._pending.append(item)
         if len(self._pending) > 50_000:  # nobody flushes: do it here, rarely
             self.flush()
+
+    def before_process(self, job: Envelope, context: Any) -> None:
+        self._add(("s", job, time.time()))
+
+    def after_process(self, job: Envelope, result: Any, duration: float) -> None:
+        self._add(("ok", job, duration))
+
+    def after_failure(self, job: Envelope, error: BaseException, final: bool) -> None:
+        self._add(("f", job, time.time()))
+
+    def after_retry(self, job: Envelope, queue: str, target: str) -> None:
+        self._add(("job.retried", (queue, job), 0.0))
+
+    def after_dead_letter(self, job: Envelope | None, queue: str, target: str, reason: str) -> None:
+        self._add(("job.dead_lettered", (queue, job), 0.0))
+
+    def after_enqueue(self, job: Envelope, topic: str) -> None:
+        self.count(job.queue, job.job, "dispatched")
+
+    def worker_stopped(self, counters: Any) -> None:
+        self.flush()
 
     # --- off the hot path -------------------------------------------------------------------------
 
@@ -225,20 +238,6 @@ def sample_in_flight(worker: Any) -> None:
         IN_FLIGHT.labels(worker.queues[topic].name).set(len(lane.running))
 
 
-def instrument_dispatcher(dispatcher: Any, jobs: JobMetrics | None = None) -> Any:
-    """Count `dispatched` for every job `dispatcher` builds (dispatch, dispatch_many, ctx.dispatch)."""
-    counter = jobs or JobMetrics()
-    build = dispatcher.build
-
-    def counted(queue: str, data: Any, **options: Any) -> Any:
-        env = build(queue, data, **options)
-        counter.count(env.queue, env.job, "dispatched")
-        return env
-
-    dispatcher.build = counted
-    return dispatcher
-
-
 class AdminGauges:
     """Refreshes lag, tier, dead-letter and member gauges from `commands.stats_data`."""
 
@@ -255,8 +254,12 @@ class AdminGauges:
         self.thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop refreshing and wait (bounded) for a refresh in progress: a thread left inside a
+        Kafka client call while the interpreter exits can crash it."""
         self._stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -284,25 +287,3 @@ class AdminGauges:
         GROUP_MEMBERS.set(len(data["members"]))
         self.members = len(data["members"])
         self.last_ok, self.error = time.time(), None
-
-
-def bench_per_job(n: int = 20_000, repeat: int = 5) -> float:
-    """µs of metrics work per successful job (job.processing + job.processed), best of `repeat`."""
-    import timeit
-
-    from protojobs.model import envelope
-    hook = JobMetrics()
-    now = int(time.time() * 1000)
-    env = envelope.new_envelope("bench", "handler", {}, now_ms=now)
-
-    def run() -> None:
-        for _ in range(n):
-            hook("job.processing", job=env, context=None)
-            hook("job.processed", job=env, result=None, duration=0.001)
-        hook.flush()
-
-    return min(timeit.repeat(run, number=1, repeat=repeat)) / n * 1e6
-
-
-if __name__ == "__main__":
-    print(f"{bench_per_job():.2f} µs per job ({'multiprocess' if multiprocess() else 'in-process'} registry)")

@@ -3,8 +3,8 @@
 A trace follows a job across Kafka by its W3C `traceparent`, kept in the envelope's `trace`
 field and sent as the `traceparent` record header (protojobs.envelope):
 
-- `dispatch` (an instrumented Dispatcher, e.g. `ctx.dispatch` in a worker, or
-  `instrument_dispatcher(Dispatcher(...))` in a web app): a PRODUCER span `"{queue} publish"`,
+- `dispatch` (a Dispatcher with the `Tracing` hooks, e.g. `ctx.dispatch` in a worker, or
+  `Dispatcher(settings, hooks=[Tracing()])` in a web app): a PRODUCER span `"{queue} publish"`,
   child of whatever span is current (the web request), whose context becomes the job's
   `traceparent` (unless the caller passed `trace=` itself).
 - each handler attempt: a CONSUMER span `"{queue} process"`, child of the dispatch span, with
@@ -14,15 +14,16 @@ field and sent as the `traceparent` record header (protojobs.envelope):
   job is one trace, up to its final success or its dead letter.
 
 The spans use the global TracerProvider (set one, or run under `opentelemetry-instrument`);
-`worker_events(provider)` takes another. With no provider configured nothing is hooked in. Handler code does not run inside the attempt span's
+`Tracing(provider)` takes another. With no provider configured nothing is hooked in. Handler code does not run inside the attempt span's
 context (the attempt starts and ends on different threads).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from typing import Any
+
+from protojobs.engine.hooks import Hooks
 
 try:
     from opentelemetry import trace
@@ -60,42 +61,38 @@ def _job_attributes(env: Any) -> dict[str, Any]:
             "messaging.message.id": env.id, "protojobs.job": env.job, "protojobs.attempt": env.attempt}
 
 
-def instrument_dispatcher(dispatcher: Any, provider: Any = None) -> Any:
-    """Wrap `dispatcher.build` so each job gets a dispatch span and its traceparent."""
-    if not configured(provider):
-        return dispatcher
-    tracer = _tracer(provider)
-    build = dispatcher.build
+class Tracing(Hooks):
+    """Hooks: a span per dispatch, per handler attempt, per retry / dead-letter move."""
 
-    def traced(queue: str, data: Any, **options: Any) -> Any:
-        if options.get("trace") is not None:
-            return build(queue, data, **options)
-        with tracer.start_as_current_span(f"{queue} publish", kind=SpanKind.PRODUCER) as span:
-            carrier: dict[str, str] = {}
-            TraceContextTextMapPropagator().inject(carrier, context=trace.set_span_in_context(span))
-            env = build(queue, data, trace=carrier.get("traceparent"), **options)
-            for key, value in _job_attributes(env).items():
-                span.set_attribute(key, value)
-            return env
-
-    dispatcher.build = traced
-    return dispatcher
-
-
-class WorkerTracing:
-    """The Worker's `events` hook: one span per handler attempt, one per retry / dead-letter move."""
+    inline = True  # ends a span: cheap enough for the polling thread
 
     def __init__(self, provider: Any = None) -> None:
         self.tracer = _tracer(provider)
         self.spans: dict[tuple[str, int], Any] = {}
+        self.publishing: dict[int, Any] = {}  # id(options) -> the dispatch span, until after_enqueue
         self._lock = threading.Lock()
 
-    def __call__(self, name: str, **fields: Any) -> None:
-        handler = self._EVENTS.get(name)
-        if handler is not None:
-            handler(self, **fields)
+    def before_dispatch(self, queue: str, data: Any, options: dict[str, Any]) -> None:
+        if options.get("trace") is not None:
+            return
+        span = self.tracer.start_span(f"{queue} publish", kind=SpanKind.PRODUCER)
+        carrier: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(carrier, context=trace.set_span_in_context(span))
+        options["trace"] = carrier.get("traceparent")
+        with self._lock:
+            if len(self.publishing) > 10_000:  # jobs whose build failed never report back
+                self.publishing.clear()
+            self.publishing[hash(options["trace"])] = span
 
-    def _processing(self, job: Any, context: Any = None, **_: Any) -> None:
+    def after_enqueue(self, job: Any, topic: str) -> None:
+        with self._lock:
+            span = self.publishing.pop(hash(job.trace), None) if job.trace else None
+        if span is not None:
+            for key, value in _job_attributes(job).items():
+                span.set_attribute(key, value)
+            span.end()
+
+    def before_process(self, job: Any, context: Any) -> None:
         attributes = _job_attributes(job)
         if context is not None:
             attributes.update({"messaging.kafka.destination.partition": context.partition,
@@ -117,10 +114,10 @@ class WorkerTracing:
             span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
         span.end()
 
-    def _processed(self, job: Any, **_: Any) -> None:
+    def after_process(self, job: Any, result: Any, duration: float) -> None:
         self._end(job)
 
-    def _failed(self, job: Any, error: BaseException | None = None, final: bool = False, **_: Any) -> None:
+    def after_failure(self, job: Any, error: BaseException, final: bool) -> None:
         self._end(job, error)
 
     def _moved(self, kind: str, job: Any, queue: str, target: str = "") -> None:
@@ -131,19 +128,14 @@ class WorkerTracing:
                                       kind=SpanKind.INTERNAL, attributes=attributes)
         span.end()
 
-    def _retried(self, job: Any, queue: str, target: str = "", **_: Any) -> None:
+    def after_retry(self, job: Any, queue: str, target: str) -> None:
         self._moved("retry", job, queue, target)
 
-    def _dead_lettered(self, job: Any, queue: str, target: str = "", **_: Any) -> None:
+    def after_dead_letter(self, job: Any, queue: str, target: str, reason: str) -> None:
         self._moved("dead_letter", job, queue, target)
 
-    _EVENTS: dict[str, Callable[..., None]] = {
-        "job.processing": _processing, "job.processed": _processed, "job.failed": _failed,
-        "job.retried": _retried, "job.dead_lettered": _dead_lettered,
-    }
 
-
-def worker_events(provider: Any = None) -> WorkerTracing | None:
-    """The tracing hook for a Worker's `events`, or None when OpenTelemetry is not installed or
-    no TracerProvider is configured."""
-    return WorkerTracing(provider) if configured(provider) else None
+def hooks(provider: Any = None) -> Tracing | None:
+    """The tracing hooks, or None when OpenTelemetry is not installed or no TracerProvider is
+    configured (so spans cost nothing unless someone collects them)."""
+    return Tracing(provider) if configured(provider) else None

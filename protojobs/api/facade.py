@@ -1,154 +1,37 @@
-"""The seed's facade in Python's idiom: the `Job` base class and `Jobs`, a thin layer over the engine.
+"""The seed's facade in Python's idiom: `Jobs`, a thin layer over the engine.
 
-Dispatch is `producer.Dispatcher`, work is `worker.Worker` (with the delay router beside it),
-stats is `commands.stats_data`, clear is `admin.clear`, failed_jobs / retry are `protojobs.dlq`.
-`Jobs.x(...)` runs on a process-wide default instance (the seed's static facade);
+Dispatch is `engine.dispatch.Dispatcher`, work is `engine.worker.Worker` (with the delay router
+beside it), stats is `ops.stats`, clear is `kafka.admin.clear`, failed_jobs / retry are
+`ops.dlq`. `Jobs.x(...)` runs on a process-wide default instance (the seed's static facade);
 `Jobs(config).x(...)` on an independent one. README "Python API" shows the seed's examples.
-
-Job classes register by class name when defined. A queue with no handler and no jobs in
-jobs.toml (the `default` queue of a file or dict that declares no queue) runs the registered
-class its envelope's `job` names: classes imported in this process, never a module named by
-message content. jobs.toml wins over a Job's attributes (DESIGN.md): `max_retries` counts total
-attempts where the file does not set the policy's `max_attempts`; `queue` routes dispatch unless
-the file puts the class on another queue; `retry_delay` and `timeout` are informational (the
-retry policy and the queue's `timeout` decide). The worker consults `should_retry` before each
-retry and calls `failed` once on dead-lettering (`policy_for`, `should_retry`, `call_failed`).
 """
 
 from __future__ import annotations
 
-import abc
-import asyncio
-import dataclasses
 import datetime
-import inspect
 import logging
 import signal
 import threading
 import types
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, Generic, ParamSpec, TypeVar, cast
 
+from protojobs.api.events import JobEvent, Listeners
+from protojobs.api.job import Job, registered, runnable
+from protojobs.engine.hooks import Hooks
+
 if TYPE_CHECKING:
-    from protojobs.config import RetryPolicy, Settings
+    from protojobs.config import Settings
     from protojobs.engine.dispatch import Dispatcher
     from protojobs.engine.worker import Counters, Worker
     from protojobs.ops.dlq import Entry
 
-__all__ = ["EVENTS", "Job", "JobEvent", "Jobs"]
+__all__ = ["Jobs"]
 
 log = logging.getLogger(__name__)
-EVENTS = ("job.queuing", "job.queued", "job.processing", "job.processed", "job.failed",
-          "worker.starting", "worker.stopped")
 SEED_KAFKA_KEYS = ("brokers", "group_id", "topic_prefix", "auto_offset_reset", "enable_auto_commit",
                    "compression", "batch_size", "timeout_ms", "debug")
-_REGISTRY: dict[str, type[Job]] = {}
-_registry_lock = threading.Lock()
-
-
-class Job(abc.ABC):
-    """`handle(data[, context])` does the work. The worker makes one instance per handler and
-    reuses it for every job: keep per-job state in locals, not on `self`."""
-
-    name: ClassVar[str] = "Job"  # default: the class name
-    queue: ClassVar[str] = "default"
-    max_retries: ClassVar[int] = 3  # total attempts, the first included
-    retry_delay: ClassVar[float] = 60  # seconds
-    timeout: ClassVar[float] = 300  # seconds
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "name" not in cls.__dict__:
-            cls.name = cls.__name__
-        with _registry_lock:
-            known = _REGISTRY.get(cls.__name__)
-            if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
-                log.warning("two Job classes named %s (%s and %s): the later one is used",
-                            cls.__name__, known.__module__, cls.__module__)
-            _REGISTRY[cls.__name__] = cls
-
-    @abc.abstractmethod
-    def handle(self, data: Any) -> Any:
-        """Do the job; raising fails the attempt (PermanentError: no retry)."""
-
-    def should_retry(self, attempts: int, error: BaseException) -> bool:
-        """Asked when the retry policy would retry after attempt `attempts`: False dead-letters."""
-        return True
-
-    def failed(self, error: BaseException, data: Any) -> None:
-        """Called once when the job is dead-lettered (retries exhausted or not allowed)."""
-        log.error("job %s failed for good: %s: %s", self.name, type(error).__name__, error)
-
-
-def registered(name: str) -> type[Job] | None:
-    """The Job class registered under `name` (its class name, or its `name` attribute)."""
-    with _registry_lock:
-        found = _REGISTRY.get(name)
-        return found or next((c for c in _REGISTRY.values() if c.name == name), None)
-
-
-# worker hooks (protojobs.worker._failed); each accepts None: a plain function handler
-def job_instance(handler: Any) -> Job | None:
-    """The Job instance behind an executor.Handler, or None for a plain function handler."""
-    instance = getattr(getattr(handler, "func", None), "__self__", None)
-    return instance if isinstance(instance, Job) else None
-
-
-def policy_for(target: Job | None, settings: Settings, name: str) -> RetryPolicy:
-    """Retry policy `name`; `max_attempts` is the Job's `max_retries` unless the file sets it."""
-    policy = settings.retry[name]
-    declared = (settings.raw.get("retry") or {}).get(name) or {}
-    if target is None or "max_attempts" in declared:
-        return policy
-    return dataclasses.replace(policy, max_attempts=max(1, int(target.max_retries)))
-
-
-def should_retry(target: Job | None, attempts: int, error: BaseException) -> bool:
-    """The Job's verdict on a retry; a `should_retry` that raises is logged and ignored."""
-    if target is None:
-        return True
-    try:
-        return bool(target.should_retry(attempts, error))
-    except Exception:  # noqa: BLE001 - a broken hook must not crash the worker
-        log.exception("should_retry of job %s raised; the retry policy decides", target.name)
-        return True
-
-
-def call_failed(target: Job | None, error: BaseException, data: Any) -> None:
-    """Run the Job's `failed` hook (sync or async); its errors are logged, never raised."""
-    if target is None:
-        return
-    try:
-        hook: Callable[[BaseException, Any], Any] = target.failed
-        result = hook(error, data)
-        if inspect.iscoroutine(result):
-            asyncio.run(result)
-    except Exception:  # noqa: BLE001 - a broken hook must not crash the worker
-        log.exception("the failed() hook of job %s raised", target.name)
-
-
-@dataclass(frozen=True)
-class JobEvent:
-    """A listener's argument: `name` and fields (as attributes or keys). job.queuing/queued: job
-    (the Envelope), queue, id; job.processing: job, context; job.processed: job, result, duration
-    (= execution_time, s); job.failed: job, error (= exception), attempts, final;
-    worker.starting: queues, queue; worker.stopped: counters, processed."""
-
-    name: str
-    fields: Mapping[str, Any]
-
-    def __getattr__(self, key: str) -> Any:
-        if key not in self.fields:
-            raise AttributeError(f"event {self.name!r} has no field {key!r}")
-        return self.fields[key]
-
-    def __getitem__(self, key: str) -> Any:
-        return self.fields[key]
-
-
-_ALIASES = {"job.processed": {"execution_time": "duration"}, "job.failed": {"exception": "error"}}
 
 
 P = ParamSpec("P")
@@ -175,7 +58,8 @@ class Jobs:
     def __init__(self, config: str | Path | Settings | Mapping[str, Any] | None = None) -> None:
         self._settings: Settings | None = None
         self._dispatcher: Dispatcher | None = None
-        self._listeners: dict[str, list[Callable[[JobEvent], Any]]] = {}
+        self._listeners = Listeners()
+        self._hooks: list[Hooks] = [self._listeners]
         self._workers: list[Worker] = []
         self._lock = threading.Lock()
         if config is not None:
@@ -276,14 +160,14 @@ class Jobs:
                                 "(the job was not sent)")
         name, queue = _route(job, queue, settings)
         dispatcher = self._producer()
-        env = dispatcher.build(queue, data, job=name, key=key, delay_ms=delay_ms or None, job_id=job_id)
-        self._emit("job.queuing", job=env, queue=env.queue, id=env.id)
+        env, topic = dispatcher.prepare(queue, data, job=name, key=key, delay_ms=delay_ms or None, job_id=job_id)
+        self._listeners.emit("job.queuing", job=env, queue=env.queue, id=env.id)
         outcome = Outcome(env.id)
-        dispatcher.send(env, outcome)
+        dispatcher.send(env, outcome, topic)
         dispatcher.wait([outcome])
         if outcome.error is not None:
             raise outcome.error
-        self._emit("job.queued", job=env, queue=env.queue, id=env.id)
+        self._listeners.emit("job.queued", job=env, queue=env.queue, id=env.id)
         return env.id
 
     def _producer(self) -> Dispatcher:
@@ -291,7 +175,7 @@ class Jobs:
             if self._dispatcher is None:
                 from protojobs.engine.dispatch import Dispatcher
 
-                self._dispatcher = Dispatcher(self.settings)
+                self._dispatcher = Dispatcher(self.settings, hooks=self._hooks)
             return self._dispatcher
 
     def _close_dispatcher(self) -> None:
@@ -309,8 +193,8 @@ class Jobs:
         from protojobs.kafka import admin
 
         settings = self.settings
-        worker = Worker(settings, WorkerOptions(queues=[queue], max_jobs=max_jobs), events=self._emit)
-        _add_registered_handlers(worker)
+        worker = Worker(settings, WorkerOptions(queues=[queue], max_jobs=max_jobs), hooks=self._hooks,
+                        handlers=_registered_handlers(settings, [queue]))
         self._workers.append(worker)
         restore = _install_signals(self.stop)
         routing = None
@@ -371,30 +255,17 @@ class Jobs:
 
     @_either
     def listen(self, event: str, callback: Callable[[JobEvent], Any]) -> Callable[[JobEvent], Any]:
-        """Call `callback(JobEvent)` on `event` (one of EVENTS); one that raises is logged only."""
-        if event not in EVENTS:
-            raise ValueError(f"unknown event {event!r}; the events are: {', '.join(EVENTS)}")
-        with self._lock:
-            self._listeners.setdefault(event, []).append(callback)
+        """Call `callback(JobEvent)` on `event` (one of EVENTS); one that raises is logged only.
+        Job events run on the job's lane thread, never on the thread that polls Kafka."""
+        self._listeners.add(event, callback)
         return callback
 
-    def _emit(self, name: str, **fields: Any) -> None:
-        """The `events` callable the Worker is given; also used around dispatch."""
-        callbacks = list(self._listeners.get(name, ()))
-        if not callbacks:
-            return
-        for alias, field in _ALIASES.get(name, {}).items():
-            fields.setdefault(alias, fields.get(field))
-        if name == "worker.starting":
-            fields.setdefault("queue", (fields.get("queues") or [None])[0])
-        elif name == "worker.stopped":
-            fields.setdefault("processed", getattr(fields.get("counters"), "finished", 0))
-        event = JobEvent(name, types.MappingProxyType(fields))
-        for callback in callbacks:
-            try:
-                callback(event)
-            except Exception:  # noqa: BLE001 - a listener never breaks dispatch or the worker
-                log.exception("listener %r for %s raised", callback, name)
+    @_either
+    def add_hooks(self, hooks: Hooks) -> None:
+        """Typed hooks (protojobs.Hooks) for this instance's dispatches and workers."""
+        with self._lock:
+            self._hooks.append(hooks)
+        self._close_dispatcher()  # the next dispatch builds a Dispatcher with every hook
 
     @_either
     def reset(self) -> None:
@@ -402,6 +273,7 @@ class Jobs:
         self._close_dispatcher()
         with self._lock:
             self._listeners.clear()
+            self._hooks[1:] = []
             self._settings = None
 
 
@@ -470,20 +342,22 @@ def _known(settings: Settings, queue: str) -> str:
     return queue
 
 
-def _add_registered_handlers(worker: Worker) -> None:
+def _registered_handlers(settings: Settings, queues: list[str]) -> dict[str, dict[str, Any]]:
     """Queues without handler and jobs run the registered Job class their envelope names."""
-    from protojobs.engine.lanes import Handler
+    from protojobs.engine.attempt import Handler
 
-    with _registry_lock:
-        classes = {name: cls for name, cls in _REGISTRY.items() if not inspect.isabstract(cls)}
-    for lane in worker.lanes.values():
-        if lane.queue.handler is None and not lane.queue.jobs:
-            for name, cls in classes.items():
-                try:
-                    lane.handlers[name] = Handler(cls)
-                except Exception as exc:  # noqa: BLE001 - e.g. an __init__ that needs arguments
-                    log.warning("Job class %s cannot run on queue %s: %s", name, lane.queue.name, exc)
-
+    out: dict[str, dict[str, Any]] = {}
+    for name in queues:
+        q = settings.queues.get(name)
+        if q is None or q.handler is not None or q.jobs:
+            continue
+        handlers = out.setdefault(name, {})
+        for job_name, cls in runnable().items():
+            try:
+                handlers[job_name] = Handler(cls)
+            except Exception as exc:  # noqa: BLE001 - e.g. an __init__ that needs arguments
+                log.warning("Job class %s cannot run on queue %s: %s", job_name, name, exc)
+    return out
 
 
 def _start_router(settings: Settings) -> Any:

@@ -1,0 +1,131 @@
+"""`protojobs run`: a worker (with the delay router and the scheduler beside it) per process.
+
+With `--processes 1` the worker runs in this process; with N > 1, `engine.supervisor` runs N
+spawned children. `--metrics-port` serves /metrics, /healthz and /readyz for all of them
+(`observe.health`). Exit codes: 0 stopped cleanly, 1 failed, 3 fenced (a newer worker owns
+this process's exactly-once slot).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from protojobs import config
+from protojobs.engine.router import Router, RouterThread
+from protojobs.engine.scheduler import Scheduler, SchedulerThread
+from protojobs.engine.supervisor import supervise
+from protojobs.engine.worker import Worker, WorkerOptions
+from protojobs.kafka.transactions import Fenced
+from protojobs.observe import health, logs
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def work(settings: config.Settings, options: WorkerOptions, router: str = "on", scheduler: bool = True) -> int:
+    """One process: the worker (unless `router="only"`), the delay router (unless "off") and the
+    scheduler (unless False) until stopped. Installs SIGTERM/SIGINT handlers."""
+    scheduling = SchedulerThread(Scheduler(settings, options.slot)).start() if scheduler else None
+    try:
+        return _work(settings, options, router)
+    finally:
+        if scheduling is not None:
+            scheduling.stop()
+
+
+def _work(settings: config.Settings, options: WorkerOptions, router: str) -> int:
+    stop = threading.Event()
+    observed = health.Observed(options.slot) if router != "only" else None
+    worker = Worker(settings, options, hooks=observed.hooks) if observed is not None else None
+    routing = None
+    if router != "off" and settings.tiers_ms:  # a router that dies stops the worker: the process restarts
+        routing = RouterThread(Router(settings, slot=options.slot), on_exit=worker.stop if worker else stop.set)
+        routing.start()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+        if worker is not None:
+            worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        if worker is None:
+            say("protojobs: delay router started")
+            while not stop.wait(0.2):
+                if routing is not None and not routing.thread.is_alive():
+                    return 1
+            return _stop_router(routing)
+        assert observed is not None
+        observed.start(worker)
+        say(f"protojobs: worker started for {', '.join(q.name for q in worker.queues.values())} "
+            f"(group {settings.kafka.group_id})" + (", delay router on" if routing else ""))
+        try:
+            counters = worker.run()
+        except Fenced as err:
+            say(f"protojobs: {err}; stopping (a newer worker owns this slot)")
+            _stop_router(routing)
+            return 3
+        finally:
+            observed.stop()
+        say(f"\nprotojobs: worker stopped: {counters.done} done, {counters.retried} retried, "
+            f"{counters.dead} dead-lettered")
+        return _stop_router(routing)
+    finally:
+        if routing is not None and routing.thread.is_alive():
+            routing.stop()
+
+
+def _stop_router(routing: RouterThread | None) -> int:
+    if routing is None:
+        return 0
+    routing.stop()
+    if routing.error is not None:
+        say(f"protojobs: the delay router stopped: {routing.error}")
+        return 1
+    return 0
+
+
+def _child(path: str | None, queues: Sequence[str] | None, max_jobs: int, router: str, scheduler: bool,
+           slot: int) -> None:
+    logs.configure_from_env()
+    settings = config.load(path)
+    sys.exit(work(settings, WorkerOptions(queues=queues, max_jobs=max_jobs, slot=slot), router, scheduler))
+
+
+def _restarted(slot: int, pid: int | None, code: int | None) -> None:
+    say(f"protojobs: worker {slot} exited with {code}; restarting it")
+    if pid is not None:
+        health.child_exited(pid)
+
+
+def run(path: str | None, queues: Sequence[str] | None = None, max_jobs: int = 0, processes: int = 1,
+        status: bool | None = None, router: str = "on", slot: int = 0, metrics_port: int | None = None,
+        scheduler: bool = True) -> int:
+    try:
+        settings = config.load(path)
+    except config.ConfigError as err:
+        print(err, file=sys.stderr)
+        return 1
+    if metrics_port is not None:  # /metrics, /healthz, /readyz for every process of this command
+        try:
+            slots = () if router == "only" else range(processes) if processes > 1 else (slot,)
+            server = health.Server(settings, metrics_port, slots).start()
+        except OSError as err:
+            print(f"protojobs: cannot serve metrics on port {metrics_port}: {err}", file=sys.stderr)
+            return 1
+        say(f"protojobs: /metrics, /healthz and /readyz on port {server.port}")
+        try:
+            return run(path, queues, max_jobs, processes, status, router, slot, scheduler=scheduler)
+        finally:
+            server.stop()
+    if processes <= 1:
+        show = sys.stderr.isatty() if status is None else status
+        return work(settings, WorkerOptions(queues=queues, max_jobs=max_jobs, status=show, slot=slot), router,
+                    scheduler)
+    return supervise(_child, (path, queues, max_jobs, router, scheduler), processes, _restarted)

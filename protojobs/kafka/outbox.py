@@ -1,0 +1,72 @@
+"""The one place a record is handed to librdkafka: produce with back-pressure.
+
+`Outbox.send` never drops a record because the producer's local queue is full: it serves
+delivery reports (`poll`) until there is room, then produces. Delivery is reported to the
+`on_delivery(error_text_or_None)` callback, on whichever thread serves the producer (`poll` /
+`flush`). The worker, the delay router, the scheduler, the dispatcher, `dlq replay` and the
+control records all produce through an Outbox (or through `TransactionalProducer`, which uses
+the same `produce_all`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+Headers = list[tuple[str, bytes]]
+Delivered = Callable[[KafkaError | None], None]
+BACKOFF_S = 0.05  # how long to serve delivery reports when the local queue is full
+
+
+def produce(producer: Producer, topic: str, value: bytes | None, key: bytes | None = None,
+            headers: Headers | None = None, on_delivery: Delivered | None = None) -> None:
+    """Produce one record, waiting out a full local queue (BufferError) by serving reports."""
+    kwargs: dict[str, Any] = {}
+    if headers:
+        kwargs["headers"] = headers
+    if on_delivery is not None:
+        kwargs["on_delivery"] = _report(on_delivery)
+    while True:
+        try:
+            producer.produce(topic, value, key, **kwargs)
+            return
+        except BufferError:
+            producer.poll(BACKOFF_S)
+
+
+def _report(callback: Delivered) -> Callable[[KafkaError | None, Message], None]:
+    def report(err: KafkaError | None, _msg: Message) -> None:
+        callback(err)
+    return report
+
+
+def produce_all(producer: Producer, records: Iterable[tuple[str, bytes | None, bytes | None, Headers]]) -> None:
+    """Produce (topic, value, key, headers) records, in order, without delivery callbacks."""
+    for topic, value, key, headers in records:
+        produce(producer, topic, value, key, headers)
+
+
+class Outbox:
+    """A producer plus the back-pressure rule; thread-safe as librdkafka's producer is."""
+
+    def __init__(self, producer: Producer) -> None:
+        self.producer = producer
+
+    def send(self, topic: str, value: bytes | None, key: bytes | None = None, headers: Headers | None = None,
+             on_delivery: Delivered | None = None) -> None:
+        produce(self.producer, topic, value, key, headers, on_delivery)
+
+    def poll(self, timeout: float = 0) -> int:
+        return int(self.producer.poll(timeout))
+
+    def flush(self, timeout: float) -> int:
+        """Wait for every delivery report; return how many records are still undelivered."""
+        return int(self.producer.flush(timeout))
+
+    def purge(self) -> None:
+        self.producer.purge()
+
+    def __len__(self) -> int:
+        return len(self.producer)

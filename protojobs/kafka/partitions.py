@@ -1,0 +1,211 @@
+"""Partition ownership, progress and commits of one consumer: the worker's, the router's and the scheduler's.
+
+One `Partitions` owns the group consumer and answers three questions the same way for every
+loop that consumes:
+- Is this record still ours? Every (topic, partition) has a generation, bumped when it is
+  assigned, revoked, lost or rewound; work taken under an older generation is stale and is
+  neither finished nor committed (the next owner runs it again from the committed offset).
+- What may be committed? Only the contiguous finished prefix of each partition
+  (`model.offsets.OffsetTracker`). Transactional partitions commit through `Transactions`
+  (records and offsets atomically); the others with a plain commit: asynchronous on the
+  interval, synchronous on revoke and shutdown.
+- What happens on a rebalance? Cooperative-sticky: `on_assign` starts fresh progress;
+  `on_revoke` lets the owner finish what it can (`Rebalance.partitions_revoking`), commits the revoked
+  partitions and forgets them; `on_lost` forgets without committing and, when a transactional
+  producer is in use, marks the session lost so the owner stops (a newer process may hold our
+  transactional.id: publishing anything more could duplicate it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from protojobs.config import KafkaSettings
+from protojobs.kafka.clients import ErrorWatch, consumer_config
+from protojobs.kafka.transactions import Output, Transactions, rewind_to_committed
+from protojobs.model.offsets import OffsetTracker
+
+log = logging.getLogger(__name__)
+Key = tuple[str, int]
+
+
+class Rebalance(Protocol):
+    """What the owner of a `Partitions` does around rebalances (all optional no-ops in `Quiet`)."""
+
+    def partitions_assigned(self, keys: set[Key]) -> None:
+        """Newly assigned partitions (before any record of them is fetched)."""
+
+    def partitions_revoking(self, keys: set[Key]) -> None:
+        """About to commit and give up `keys`: finish or drop their work now (bounded)."""
+
+    def partitions_forgotten(self, keys: set[Key]) -> None:
+        """`keys` were revoked, lost or rewound: drop any state kept for them."""
+
+
+class Quiet:
+    def partitions_assigned(self, keys: set[Key]) -> None:
+        return None
+
+    def partitions_revoking(self, keys: set[Key]) -> None:
+        return None
+
+    def partitions_forgotten(self, keys: set[Key]) -> None:
+        return None
+
+
+class Partitions:
+    """The group consumer of one loop, with ownership generations, offsets and commits."""
+
+    def __init__(self, kafka: KafkaSettings, watch: ErrorWatch, *, group: str | None = None,
+                 owner: Rebalance | None = None, transactional: Callable[[str], bool] = lambda _t: False,
+                 **consumer_extra: Any) -> None:
+        self.owner: Rebalance = owner or Quiet()
+        self.transactional = transactional  # topic -> commits through `txn`
+        self.consumer = Consumer(consumer_config(kafka, watch, group=group, on_commit=self._on_commit,
+                                                 **consumer_extra))
+        self.offsets = OffsetTracker()
+        self.generation: dict[Key, int] = {}
+        self.assigned: set[Key] = set()
+        self.revoking: set[Key] = set()
+        self.txn: Transactions | None = None  # set by the owner once its producer is initialised
+        self.session_lost = False
+        self.paused = False
+
+    def subscribe(self, topics: list[str]) -> None:
+        self.consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_lost)
+
+    # --- ownership and progress ---------------------------------------------------------------
+
+    def generation_of(self, topic: str, partition: int) -> int:
+        return self.generation.get((topic, partition), 0)
+
+    def owns(self, topic: str, partition: int, generation: int) -> bool:
+        """The partition is still ours, as it was when work of `generation` was taken."""
+        return self.generation.get((topic, partition)) == generation
+
+    def startable(self, topic: str, partition: int, generation: int) -> bool:
+        """Owned, and not being revoked (buffered work of a revoking partition is dropped)."""
+        return self.owns(topic, partition, generation) and (topic, partition) not in self.revoking
+
+    def started(self, topic: str, partition: int, offset: int) -> None:
+        self.offsets.started(topic, partition, offset)
+
+    def finished(self, topic: str, partition: int, offset: int, generation: int | None = None) -> bool:
+        """Mark `offset` finished; False (nothing marked) when the partition changed hands since."""
+        if generation is not None and not self.owns(topic, partition, generation):
+            return False
+        self.offsets.finished(topic, partition, offset)
+        return True
+
+    def publish_with_offset(self, topic: str, partition: int, output: Output) -> None:
+        """Buffer a record for the transaction that will commit its source offset."""
+        assert self.txn is not None, "publish_with_offset needs a transactional producer"
+        self.txn.add(topic, partition, output)
+
+    def pending(self) -> int:
+        return self.offsets.pending()
+
+    # --- commits ------------------------------------------------------------------------------
+
+    def commit(self, asynchronous: bool, only: set[Key] | None = None) -> None:
+        """Commit the finished prefix (of `only`, or of every partition)."""
+        chosen = [(t, p, o) for t, p, o in self.offsets.commit_points() if only is None or (t, p) in only]
+        if self.txn is not None:
+            txn_points = [pt for pt in chosen if self.transactional(pt[0])]
+            if self.txn.commit(txn_points, self.rewind):
+                for t, p, o in txn_points:
+                    self.offsets.mark_committed(t, p, o)
+        points = [TopicPartition(t, p, o) for t, p, o in chosen if self.txn is None or not self.transactional(t)]
+        if not points:
+            return
+        try:
+            if asynchronous:
+                self.consumer.commit(offsets=points, asynchronous=True)
+                return
+            for tp in self.consumer.commit(offsets=points, asynchronous=False) or []:
+                if tp.error is None:
+                    self.offsets.mark_committed(tp.topic, tp.partition, tp.offset)
+        except Exception as exc:  # noqa: BLE001 - a failed commit is retried at the next interval
+            log.warning("commit failed (will retry): %s", exc)
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            if err is None and tp.error is None:
+                self.offsets.mark_committed(tp.topic, tp.partition, tp.offset)
+
+    # --- rebalancing --------------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = {(tp.topic, tp.partition) for tp in partitions}
+        for key in keys:
+            self.generation[key] = self.generation.get(key, 0) + 1
+            self.offsets.drop(*key)
+        self.assigned |= keys
+        if self.paused and partitions:  # flow control holds every partition, new ones too
+            consumer.incremental_assign(partitions)
+            consumer.pause(partitions)
+        self.owner.partitions_assigned(keys)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        self.revoking |= revoked
+        try:
+            self.owner.partitions_revoking(revoked)
+            self.commit(asynchronous=False, only=revoked)
+        finally:
+            self.forget(revoked)
+            self.revoking -= revoked
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.warning("partitions lost (not committing): %s", [f"{tp.topic}[{tp.partition}]" for tp in partitions])
+        self.forget({(tp.topic, tp.partition) for tp in partitions})
+        if self.txn is not None:
+            # Our group session expired (a long pause, SIGSTOP): a newer process may hold our
+            # transactional.id. The owner must publish nothing more: it stops, a fresh one starts.
+            self.session_lost = True
+
+    def rewind(self, keys: list[Key]) -> None:
+        """After an aborted transaction: forget the partitions' progress and seek them back to
+        their committed offsets; their records are consumed again."""
+        self.forget(set(keys), keep_assigned=True)
+        rewind_to_committed(self.consumer, keys)
+
+    def forget(self, keys: set[Key], keep_assigned: bool = False) -> None:
+        for key in keys:
+            self.generation[key] = self.generation.get(key, 0) + 1
+            self.offsets.drop(*key)
+            if self.txn is not None:
+                self.txn.drop(*key)
+            if not keep_assigned:
+                self.assigned.discard(key)
+        self.owner.partitions_forgotten(keys)
+
+    # --- flow control -------------------------------------------------------------------------
+
+    def pause(self, keys: Iterable[Key]) -> None:
+        self.consumer.pause([TopicPartition(t, p) for t, p in keys])
+
+    def resume(self, keys: Iterable[Key]) -> None:
+        self.consumer.resume([TopicPartition(t, p) for t, p in keys])
+
+    def hold_all(self) -> None:
+        """Stop fetching every assigned partition (and those assigned later) until `release_all`."""
+        if self.assigned:
+            self.pause(self.assigned)
+        self.paused = True
+
+    def release_all(self) -> None:
+        if self.assigned:
+            self.resume(self.assigned)
+        self.paused = False
+
+    def close(self) -> None:
+        try:
+            self.consumer.close()  # leaves the group
+        except Exception as exc:  # noqa: BLE001
+            log.warning("closing the consumer: %s", exc)
