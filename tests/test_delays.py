@@ -127,6 +127,27 @@ def test_blocking_retries_keep_key_order(make_settings, start_worker) -> None:
         assert ns == sorted(ns)
 
 
+def test_blocking_retry_backoff_longer_than_the_timeout_keeps_order_and_runs_once(make_settings,
+                                                                                 start_worker) -> None:
+    """A blocking retry waits its backoff with the job's timeout suspended: the job is not declared
+    timed out mid-sleep, the next job of its key waits for it, and nothing runs twice."""
+    settings = make_settings({"work": {"handler": "engine_jobs:flaky", "ordering": "key", "key": "k",
+                                       "blocking_retries": True, "partitions": 1, "timeout": "1s"}},
+                             retry={"default": {"max_attempts": 3, "backoff": "fixed", "base": "2s", "jitter": 0}})
+    dispatcher = Dispatcher(settings)
+    first = dispatcher.dispatch("work", {"k": "a", "n": 1, "fail": 1})
+    second = dispatcher.dispatch("work", {"k": "a", "n": 2})
+    worker = start_worker(settings)
+    wait_for(lambda: worker.worker.counters.done == 2, timeout=40, what="both jobs")
+    time.sleep(0.5)  # a duplicate run from a timed-out first attempt would show up by now
+    worker.stop()
+    runs = sorted(engine_jobs.RUNS, key=lambda r: r["t"])
+    assert [(r["id"], r["attempt"]) for r in runs] == [(first, 1), (first, 2), (second, 1)]
+    assert runs[1]["t"] - runs[0]["t"] >= 2.0  # the whole backoff, in place
+    c = worker.worker.counters
+    assert (c.done, c.failed, c.retried, c.dead) == (2, 0, 0, 0)
+
+
 def test_worker_killed_while_jobs_wait_in_tiers(kafka: Cluster, fresh_prefix: str, tmp_path: Path) -> None:
     tree = settings_tree(kafka.bootstrap, fresh_prefix, {"work": {"handler": "engine_jobs:record"}})
     path = write_config(tmp_path / "jobs.toml", tree)
