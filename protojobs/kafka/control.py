@@ -17,6 +17,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, Topic
 
 from protojobs.config import Settings
 from protojobs.kafka.clients import ErrorWatch, consumer_config, producer_config
+from protojobs.kafka.outbox import produce
 from protojobs.model import names
 
 REFRESH_S = 1.0
@@ -28,7 +29,7 @@ class ClearEpochs:
 
     def __init__(self, settings: Settings, watch: ErrorWatch) -> None:
         self.topic = names.control_topic(settings.kafka.topic_prefix)
-        self.consumer = Consumer(consumer_config(settings.kafka, watch, group=f"protojobs-control-{uuid.uuid4().hex}",
+        self.consumer = Consumer(consumer_config(settings.kafka, watch, group=names.control_reader_group(uuid.uuid4().hex),
                                                  **{"enable.auto.commit": False}))
         self.consumer.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
         self.watch = watch
@@ -87,7 +88,7 @@ def record_clear(settings: Settings, queue: str, at_ms: int) -> None:
     watch = ErrorWatch()
     producer = Producer(producer_config(settings.kafka, watch))
     errors: list[str] = []
-    producer.produce(names.control_topic(settings.kafka.topic_prefix), json.dumps({"cleared_at": at_ms}).encode(),
-                     f"clear/{queue}".encode(), on_delivery=lambda err, _m: errors.append(err.str()) if err else None)
+    produce(producer, names.control_topic(settings.kafka.topic_prefix), json.dumps({"cleared_at": at_ms}).encode(),
+            f"clear/{queue}".encode(), on_delivery=lambda err: errors.append(err.str()) if err else None)
     if producer.flush(30) or errors:
         raise RuntimeError(f"could not record the clear of {queue!r}: {errors or 'no acknowledgement'}")
