@@ -27,7 +27,7 @@ import time
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from queue import Empty, SimpleQueue
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -40,7 +40,7 @@ from protojobs.kafka import admin
 from protojobs.kafka.clients import ErrorWatch, fetch, producer_config, until_reachable
 from protojobs.kafka.control import ClearEpochs
 from protojobs.kafka.outbox import Outbox
-from protojobs.kafka.partitions import Key, Partitions
+from protojobs.kafka.partitions import Key, Partitions, Quiet
 from protojobs.kafka.transactions import Fenced, Output, TransactionalProducer, Transactions
 from protojobs.model import envelope, names
 
@@ -86,7 +86,7 @@ class WorkerOptions:
     producer_extra: dict[str, Any] = field(default_factory=dict)
 
 
-class Worker:
+class Worker(Quiet):
     """One consumer in the group, running the jobs of `options.queues` (default: all)."""
 
     def __init__(self, settings: Settings, options: WorkerOptions | None = None,
@@ -206,23 +206,13 @@ class Worker:
         assert topic is not None and partition is not None and offset is not None
         self.partitions.started(topic, partition, offset)
         generation = self.partitions.generation_of(topic, partition)
-        q = self.queues[topic]
-        try:
-            env = envelope.decode(msg.value())
-            if self.epochs is not None and self.epochs.cleared(env.queue, env.dispatched_at):
-                self.partitions.finished(topic, partition, offset)  # its queue was cleared after dispatch
-                return
-            if q.validate_on_consume:
-                payload_validator(q)(env.data)
-        except (envelope.EnvelopeError, PayloadError) as exc:
-            reason = "undecodable record" if isinstance(exc, envelope.EnvelopeError) else \
-                "payload failed its schema on consume"
-            move = dead_letter(msg.value(), exc, reason, topic, partition, offset, 0, q.dead_letter_topic)
-            self._send(Sent(move, None, topic, partition, offset, generation))
-            return
-        chain: Hashable | None = env.key if q.ordering == "key" else (topic, partition) \
-            if q.ordering == "partition" else None
-        self.lanes[topic].submit(JobRun(topic, partition, offset, env, generation, chain))
+        taken = admit(msg, self.queues[topic], generation, self.epochs)
+        if isinstance(taken, JobRun):
+            self.lanes[topic].submit(taken)
+        elif isinstance(taken, Move):
+            self._send(Sent(taken, None, topic, partition, offset, generation))
+        else:
+            self.partitions.finished(topic, partition, offset)  # its queue was cleared after dispatch
 
     def _drain(self, wait: float) -> None:
         """Apply every finished job and acknowledged move waiting in `done`."""
@@ -305,9 +295,6 @@ class Worker:
 
     # --- rebalancing (called by Partitions, on this thread, inside poll) ------------------------
 
-    def partitions_assigned(self, keys: set[Key]) -> None:
-        return None
-
     def partitions_revoking(self, keys: set[Key]) -> None:
         deadline = time.monotonic() + (self.options.revoke_wait if self.stopping < 2 else 0)
         while time.monotonic() < deadline and any(lane.busy(keys) for lane in self.lanes.values()):
@@ -315,9 +302,6 @@ class Worker:
             self._drain(0.05)
         self.outbox.flush(5)
         self._drain(0)
-
-    def partitions_forgotten(self, keys: set[Key]) -> None:
-        return None
 
     # --- stopping -----------------------------------------------------------------------------
 
@@ -349,6 +333,25 @@ class Worker:
             self._loop.close()
         self.hooks.close()
         self.hooks.worker_stopped(self.counters)
+
+
+def admit(msg: Message, q: QueueSettings, generation: int, epochs: ClearEpochs | None) -> JobRun | Move | None:
+    """A polled record as a job for the lanes; or its dead-letter copy (undecodable, or a payload
+    that fails its schema on consume); or None: its queue was cleared after it was dispatched."""
+    topic, partition, offset = cast(str, msg.topic()), cast(int, msg.partition()), cast(int, msg.offset())
+    try:
+        env = envelope.decode(msg.value())
+        if epochs is not None and epochs.cleared(env.queue, env.dispatched_at):
+            return None
+        if q.validate_on_consume:
+            payload_validator(q)(env.data)
+    except (envelope.EnvelopeError, PayloadError) as exc:
+        reason = "undecodable record" if isinstance(exc, envelope.EnvelopeError) else \
+            "payload failed its schema on consume"
+        return dead_letter(msg.value(), exc, reason, topic, partition, offset, 0, q.dead_letter_topic)
+    chain: Hashable | None = env.key if q.ordering == "key" else (topic, partition) \
+        if q.ordering == "partition" else None
+    return JobRun(topic, partition, offset, env, generation, chain)
 
 
 def _handlers(q: QueueSettings) -> dict[str, Handler]:
