@@ -24,10 +24,10 @@ from protojobs.local.cluster import (
     _read_pid,
     _tail,
     cache_dir,
-    pid_alive,
     stop_pidfiles,
     track,
 )
+from protojobs.observe.process import pid_alive
 
 TOXIPROXY_MODULE = "github.com/Shopify/toxiproxy/v2/cmd/server"
 TOXIPROXY_VERSION = "v2.12.0"

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from protojobs.config import Settings
-from protojobs.local.cluster import pid_alive
+from protojobs.observe.process import pid_alive
 
 log = logging.getLogger(__name__)
 
