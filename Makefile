@@ -37,6 +37,7 @@ run: install
 lint: install
 	$(BIN)/ruff check protojobs tests chaos
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache --no-logo
 
 # Every broker and toxiproxy the tests start is killed on exit, even when pytest is killed.
 test: install
