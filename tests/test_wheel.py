@@ -5,6 +5,8 @@ checkout, and run the installed `protojobs` command against the test broker.
   importlib.resources) and the Kafka pom (protojobs/local/pom.xml).
 - Installed, `protojobs validate` / `dispatch` / `run --max-jobs 1` run a job of a project of
   its own (jobs.toml, a payload schema and a handler module in a temporary directory).
+- The same with every dependency at the floor pyproject.toml declares (`name>=X` installed as
+  `name==X`): the floors are tested, not guessed.
 - Installed, protojobs fetches Kafka with Maven from its packaged pom into its cache
   ($PROTOJOBS_CACHE here; ~/.cache/protojobs by default), and its pytest plugin starts a broker
   from there.
@@ -18,9 +20,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -80,15 +84,29 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built
 
 
-@pytest.fixture(scope="module")
-def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Installed:
+def make_venv(tmp_path_factory: pytest.TempPathFactory, *requirements: str) -> Installed:
     venv = tmp_path_factory.mktemp("venv")
     assert not venv.is_relative_to(ROOT)
     # No pip inside: the running pip installs into it (--python), which is quicker than ensurepip.
     must([sys.executable, "-m", "venv", "--clear", "--without-pip", str(venv)], timeout=120)
     env = Installed(venv)
-    env.pip_install(str(wheel))
+    env.pip_install(*requirements)
     return env
+
+
+@pytest.fixture(scope="module")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    """The wheel and the newest versions of its dependencies."""
+    return make_venv(tmp_path_factory, str(wheel))
+
+
+def floors() -> list[str]:
+    """Every dependency of pyproject.toml pinned at its floor: `name>=X` -> `name==X`."""
+    with open(ROOT / "pyproject.toml", "rb") as fh:
+        deps = tomllib.load(fh)["project"]["dependencies"]
+    pins = [re.sub(r"\s*>=\s*", "==", d.split(";")[0].strip()) for d in deps]
+    assert all("==" in p and "," not in p for p in pins), f"each dependency needs one floor: {deps}"
+    return pins
 
 
 def test_wheel_carries_the_package_data(wheel: Path) -> None:
@@ -190,18 +208,21 @@ def toml_table(values: dict[str, object]) -> str:
     return "\n".join(f'"{k}" = {json.dumps(v)}' for k, v in values.items())
 
 
-@pytest.mark.broker
-def test_installed_wheel_runs_a_job(installed: Installed, kafka: Cluster, fresh_prefix: str, tmp_path: Path) -> None:
-    work = tmp_path / "project"
+def write_project(work: Path, kafka: Cluster, prefix: str) -> Path:
+    """jobs.toml with one queue, its payload schema and its handler module, in `work`."""
     work.mkdir()
     (work / "jobs.toml").write_text(JOBS_TOML.format(
-        bootstrap=kafka.bootstrap, prefix=fresh_prefix,
+        bootstrap=kafka.bootstrap, prefix=prefix,
         producer=toml_table(profile.PRODUCER), consumer=toml_table(profile.CONSUMER)))
     (work / "wheel_jobs.py").write_text(HANDLER)
     (work / "greet.json").write_text(json.dumps(GREET_SCHEMA))
+    return work
+
+
+def round_trip(installed: Installed, work: Path) -> None:
+    """validate, dispatch (a refused and an accepted payload), run --max-jobs 1: the job ran."""
     env = installed.env(PYTHONPATH=str(work))
     cli = [str(installed.protojobs)]
-
     validated = must([*cli, "validate", "--config", "jobs.toml"], timeout=60, cwd=work, env=env)
     assert "valid (1 queue" in validated.stdout
     refused = run([*cli, "dispatch", "greet", '{"name": ""}', "--config", "jobs.toml"], timeout=60, cwd=work, env=env)
@@ -212,6 +233,44 @@ def test_installed_wheel_runs_a_job(installed: Installed, kafka: Cluster, fresh_
     # `run --max-jobs 1` returns once the job is done: the condition this test waits on, bounded.
     must([*cli, "run", "--config", "jobs.toml", "--max-jobs", "1"], timeout=120, cwd=work, env=env)
     assert json.loads((work / "done.json").read_text()) == {"name": "wheel"}
+
+
+@pytest.mark.broker
+def test_installed_wheel_runs_a_job(installed: Installed, kafka: Cluster, fresh_prefix: str, tmp_path: Path) -> None:
+    round_trip(installed, write_project(tmp_path / "project", kafka, fresh_prefix))
+
+
+FLOOR_PROBE = """
+import datetime
+from protojobs.config.checks import _fast_validator
+from protojobs.model import schedules
+import protojobs.observe.metrics  # prometheus-client: Gauge(multiprocess_mode="livemostrecent")
+
+assert _fast_validator({"type": "object"}) is not None, "jsonschema-rs: validator_for(validate_formats=)"
+rule = schedules.cron_rule("0 3 * * *", "Europe/Paris")
+now = int(datetime.datetime(2026, 3, 30, 12, tzinfo=datetime.timezone.utc).timestamp() * 1000)
+assert schedules.prev_fire(rule, now) < now < schedules.next_fire(rule, now)  # cronsim reverse=
+print("ok")
+"""
+
+
+@pytest.mark.broker
+def test_wheel_at_the_dependency_floors(wheel: Path, tmp_path_factory: pytest.TempPathFactory, kafka: Cluster,
+                                        fresh_prefix: str, tmp_path: Path) -> None:
+    """The lowest versions pyproject.toml allows: the job runs, the admin calls of `stats` and
+    `clear` work (confluent-kafka), config layering (dynaconf) and the probes above pass."""
+    pinned = make_venv(tmp_path_factory, str(wheel), *floors())
+    assert must([str(pinned.python), "-c", FLOOR_PROBE], timeout=60, cwd=tmp_path, env=pinned.env()).stdout == "ok\n"
+    work = write_project(tmp_path / "project", kafka, fresh_prefix)
+    round_trip(pinned, work)
+    # an env layer replacing an array (dynaconf's object_merge(list_merge="shallow"))
+    env = pinned.env(PYTHONPATH=str(work), PROTOJOBS_DELAYS__TIERS='["2s", "9s"]')
+    cli = [str(pinned.protojobs)]
+    shown = must([*cli, "config", "show", "--format", "json", "--config", "jobs.toml"], timeout=60, cwd=work, env=env)
+    assert json.loads(shown.stdout)["delays"]["tiers"] == ["2s", "9s"]
+    stats = json.loads(must([*cli, "stats", "--json", "--config", "jobs.toml"], timeout=60, cwd=work, env=env).stdout)
+    assert stats, stats
+    must([*cli, "clear", "greet", "--yes", "--config", "jobs.toml"], timeout=60, cwd=work, env=env)
 
 
 INNER_TEST = '''\
