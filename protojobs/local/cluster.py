@@ -55,9 +55,18 @@ def cache_dir() -> Path:
     (`make install` fills it), else ~/.cache/protojobs for an installed wheel."""
     if os.environ.get("PROTOJOBS_CACHE"):
         return Path(os.environ["PROTOJOBS_CACHE"])
-    if (REPO_ROOT / "pyproject.toml").exists() and (REPO_ROOT / "protojobs").is_dir():
+    if _is_checkout(REPO_ROOT):
         return REPO_ROOT / ".cache"
     return Path.home() / ".cache" / "protojobs"
+
+
+def _is_checkout(root: Path) -> bool:
+    """True for protojobs' own source tree (not, say, the site-packages of an installed wheel)."""
+    try:
+        pyproject = (root / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return (root / "protojobs").is_dir() and 'name = "protojobs"' in pyproject
 
 
 def kafka_lib_dir() -> Path:
