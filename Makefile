@@ -37,10 +37,13 @@ run: install
 lint: install
 	$(BIN)/ruff check protojobs tests chaos
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache --no-logo
 
 # Every broker and toxiproxy the tests start is killed on exit, even when pytest is killed.
+# The tests keep their state in $PROTOJOBS_TEST_STATE (default .protojobs/test, the plugin's).
+TEST_STATE := $(or $(PROTOJOBS_TEST_STATE),.protojobs/test)
 test: install
-	@trap '$(PY) -m protojobs.testing.cleanup .protojobs/test' EXIT INT TERM; \
+	@trap '$(PY) -m protojobs.testing.cleanup $(TEST_STATE)' EXIT INT TERM; \
 	$(MAKE) --no-print-directory lint && \
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -38,9 +38,9 @@ from common import (
 from protojobs.config import Settings
 from protojobs.engine.dispatch import now_ms
 from protojobs.kafka import admin
-from protojobs.local.cluster import rss_of
 from protojobs.model import envelope
 from protojobs.model import names as topics
+from protojobs.observe.process import rss_of
 
 PROTOJOBS = str(Path(PYTHON).parent / "protojobs")
 

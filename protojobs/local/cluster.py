@@ -2,8 +2,8 @@
 
 The jars come from Maven Central through the packaged `pom.xml` (see `ensure_kafka`); nothing is
 downloaded by hand. Each node runs in its own process group with a pidfile in the cluster's
-state directory, so `stop()` (and `protojobs.testing.cleanup`) can always kill it: no JVM
-outlives a test run.
+state directory (`protojobs.local.pidfiles`: it also records who started the node), so `stop()`
+(and `protojobs.testing.cleanup`) can always kill it: no JVM outlives a test run.
 
 Port layout, node i (0-based) of a cluster whose base port is B (`Ports`):
   B+10i+0 DIRECT      client listener, advertised as itself
@@ -17,7 +17,6 @@ Clients bootstrapping on the PROXIED ports stay behind toxiproxy; on DIRECT they
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
 import shutil
 import signal
@@ -25,10 +24,19 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+
+from protojobs.local.pidfiles import (
+    _read_pid,
+    _signal_group,
+    _wait_dead,
+    stop_pidfiles,
+    track,
+    write_pidfile,
+)
+from protojobs.observe.process import pid_alive, rss_of
 
 KAFKA_VERSION = "4.1.1"
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout, when running from one
@@ -36,16 +44,6 @@ JVM_FLAGS = {
     "test": ["-Xms256m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"],
     "bench": ["-Xms1g", "-Xmx2g", "-XX:+UseG1GC"],
 }
-
-
-# Popen objects of the long-running children we started: kept so they are reaped with poll()
-# (and not garbage-collected while running, which Python reports as a ResourceWarning).
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
-
-
-def track(proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
-    _CHILDREN[proc.pid] = proc
-    return proc
 
 
 class BrokerError(RuntimeError):
@@ -57,9 +55,18 @@ def cache_dir() -> Path:
     (`make install` fills it), else ~/.cache/protojobs for an installed wheel."""
     if os.environ.get("PROTOJOBS_CACHE"):
         return Path(os.environ["PROTOJOBS_CACHE"])
-    if (REPO_ROOT / "pyproject.toml").exists() and (REPO_ROOT / "protojobs").is_dir():
+    if _is_checkout(REPO_ROOT):
         return REPO_ROOT / ".cache"
     return Path.home() / ".cache" / "protojobs"
+
+
+def _is_checkout(root: Path) -> bool:
+    """True for protojobs' own source tree (not, say, the site-packages of an installed wheel)."""
+    try:
+        pyproject = (root / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return (root / "protojobs").is_dir() and 'name = "protojobs"' in pyproject
 
 
 def kafka_lib_dir() -> Path:
@@ -263,7 +270,7 @@ class Cluster:
             self._format(lib, configs)
         for i, config in enumerate(configs):
             proc = self._spawn(lib, i, ["kafka.Kafka", str(config)], background=True)
-            self.pidfile(i).write_text(str(proc.pid))
+            write_pidfile(self.pidfile(i), proc.pid)
         try:
             self.wait_ready(timeout)
         except BrokerError:
@@ -352,7 +359,7 @@ class Cluster:
         self.kill_node(node)
         proc = self._spawn(ensure_kafka(), node, ["kafka.Kafka", str(self.node_dir(node) / "server.properties")],
                            background=True)
-        self.pidfile(node).write_text(str(proc.pid))
+        write_pidfile(self.pidfile(node), proc.pid)
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM each node's process group, then SIGKILL what is left after `timeout`."""
@@ -360,25 +367,6 @@ class Cluster:
 
     def rss_bytes(self) -> dict[int, int]:
         return {i: rss_of(pid) for i, pid in self.running_pids().items()}
-
-
-def stop_pidfiles(pidfiles: Iterable[Path], timeout: float = 15.0) -> list[int]:
-    """Terminate the process group named by each pidfile; return the pids that were alive."""
-    pids = []
-    for pidfile in pidfiles:
-        pid = _read_pid(pidfile)
-        if pid is not None and pid_alive(pid):
-            pids.append(pid)
-            _signal_group(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for pid in pids:
-        if not _wait_dead(pid, max(0.0, deadline - time.monotonic())):
-            _signal_group(pid, signal.SIGKILL)
-            _wait_dead(pid, 5)
-        _CHILDREN.pop(pid, None)
-    for pidfile in pidfiles:
-        pidfile.unlink(missing_ok=True)
-    return pids
 
 
 _LOG4J = """\
@@ -403,53 +391,6 @@ def _random_cluster_id() -> str:
             return text
 
 
-def _read_pid(pidfile: Path) -> int | None:
-    try:
-        return int(pidfile.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child counts as dead
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
-
-def _wait_dead(pid: int, timeout: float) -> bool:
-    """Wait for `pid` to end. Our own children are reaped with wait(): a JVM's main thread shows
-    as a zombie in /proc while its other threads still run, so /proc alone says "dead" too early."""
-    child = _CHILDREN.get(pid)
-    if child is not None:
-        try:
-            child.wait(timeout)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -460,20 +401,5 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def rss_of(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def _tail(text: str, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
-
-
-def all_pidfiles(roots: Sequence[Path]) -> list[Path]:
-    return [p for root in roots if root.exists() for p in root.rglob("*.pid")]

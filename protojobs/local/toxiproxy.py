@@ -15,19 +15,13 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protojobs.local.cluster import (
-    BrokerError,
-    _read_pid,
-    _tail,
-    cache_dir,
-    pid_alive,
-    stop_pidfiles,
-    track,
-)
+from protojobs.local.cluster import BrokerError, _tail, cache_dir
+from protojobs.local.pidfiles import _read_pid, stop_pidfiles, track, write_pidfile
+from protojobs.observe.process import pid_alive
 
 TOXIPROXY_MODULE = "github.com/Shopify/toxiproxy/v2/cmd/server"
 TOXIPROXY_VERSION = "v2.12.0"
@@ -63,6 +57,7 @@ class Toxiproxy:
     state_dir: Path
     port: int = 8474
     timeout: float = 10.0
+    spawned: bool = field(default=False, init=False)  # start() started the server (not found running)
 
     @property
     def url(self) -> str:
@@ -82,7 +77,8 @@ class Toxiproxy:
             proc = track(subprocess.Popen([str(binary), "-host", "127.0.0.1", "-port", str(self.port)],
                                           stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                           start_new_session=True))
-        self.pidfile.write_text(str(proc.pid))
+        write_pidfile(self.pidfile, proc.pid)
+        self.spawned = True
         deadline = time.monotonic() + 15
         while True:
             try:

@@ -39,7 +39,7 @@ from typing import Any
 
 from protojobs.config import Settings
 from protojobs.engine.hooks import Hooks
-from protojobs.local.cluster import pid_alive
+from protojobs.observe.process import pid_alive
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,19 @@ Fixtures
   proxy is re-enabled and every toxic removed after each test.
 - `fresh_prefix` / `fresh_topic`: names no other test uses (topics, groups).
 
-State (pidfiles, logs, data) lives in `<rootdir>/.protojobs/test`; ports start at
-`$PROTOJOBS_TEST_PORT_BASE` (default 29100): +0 single node, +100 cluster, +300 toxiproxy API.
-Every process is stopped at session end, and at interpreter exit as a last resort.
+State (pidfiles, logs, data) lives in `<rootdir>/.protojobs/test` (or $PROTOJOBS_TEST_STATE);
+ports start at `$PROTOJOBS_TEST_PORT_BASE` (default 29100): +0 single node, +100 cluster,
++300 toxiproxy API. Kafka comes from the checkout's `.cache` or, installed from a wheel, from
+~/.cache/protojobs (fetched with Maven on first use; see `protojobs.local.cluster.cache_dir`).
+
+Whose processes are stopped: the plugin sets $PROTOJOBS_OWNER to its session (pid, start time,
+project directory), so every broker and toxiproxy started during the session records it as
+owner beside its pidfile (`protojobs.local.pidfiles`). At interpreter exit, as a last resort, the
+session stops the processes under the state directory that it started (its owner, or its
+children); when the fixtures (or a test, through `_state_root`) first use the state directory,
+it stops what a killed earlier session of the same project left behind there. Nothing else is touched: a project that installs protojobs
+but does not use these fixtures, another live session, a `protojobs broker` or another project's
+processes are never signalled.
 """
 
 from __future__ import annotations
@@ -23,29 +33,73 @@ from pathlib import Path
 
 import pytest
 
-from protojobs.local.cluster import Cluster, all_pidfiles, stop_pidfiles
+from protojobs.local.cluster import Cluster
+from protojobs.local.pidfiles import (
+    OWNER_ENV,
+    Owner,
+    all_pidfiles,
+    left_behind,
+    started_by,
+    stop_pidfiles,
+)
 from protojobs.local.toxiproxy import Proxy, Toxiproxy
+
+_OWNER: dict[str, Owner] = {}  # "session": this process's session, set by pytest_configure
+_AT_EXIT: set[Path] = set()  # state directories whose processes of this session _stop_own stops
+_CLEANED: set[Path] = set()  # state directories already cleared of a killed session's leftovers
+
+
+def _state_path(config: pytest.Config) -> Path:
+    return Path(os.environ.get("PROTOJOBS_TEST_STATE", config.rootpath / ".protojobs" / "test"))
 
 
 def _state_root(config: pytest.Config) -> Path:
-    return Path(os.environ.get("PROTOJOBS_TEST_STATE", config.rootpath / ".protojobs" / "test"))
+    """The state directory, for fixtures and for tests that start their own `Cluster` there. The
+    first use in a session stops what a killed earlier session of this project left running there."""
+    root = _state_path(config)
+    if root not in _CLEANED:
+        _CLEANED.add(root)
+        stop_left_behind(root, _session(config).project)
+    return root
 
 
 def _port_base() -> int:
     return int(os.environ.get("PROTOJOBS_TEST_PORT_BASE", "29100"))
 
 
+def _session(config: pytest.Config) -> Owner:
+    if "session" not in _OWNER:  # one per process, however often pytest is configured in it
+        _OWNER["session"] = Owner.current(config.rootpath)
+    return _OWNER["session"]
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    root = _state_root(config)
-    stop_pidfiles(all_pidfiles([root]), timeout=10)  # leftovers of a killed earlier run
-    atexit.register(lambda: stop_pidfiles(all_pidfiles([root]), timeout=10))
+    """Name this session as the owner of what it starts; stop it at exit. Signals nothing now."""
+    owner = _session(config)
+    os.environ[OWNER_ENV] = owner.token()
+    root = _state_path(config)
+    if root not in _AT_EXIT:
+        _AT_EXIT.add(root)
+        atexit.register(_stop_own, root, owner)
+
+
+def _stop_own(root: Path, owner: Owner) -> list[int]:
+    """Stop the processes under `root` that `owner` started (last resort at interpreter exit)."""
+    return stop_pidfiles([p for p in all_pidfiles([root]) if started_by(p, owner)], timeout=10)
+
+
+def stop_left_behind(root: Path, project: str | Path) -> list[int]:
+    """Stop the processes under `root` that a session of `project` started and did not live to
+    stop (a killed run): they would hold the ports. Nobody else's are touched."""
+    return stop_pidfiles([p for p in all_pidfiles([root]) if left_behind(p, str(project))], timeout=10)
 
 
 @pytest.fixture(scope="session")
 def toxiproxy_server(pytestconfig: pytest.Config) -> Iterator[Toxiproxy]:
     server = Toxiproxy(_state_root(pytestconfig) / "toxiproxy", port=_port_base() + 300).start()
     yield server
-    server.stop()
+    if server.spawned:  # not one that another live session runs from the same state directory
+        server.stop()
 
 
 def _start(pytestconfig: pytest.Config, server: Toxiproxy, name: str, nodes: int, offset: int) -> Cluster:
