@@ -100,7 +100,7 @@ def _cmd_schedules(args: argparse.Namespace) -> int:
 
 
 def _cmd_dlq(args: argparse.Namespace) -> int:
-    from protojobs.ops import dlq
+    from protojobs.cli import dlq
     if (args.action == "show") != (args.job_id is not None):
         print("dlq: `show` takes one job id (`dlq show ID`); the other actions take none", file=sys.stderr)
         return 2
