@@ -219,10 +219,10 @@ class Jobs:
     def stats(self, queue: str | None = None) -> dict[str, Any]:
         """depth (from offsets), delayed (all queues share the tiers), dead_lettered (its
         dead-letter topic's records), group members; no `queue`: {queue: that dict}."""
-        from protojobs.ops import commands
+        from protojobs.ops.stats import stats_data
         settings = self.settings
         names = [_known(settings, queue)] if queue is not None else list(settings.queues)
-        data = commands.stats_data(settings, names)
+        data = stats_data(settings, names)
         delayed = sum(data["delayed"].values())
         out = {name: {"queue": name, "depth": data["queues"][name]["depth"],
                       "partitions": data["queues"][name]["partitions"], "delayed": delayed,

@@ -59,32 +59,32 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_dispatch(args: argparse.Namespace) -> int:
-    from protojobs.ops import commands
+    from protojobs.cli import queues
     if (args.payload is None) == (args.file is None):
         print("dispatch: give a JSON payload or --file F.jsonl (not both)", file=sys.stderr)
         return 2
-    return commands.dispatch(args.config, args.queue, args.payload, args.file, args.key, args.delay,
-                             args.at, args.job, args.id)
+    return queues.dispatch(args.config, args.queue, args.payload, args.file, args.key, args.delay,
+                           args.at, args.job, args.id)
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from protojobs.ops import commands
-    return commands.stats(args.config, args.queue, args.json)
+    from protojobs.cli import queues
+    return queues.stats(args.config, args.queue, args.json)
 
 
 def _cmd_clear(args: argparse.Namespace) -> int:
-    from protojobs.ops import commands
-    return commands.clear(args.config, args.queue, args.yes)
+    from protojobs.cli import queues
+    return queues.clear(args.config, args.queue, args.yes)
 
 
 def _cmd_retry_plan(args: argparse.Namespace) -> int:
-    from protojobs.ops import commands
-    return commands.retry_plan(args.config, args.queue)
+    from protojobs.cli import queues
+    return queues.retry_plan(args.config, args.queue)
 
 
 def _cmd_topics(args: argparse.Namespace) -> int:
-    from protojobs.ops import commands
-    return commands.topics_command(args.config, args.action)
+    from protojobs.cli import queues
+    return queues.topics_command(args.config, args.action)
 
 
 def _cmd_schedules(args: argparse.Namespace) -> int:
