@@ -88,15 +88,15 @@ def _cmd_topics(args: argparse.Namespace) -> int:
 
 
 def _cmd_schedules(args: argparse.Namespace) -> int:
-    from protojobs.engine import scheduler
+    from protojobs.cli import schedules
     if (args.action == "list") != (args.name is None):
         print("schedules: `list` takes no name; pause, resume, remove and next take one", file=sys.stderr)
         return 2
     if args.action == "list":
-        return scheduler.list_command(args.config, args.json)
+        return schedules.list_command(args.config, args.json)
     if args.action == "next":
-        return scheduler.next_command(args.config, args.name, args.count)
-    return scheduler.control_command(args.config, args.action, args.name)
+        return schedules.next_command(args.config, args.name, args.count)
+    return schedules.control_command(args.config, args.action, args.name)
 
 
 def _cmd_dlq(args: argparse.Namespace) -> int:
