@@ -47,14 +47,12 @@ def _cmd_health(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from protojobs import config
-
+    from protojobs.cli import config
     return config.validate_command(args.config, cluster=args.cluster)
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from protojobs import config
-
+    from protojobs.cli import config
     return config.show_command(args.config, fmt=args.format)
 
 
