@@ -19,16 +19,17 @@ def _config_default() -> str:
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
+    from protojobs.cli import broker
     from protojobs.local import devbroker
     state = Path(args.state)
     if args.action == "start":
         if args.if_needed and not devbroker.needed(args.config):
             return 0
-        return devbroker.start(nodes=args.nodes, port=args.port, fresh=args.fresh,
-                               toxiproxy=args.toxiproxy, state=state)
+        return broker.start(nodes=args.nodes, port=args.port, fresh=args.fresh, toxiproxy=args.toxiproxy,
+                            state=state)
     if args.action == "stop":
-        return devbroker.stop(state)
-    return devbroker.status(state)
+        return broker.stop(state)
+    return broker.status(state)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -42,7 +43,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
-    from protojobs.observe import health
+    from protojobs.cli import health
     return health.health_command(args.url, ready=args.ready, timeout=args.timeout)
 
 
