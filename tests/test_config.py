@@ -15,6 +15,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from protojobs import config
+from protojobs.cli import config as cli_config
 from protojobs.config import ConfigError, PayloadError, checks, load, payload_validator
 from protojobs.model.durations import DURATION_REGEX
 from protojobs.testing import Cluster
@@ -611,7 +612,7 @@ def test_secrets_never_appear_in_error_messages(write: Write) -> None:
 
 def test_show_prints_the_effective_config_as_toml(write: Write, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(VALID)
-    assert config.show_command(str(path), env={"PROTOJOBS_QUEUES__EMAILS__CONCURRENCY": "3"}) == 0
+    assert cli_config.show_command(str(path), env={"PROTOJOBS_QUEUES__EMAILS__CONCURRENCY": "3"}) == 0
     out = capsys.readouterr().out
     assert "hunter2-secret" not in out
     shown = tomllib.loads(out)
@@ -626,7 +627,7 @@ def test_show_prints_the_effective_config_as_toml(write: Write, capsys: pytest.C
 def test_show_as_json_and_the_shown_config_loads_back(write: Write, capsys: pytest.CaptureFixture[str],
                                                        tmp_path: Path) -> None:
     path = write(VALID)
-    assert config.show_command(str(path), env={}, fmt="json") == 0
+    assert cli_config.show_command(str(path), env={}, fmt="json") == 0
     shown = json.loads(capsys.readouterr().out)
     shown["kafka"]["producer"]["sasl.password"] = "hunter2-secret"
     again = config.from_dict(shown, tmp_path, env={})
@@ -636,7 +637,7 @@ def test_show_as_json_and_the_shown_config_loads_back(write: Write, capsys: pyte
 
 
 def test_show_reports_errors_on_stderr(write: Write, capsys: pytest.CaptureFixture[str]) -> None:
-    assert config.show_command(str(write("[kafka]\nbatch_size = 0\n")), env={}) == 1
+    assert cli_config.show_command(str(write("[kafka]\nbatch_size = 0\n")), env={}) == 1
     captured = capsys.readouterr()
     assert (captured.out, captured.err) == ("", "kafka.batch_size: 0 is less than the minimum of 1\n")
 
@@ -648,18 +649,18 @@ def test_validate_valid_config(write: Write, capsys: pytest.CaptureFixture[str],
                                tmp_path: Path) -> None:
     write(VALID)
     monkeypatch.chdir(tmp_path)
-    assert config.validate_command(None, env={}) == 0
+    assert cli_config.validate_command(None, env={}) == 0
     captured = capsys.readouterr()
     assert captured.out == "jobs.toml: valid (3 queues, 5 delay tiers, 2 retry policies)\n"
     assert captured.err == ""
     write("")
-    assert config.validate_command("jobs.toml", env={}) == 0
+    assert cli_config.validate_command("jobs.toml", env={}) == 0
     assert capsys.readouterr().out == "jobs.toml: valid (1 queue, 5 delay tiers, 1 retry policy)\n"
 
 
 def test_validate_invalid_config_lists_every_error(write: Write, capsys: pytest.CaptureFixture[str]) -> None:
     path = write('[kafka]\nbatch_size = 0\n[queues.q]\nhandler = "demo_handlers:ok"\nconcurency = 2\n')
-    assert config.validate_command(str(path), env={}) == 1
+    assert cli_config.validate_command(str(path), env={}) == 1
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.splitlines() == [
@@ -671,15 +672,15 @@ def test_validate_invalid_config_lists_every_error(write: Write, capsys: pytest.
 def test_validate_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    assert config.validate_command(None, env={}) == 1
+    assert cli_config.validate_command(None, env={}) == 1
     assert capsys.readouterr().err == "jobs.toml: file not found (give --config or set PROTOJOBS_CONFIG)\n"
-    assert config.validate_command(None, env={"PROTOJOBS_CONFIG": "app/jobs.toml"}) == 1
+    assert cli_config.validate_command(None, env={"PROTOJOBS_CONFIG": "app/jobs.toml"}) == 1
     assert capsys.readouterr().err.startswith("app/jobs.toml: file not found")
 
 
 def test_validate_cluster_unreachable(write: Write, capsys: pytest.CaptureFixture[str]) -> None:
     path = write('[kafka]\nbrokers = "127.0.0.1:9"\n[queues.q]\nhandler = "demo_handlers:ok"\n')
-    assert config.validate_command(str(path), cluster=True, env={}, cluster_timeout=1.0) == 1
+    assert cli_config.validate_command(str(path), cluster=True, env={}, cluster_timeout=1.0) == 1
     err = capsys.readouterr().err
     assert err.startswith("kafka.brokers: cannot reach 127.0.0.1:9 within 1s: "), err
     assert len(err.splitlines()) == 1
@@ -690,11 +691,11 @@ def test_validate_cluster_checks_replication_factor(write: Write, capsys: pytest
                                                     kafka_cluster: Cluster) -> None:
     head = f'[kafka]\nbrokers = "{kafka_cluster.bootstrap}"\n'
     ok = write(head + '[queues.q]\nhandler = "demo_handlers:ok"\nreplication_factor = 3\n')
-    assert config.validate_command(str(ok), cluster=True, env={}) == 0
+    assert cli_config.validate_command(str(ok), cluster=True, env={}) == 0
     bad = write(head + '[defaults]\nhandler = "demo_handlers:ok"\n[queues.low]\nreplication_factor = 1\n'
                        '[queues.high]\nreplication_factor = 4\n')
     capsys.readouterr()
-    assert config.validate_command(str(bad), cluster=True, env={}) == 1
+    assert cli_config.validate_command(str(bad), cluster=True, env={}) == 1
     assert capsys.readouterr().err.splitlines() == [
         "queues.low.replication_factor: 1 is below the cluster's min.insync.replicas (2): acks=all produces would fail",
         "queues.high.replication_factor: 4 is more than the cluster's 3 broker(s)",

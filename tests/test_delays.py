@@ -171,7 +171,7 @@ def test_worker_killed_while_jobs_wait_in_tiers(kafka: Cluster, fresh_prefix: st
 
 
 def test_clear_drops_the_queues_jobs_waiting_in_tiers(make_settings, start_worker, router, tmp_path: Path) -> None:
-    from protojobs.ops import commands
+    from protojobs.cli import queues
     settings = make_settings({"work": {"handler": "engine_jobs:record"}, "other": {"handler": "engine_jobs:record"}})
     dispatcher = Dispatcher(settings)
     doomed = {dispatcher.dispatch("work", {"n": i}, delay_ms=1500) for i in range(5)}
@@ -179,7 +179,7 @@ def test_clear_drops_the_queues_jobs_waiting_in_tiers(make_settings, start_worke
     kept_other = dispatcher.dispatch("other", {"n": 100}, delay_ms=1500)
     path = write_config(tmp_path / "jobs.toml", dict(settings.raw))
     time.sleep(0.05)
-    assert commands.clear(str(path), "work", yes=True) == 0
+    assert queues.clear(str(path), "work", yes=True) == 0
     kept = dispatcher.dispatch("work", {"n": 200}, delay_ms=500)
     router(settings)
     worker = start_worker(settings)

@@ -14,7 +14,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from conftest import ROOT, settings_tree, wait_for, write_config
 
 from protojobs import config
+from protojobs.cli import dlq as dlq_cli
 from protojobs.cli import main
+from protojobs.cli.common import parse_since
 from protojobs.engine.dispatch import Dispatcher, now_ms
 from protojobs.kafka import admin
 from protojobs.model import envelope
@@ -103,7 +105,7 @@ def test_list_filters_and_show(setup, start_worker, capsys, kafka: Cluster) -> N
     assert code == 0 and len(out.splitlines()) == 2 and all("reports  ValueError  attempts=1" in ln
                                                              for ln in out.splitlines())
     code, out, _ = run_cli(capsys, "dlq", "list", "--config", path, "--limit", "1")
-    assert code == 0 and out.splitlines() == [dlq.line(dlq.read(settings)[-1])]
+    assert code == 0 and out.splitlines() == [dlq_cli.line(dlq.read(settings)[-1])]
     assert run_cli(capsys, "dlq", "list", "--config", path, "--since", "yesterday")[0] == 2
 
     code, out, _ = run_cli(capsys, "dlq", "show", reports[0], "--config", path)
@@ -203,7 +205,7 @@ def test_purge_needs_yes_and_empties_the_topics(setup, start_worker, capsys, fre
 
 
 def test_parse_since() -> None:
-    assert dlq.parse_since("1h", now=10_000_000) == 10_000_000 - 3_600_000
-    assert dlq.parse_since("2027-01-01T00:00:00Z") == 1_798_761_600_000
+    assert parse_since("1h", now=10_000_000) == 10_000_000 - 3_600_000
+    assert parse_since("2027-01-01T00:00:00Z") == 1_798_761_600_000
     with pytest.raises(ValueError, match="--since"):
-        dlq.parse_since("yesterday")
+        parse_since("yesterday")

@@ -17,12 +17,13 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from conftest import settings_tree, wait_for, write_config
 
+from protojobs.cli import queues
 from protojobs.config import PayloadError
 from protojobs.engine.dispatch import Dispatcher
 from protojobs.kafka import admin
 from protojobs.model import envelope
 from protojobs.model import names as topics
-from protojobs.ops import commands
+from protojobs.ops.stats import stats_data
 from protojobs.testing import Cluster, profile
 
 pytestmark = pytest.mark.broker
@@ -53,7 +54,7 @@ def test_dispatched_jobs_all_run_and_commit(make_settings, start_worker) -> None
     worker.stop()
     assert sorted(r["n"] for r in engine_jobs.RUNS) == list(range(300))
     assert {r["id"] for r in engine_jobs.RUNS} == set(result.ids)
-    data = commands.stats_data(settings)
+    data = stats_data(settings)
     assert data["queues"]["work"]["depth"] == 0
 
 
@@ -153,14 +154,14 @@ def test_slow_handler_does_not_cause_rebalance(make_settings, start_worker) -> N
 def test_clear_deletes_and_stats_match_raw_count(make_settings, kafka: Cluster) -> None:
     settings = make_settings({"work": {"handler": "engine_jobs:record"}})
     assert Dispatcher(settings).dispatch_many("work", [{"n": i} for i in range(57)]).ok
-    data = commands.stats_data(settings)
+    data = stats_data(settings)
     raw = len(read_all(kafka.bootstrap, topics.queue_topic(settings.kafka.topic_prefix, "work"), 57, timeout=10))
     assert data["queues"]["work"]["depth"] == raw == 57
     config_file = write_config(Path(os.environ.get("TMPDIR", "/tmp")) / f"{settings.kafka.topic_prefix}jobs.toml",
                                dict(settings.raw))
-    assert commands.clear(str(config_file), "work", yes=False) == 2
-    assert commands.clear(str(config_file), "work", yes=True) == 0
-    assert commands.stats_data(settings)["queues"]["work"]["depth"] == 0
+    assert queues.clear(str(config_file), "work", yes=False) == 2
+    assert queues.clear(str(config_file), "work", yes=True) == 0
+    assert stats_data(settings)["queues"]["work"]["depth"] == 0
     assert read_all(kafka.bootstrap, topics.queue_topic(settings.kafka.topic_prefix, "work"), 1, timeout=4) == []
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from conftest import settings_tree, write_config
 
 from protojobs.cli import main
-from protojobs.ops.commands import hop_path
+from protojobs.model.delays import hop_path
 
 
 def test_hop_path_follows_the_routing_rule() -> None:

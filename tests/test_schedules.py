@@ -23,9 +23,10 @@ from test_engine import runs, spawn_worker
 
 from protojobs import config
 from protojobs.api.facade import Jobs
-from protojobs.engine import scheduler
+from protojobs.cli import schedules as schedules_cli
 from protojobs.model import envelope
 from protojobs.model import names as topics
+from protojobs.ops import schedules as schedules_ops
 from protojobs.testing import Cluster, profile
 
 pytestmark = pytest.mark.broker
@@ -70,7 +71,7 @@ def no_duplicates(jobs: list[envelope.Envelope]) -> None:
 
 
 def leader_slot(settings: config.Settings) -> int | None:
-    who = scheduler.leader(settings)
+    who = schedules_ops.leader(settings)
     return int(who.split()[0].rsplit("-", 1)[1]) if who else None
 
 
@@ -137,7 +138,7 @@ def test_dynamic_schedules_survive_a_restart_of_every_worker(
         daily = jobs_api.schedule_daily("record", "09:00", {"n": 9}, queue="work", tz="Europe/Paris")
         wait_for(lambda: len(ticks(dispatched(settings, quiet=0.3), every)) >= 2, timeout=40, what="dynamic ticks")
         assert jobs_api.unschedule(gone) is True and jobs_api.unschedule("dyn-nope") is False
-        assert scheduler.list_command(str(path), as_json=True) == 0
+        assert schedules_cli.list_command(str(path), as_json=True) == 0
         listed = json.loads(capsys.readouterr().out)
         names = {row["name"]: row for row in listed["schedules"]}
         assert every in names and daily in names and listed["leader"].startswith("scheduler-")
@@ -179,14 +180,14 @@ def test_pause_and_resume_from_the_command_line(kafka: Cluster, fresh_prefix: st
     proc = spawn_worker(path, record)
     try:
         wait_for(lambda: len(ticks(dispatched(settings, quiet=0.3), "beat")) >= 2, timeout=40, what="ticks")
-        assert scheduler.control_command(str(path), "pause", "beat") == 0
+        assert schedules_cli.control_command(str(path), "pause", "beat") == 0
         paused_at = time.time() * 1000
         time.sleep(4)
         resumed_at = time.time() * 1000  # the resume record's time is later than this
-        assert scheduler.control_command(str(path), "resume", "beat") == 0
+        assert schedules_cli.control_command(str(path), "resume", "beat") == 0
         wait_for(lambda: max(ticks(dispatched(settings, quiet=0.3), "beat")) > resumed_at + 1000, timeout=20,
                  what="ticks after resume")
-        assert scheduler.control_command(str(path), "remove", "beat") == 1  # declared in jobs.toml
+        assert schedules_cli.control_command(str(path), "remove", "beat") == 1  # declared in jobs.toml
     finally:
         stop(proc)
     fired = ticks(dispatched(settings), "beat")

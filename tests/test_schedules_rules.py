@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protojobs import config
+from protojobs.cli import config as cli_config
 from protojobs.model import schedules
 from protojobs.model.schedules import (
     SKIP_GRACE_MS,
@@ -354,7 +355,7 @@ def test_validate_command_prints_the_key_paths(tmp_path: Path, capsys: pytest.Ca
     tree["schedules"]["c"] = {"queue": "reports", "every": "0s", "data": {"report_id": "c"}}
     path = tmp_path / "jobs.toml"
     path.write_text(to_toml(tree))
-    assert config.validate_command(str(path), env={}) == 1
+    assert cli_config.validate_command(str(path), env={}) == 1
     err = capsys.readouterr().err
     assert "schedules.nightly.cron: '61 * * * *' is not a cron rule" in err
     assert "schedules.b.tz: unknown time zone 'Nowhere/Land'" in err

@@ -139,16 +139,16 @@ class Jobs:
     @_either
     def unschedule(self, schedule_id: str) -> bool:
         """Remove a dynamic schedule; False if there is none with that id."""
-        from protojobs.engine import scheduler
-        return scheduler.undefine(self.settings, schedule_id, self._producer().producer)
+        from protojobs.ops import schedules
+        return schedules.undefine(self.settings, schedule_id, self._producer().producer)
 
     scheduleAt, scheduleIn, scheduleEvery, scheduleDaily = (  # noqa: N815 - the seed's spelling
         schedule_at, schedule_in, schedule_every, schedule_daily)
 
     def _schedule(self, job: type[Job] | Job | str, data: Any, queue: str | None, **rule: Any) -> str:
-        from protojobs.engine import scheduler
+        from protojobs.ops import schedules
         name, queue = _route(job, queue, self.settings)
-        return scheduler.schedule(self.settings, queue, name, data, producer=self._producer().producer, **rule)
+        return schedules.schedule(self.settings, queue, name, data, producer=self._producer().producer, **rule)
 
     def _send(self, job: type[Job] | Job | str, data: Any, queue: str | None, delay_ms: int,
               key: str | None, job_id: str | None) -> str:
@@ -219,10 +219,10 @@ class Jobs:
     def stats(self, queue: str | None = None) -> dict[str, Any]:
         """depth (from offsets), delayed (all queues share the tiers), dead_lettered (its
         dead-letter topic's records), group members; no `queue`: {queue: that dict}."""
-        from protojobs.ops import commands
+        from protojobs.ops.stats import stats_data
         settings = self.settings
         names = [_known(settings, queue)] if queue is not None else list(settings.queues)
-        data = commands.stats_data(settings, names)
+        data = stats_data(settings, names)
         delayed = sum(data["delayed"].values())
         out = {name: {"queue": name, "depth": data["queues"][name]["depth"],
                       "partitions": data["queues"][name]["partitions"], "delayed": delayed,

@@ -1,4 +1,5 @@
-"""Command line: argument parsing only; each command calls one function of the modules.
+"""Command line: argument parsing only; each command calls one function of the command modules
+(protojobs.cli.broker, config, dlq, health, queues, schedules), which print and return the exit code.
 
 Exit codes: 0 success, 1 failure (invalid config, failed command), 2 usage error.
 """
@@ -19,16 +20,17 @@ def _config_default() -> str:
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
+    from protojobs.cli import broker
     from protojobs.local import devbroker
     state = Path(args.state)
     if args.action == "start":
         if args.if_needed and not devbroker.needed(args.config):
             return 0
-        return devbroker.start(nodes=args.nodes, port=args.port, fresh=args.fresh,
-                               toxiproxy=args.toxiproxy, state=state)
+        return broker.start(nodes=args.nodes, port=args.port, fresh=args.fresh, toxiproxy=args.toxiproxy,
+                            state=state)
     if args.action == "stop":
-        return devbroker.stop(state)
-    return devbroker.status(state)
+        return broker.stop(state)
+    return broker.status(state)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -42,65 +44,63 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
-    from protojobs.observe import health
+    from protojobs.cli import health
     return health.health_command(args.url, ready=args.ready, timeout=args.timeout)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from protojobs import config
-
+    from protojobs.cli import config
     return config.validate_command(args.config, cluster=args.cluster)
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from protojobs import config
-
+    from protojobs.cli import config
     return config.show_command(args.config, fmt=args.format)
 
 
 def _cmd_dispatch(args: argparse.Namespace) -> int:
-    from protojobs.ops import commands
+    from protojobs.cli import queues
     if (args.payload is None) == (args.file is None):
         print("dispatch: give a JSON payload or --file F.jsonl (not both)", file=sys.stderr)
         return 2
-    return commands.dispatch(args.config, args.queue, args.payload, args.file, args.key, args.delay,
-                             args.at, args.job, args.id)
+    return queues.dispatch(args.config, args.queue, args.payload, args.file, args.key, args.delay,
+                           args.at, args.job, args.id)
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from protojobs.ops import commands
-    return commands.stats(args.config, args.queue, args.json)
+    from protojobs.cli import queues
+    return queues.stats(args.config, args.queue, args.json)
 
 
 def _cmd_clear(args: argparse.Namespace) -> int:
-    from protojobs.ops import commands
-    return commands.clear(args.config, args.queue, args.yes)
+    from protojobs.cli import queues
+    return queues.clear(args.config, args.queue, args.yes)
 
 
 def _cmd_retry_plan(args: argparse.Namespace) -> int:
-    from protojobs.ops import commands
-    return commands.retry_plan(args.config, args.queue)
+    from protojobs.cli import queues
+    return queues.retry_plan(args.config, args.queue)
 
 
 def _cmd_topics(args: argparse.Namespace) -> int:
-    from protojobs.ops import commands
-    return commands.topics_command(args.config, args.action)
+    from protojobs.cli import queues
+    return queues.topics_command(args.config, args.action)
 
 
 def _cmd_schedules(args: argparse.Namespace) -> int:
-    from protojobs.engine import scheduler
+    from protojobs.cli import schedules
     if (args.action == "list") != (args.name is None):
         print("schedules: `list` takes no name; pause, resume, remove and next take one", file=sys.stderr)
         return 2
     if args.action == "list":
-        return scheduler.list_command(args.config, args.json)
+        return schedules.list_command(args.config, args.json)
     if args.action == "next":
-        return scheduler.next_command(args.config, args.name, args.count)
-    return scheduler.control_command(args.config, args.action, args.name)
+        return schedules.next_command(args.config, args.name, args.count)
+    return schedules.control_command(args.config, args.action, args.name)
 
 
 def _cmd_dlq(args: argparse.Namespace) -> int:
-    from protojobs.ops import dlq
+    from protojobs.cli import dlq
     if (args.action == "show") != (args.job_id is not None):
         print("dlq: `show` takes one job id (`dlq show ID`); the other actions take none", file=sys.stderr)
         return 2
@@ -114,6 +114,9 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
     return dlq.purge_command(args.config, args.queue, args.yes)
 
 
+Add = Callable[[str, Command, str], argparse.ArgumentParser]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="protojobs", description="Declarative job engine on Apache Kafka")
     parser.add_argument("--version", action="version", version="protojobs 0.1.0")
@@ -125,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.set_defaults(func=func)
         return cmd
 
+    for add_commands in (_add_broker, _add_run, _add_config, _add_dispatch, _add_queues, _add_schedules, _add_dlq):
+        add_commands(add)
+    return parser
+
+
+def _add_broker(add: Add) -> None:
     broker = add("broker", _cmd_broker, "the local development Kafka that the project fetches and runs")
     broker.add_argument("action", choices=["start", "stop", "status"])
     broker.add_argument("--nodes", type=int, default=1, choices=[1, 3])
@@ -135,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="start only when --config points at a loopback broker that is not listening")
     broker.add_argument("--state", default=".protojobs/broker", help=argparse.SUPPRESS)
 
+
+def _add_run(add: Add) -> None:
     run = add("run", _cmd_run, "run workers for the queues of jobs.toml")
     run.add_argument("--queue", action="append", help="only this queue (repeatable)")
     run.add_argument("--max-jobs", type=int, default=0, help="stop after N jobs (0: run until stopped)")
@@ -155,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--ready", action="store_true", help="check /readyz instead of /healthz")
     probe.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
 
+
+def _add_config(add: Add) -> None:
     validate = add("validate", _cmd_validate, "check jobs.toml, its payload schemas and handlers")
     validate.add_argument("--cluster", action="store_true", help="also check against the live cluster")
 
@@ -162,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("action", choices=["show"])
     show.add_argument("--format", choices=["toml", "json"], default="toml")
 
+
+def _add_dispatch(add: Add) -> None:
     dispatch = add("dispatch", _cmd_dispatch, "dispatch a job; prints its id once the broker acknowledged it")
     dispatch.add_argument("queue")
     dispatch.add_argument("payload", nargs="?", help="the job's data as JSON")
@@ -173,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument("--delay", help="run after this long, e.g. 30s, 5m")
     when.add_argument("--at", help="run at this time: ISO 8601 (UTC if no zone) or epoch seconds")
 
+
+def _add_queues(add: Add) -> None:
     stats = add("stats", _cmd_stats, "depth, delayed and dead-lettered jobs, and group members")
     stats.add_argument("--queue", action="append")
     stats.add_argument("--json", action="store_true")
@@ -187,12 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
     topics = add("topics", _cmd_topics, "show (plan) or create/alter (apply) the topics jobs.toml implies")
     topics.add_argument("action", choices=["plan", "apply"])
 
+
+def _add_schedules(add: Add) -> None:
     sched = add("schedules", _cmd_schedules, "periodic schedules: list, pause, resume, remove, next fire times")
     sched.add_argument("action", choices=["list", "pause", "resume", "remove", "next"])
     sched.add_argument("name", nargs="?", help="the schedule (pause, resume, remove, next)")
     sched.add_argument("--json", action="store_true", help="list: JSON output")
     sched.add_argument("--count", type=int, default=5, help="next: how many fire times (default 5)")
 
+
+def _add_dlq(add: Add) -> None:
     dlq = add("dlq", _cmd_dlq, "inspect, replay and purge dead-lettered jobs")
     dlq.add_argument("action", choices=["list", "show", "replay", "purge"])
     dlq.add_argument("job_id", nargs="?", help="the job id (show)")
@@ -207,7 +228,6 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.add_argument("--max-replays", type=int, default=3,
                      help="replay: skip jobs already replayed this many times (default 3)")
     dlq.add_argument("--yes", action="store_true", help="purge: really delete")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

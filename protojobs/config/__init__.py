@@ -15,11 +15,8 @@ from protojobs.config.load import (
     payload_validator,
     redacted,
     schema_defaults,
-    show_command,
-    validate_command,
 )
 
 __all__ = ["ConfigError", "ConfigIssue", "KafkaSettings", "PayloadError", "QueueSettings", "RetryPolicy",
            "Settings", "config_path", "config_schema", "effective", "from_dict", "key_path", "load",
-           "payload_validator", "redacted", "schema_defaults", "show_command", "to_toml",
-           "validate_command"]
+           "payload_validator", "redacted", "schema_defaults", "to_toml"]

@@ -61,7 +61,7 @@ from protojobs.model.durations import format_ms, parse_ms
 
 __all__ = ["ConfigError", "ConfigIssue", "KafkaSettings", "PayloadError", "QueueSettings", "RetryPolicy",
            "Settings", "effective", "from_dict", "is_secret_key", "key_path", "load", "payload_validator",
-           "redacted", "show_command", "to_toml", "validate_command"]
+           "redacted", "to_toml"]
 
 CONFIG_SCHEMA = "protojobs.schema.json"  # package data of protojobs.config
 ENV_PREFIX = "PROTOJOBS_"
@@ -453,42 +453,3 @@ def _queue_dict(q: QueueSettings) -> dict[str, Any]:
                validate_on_consume=q.validate_on_consume, dead_letter=q.dead_letter_topic,
                blocking_retries=q.blocking_retries)
     return out
-
-
-# ---------------------------------------------------------------- command helpers
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s" if not word.endswith("y") else f"{n} {word[:-1]}ies"
-
-
-def validate_command(config: str | None, cluster: bool = False, env: Mapping[str, str] | None = None,
-                     *, cluster_timeout: float = 5.0) -> int:
-    """`protojobs validate`: 0 and a one-line summary, or 1 and every `path: message` on stderr."""
-    shown = str(config_path(config, env))
-    try:
-        settings = load(config, env)
-        if cluster:
-            problems = checks.check_cluster(settings, timeout=cluster_timeout)
-            if problems:
-                raise ConfigError(checks.finish(problems, {}, checks.secret_values(settings.raw)))
-    except ConfigError as exc:
-        for issue in exc.issues:
-            print(issue, file=sys.stderr)
-        return 1
-    print(f"{shown}: valid ({_plural(len(settings.queues), 'queue')}, "
-          f"{_plural(len(settings.tiers_ms), 'delay tier')}, {_plural(len(settings.retry), 'retry policy')})")
-    return 0
-
-
-def show_command(config: str | None, env: Mapping[str, str] | None = None, *, fmt: str = "toml") -> int:
-    """`protojobs show`: the effective config (overrides applied, secrets redacted) on stdout."""
-    try:
-        settings = load(config, env, import_handlers=False)
-    except ConfigError as exc:
-        for issue in exc.issues:
-            print(issue, file=sys.stderr)
-        return 1
-    tree = redacted(settings)
-    print(json.dumps(tree, indent=2) if fmt == "json" else to_toml(tree), end="\n" if fmt == "json" else "")
-    return 0

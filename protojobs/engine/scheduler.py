@@ -29,15 +29,13 @@ records to the same topic; the leader's consumer reads them as they come.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import socket
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -46,15 +44,14 @@ from confluent_kafka import (
     Consumer,
     KafkaError,
     KafkaException,
-    Producer,
     TopicPartition,
 )
 
-from protojobs.config import ConfigError, PayloadError, Settings
+from protojobs.config import PayloadError, Settings
 from protojobs.engine.background import Background
 from protojobs.engine.dispatch import Dispatcher, DispatchError
 from protojobs.kafka import admin, transactions
-from protojobs.kafka.clients import ErrorWatch, consumer_config, producer_config
+from protojobs.kafka.clients import ErrorWatch, consumer_config
 from protojobs.kafka.clock import now_ms
 from protojobs.kafka.partitions import Key, Partitions
 from protojobs.kafka.transactions import Aborted, Fenced, TransactionalProducer
@@ -71,7 +68,6 @@ from protojobs.model.schedules import (
     next_fire,
     plan,
     state_record,
-    upcoming,
 )
 
 log = logging.getLogger(__name__)
@@ -312,7 +308,7 @@ class SchedulerThread(Background):
         self.scheduler = scheduler
 
 
-# --- reading and writing the topic (facade, CLI) ---------------------------------------------------
+# --- reading the topic (the leader; the schedules admin in protojobs.ops.schedules) -----------------
 
 
 def read_book(settings: Settings, watch: ErrorWatch | None = None, timeout: float = 30.0) -> Book:
@@ -342,183 +338,3 @@ def read_book(settings: Settings, watch: ErrorWatch | None = None, timeout: floa
         raise TimeoutError(f"could not read {topic} to its end within {timeout:g}s")
     finally:
         consumer.close()
-
-
-def write(settings: Settings, records: Iterable[tuple[bytes, bytes | None]], producer: Producer | None = None) -> None:
-    """Write records to the schedules topic and wait for the broker's acks."""
-    admin.ensure_topics(settings)
-    producer = producer or Producer(producer_config(settings.kafka, ErrorWatch()))
-    topic = names.schedules_topic(settings.kafka.topic_prefix)
-    errors: list[str] = []
-    for key, value in records:
-        producer.produce(topic, value, key, on_delivery=lambda err, _m: errors.append(err.str()) if err else None)
-    if producer.flush(30) or errors:
-        raise RuntimeError(f"could not write to {topic}: {errors or 'no acknowledgement'}")
-
-
-def define(settings: Settings, sched: Schedule, producer: Producer | None = None) -> str:
-    """Store a dynamic schedule (validated here, so the leader never meets a bad one)."""
-    producer = producer or Producer(producer_config(settings.kafka, ErrorWatch()))
-    dispatcher = Dispatcher(settings, producer=producer, ensure_topics=False)
-    dispatcher.build(sched.queue, dict(sched.data), job=sched.job, now=0)  # PayloadError / DispatchError
-    write(settings, [def_record(sched)], producer)
-    return sched.name
-
-
-def undefine(settings: Settings, name: str, producer: Producer | None = None) -> bool:
-    """Remove a dynamic schedule; False if there is none of that id."""
-    if name not in read_book(settings).defs:
-        return False
-    write(settings, [def_record(name), state_record(name, None), control_record(name, None, 0)], producer)
-    return True
-
-
-def leader(settings: Settings) -> str | None:
-    """Which process leads (its client id and host), if any."""
-    try:
-        members = admin.group_members(admin.client(settings), group_of(settings))
-    except Exception:  # noqa: BLE001 - shown as unknown
-        return None
-    for m in members:
-        if m["assignment"]:
-            return f"{m['client_id']} ({m['host'].lstrip('/')})"
-    return None
-
-
-# --- commands ------------------------------------------------------------------------------------
-
-
-def _load(path: str | None) -> Settings:
-    from protojobs import config
-
-    return config.load(path, import_handlers=False)
-
-
-def rows(settings: Settings, book: Book, now: int) -> list[dict[str, Any]]:
-    out = []
-    for sched in sorted(book.schedules(configured(settings)).values(), key=lambda s: s.name):
-        last = book.last.get(sched.name)
-        since = last if last is not None else (sched.created_ms if sched.dynamic else now)
-        floor = book.floor(sched.name)
-        paused = book.paused(sched)
-        nxt = None if paused else next_fire(sched.rule, since if floor is None else max(since, floor))
-        out.append({"name": sched.name, "source": "dynamic" if sched.dynamic else "jobs.toml",
-                    "queue": sched.queue, "job": sched.job, "rule": sched.rule.describe(),
-                    "catch_up": sched.catch_up, "paused": paused,
-                    "next_fire": iso(nxt) if nxt is not None else None,
-                    "last_fired": iso(last) if last is not None and sched.name not in book.baseline else None})
-    return out
-
-
-def list_command(path: str | None, as_json: bool = False) -> int:
-    try:
-        settings = _load(path)
-        book = read_book(settings)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    except (KafkaException, TimeoutError) as exc:
-        print(f"schedules: cannot read the schedules topic: {exc}", file=sys.stderr)
-        return 1
-    table = rows(settings, book, now_ms())
-    lead = leader(settings)
-    if as_json:
-        print(json.dumps({"leader": lead, "schedules": table}, indent=2))
-        return 0
-    print(f"leader: {lead or 'none (no `protojobs run` with the scheduler is up)'}")
-    if not table:
-        print("no schedules")
-        return 0
-    head = ("NAME", "RULE", "QUEUE", "NEXT FIRE", "LAST FIRED", "STATE")
-    lines = [head] + [(r["name"], r["rule"], r["queue"], r["next_fire"] or "-", r["last_fired"] or "-",
-                       ("paused" if r["paused"] else "active") + ("" if r["source"] == "jobs.toml" else ", dynamic"))
-                      for r in table]
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
-    for line in lines:
-        print("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
-    return 0
-
-
-def control_command(path: str | None, action: str, name: str) -> int:
-    """pause | resume | remove NAME."""
-    try:
-        settings = _load(path)
-        book = read_book(settings)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    scheds = book.schedules(configured(settings))
-    if name not in scheds:
-        known = ", ".join(sorted(scheds)) or "none"
-        print(f"schedules: no schedule named {name!r} (known: {known})", file=sys.stderr)
-        return 1
-    sched = scheds[name]
-    now = now_ms()
-    if action == "remove":
-        if not sched.dynamic:
-            print(f"schedules: {name!r} is declared in jobs.toml: delete its [schedules.{name}] table "
-                  "(or pause it)", file=sys.stderr)
-            return 1
-        undefine(settings, name)
-        print(f"{name}: removed")
-        return 0
-    write(settings, [control_record(name, action == "pause", now)])
-    if action == "resume" and sched.paused:
-        print(f"{name}: resumed, but jobs.toml sets paused = true, which still holds it", file=sys.stderr)
-        return 1
-    print(f"{name}: {'paused' if action == 'pause' else 'resumed (ticks missed while paused are skipped)'}")
-    return 0
-
-
-def next_command(path: str | None, name: str, count: int = 5) -> int:
-    """The next `count` fire times of a schedule (jobs.toml's without a broker)."""
-    try:
-        settings = _load(path)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    scheds = configured(settings)
-    if name not in scheds:
-        with contextlib.suppress(KafkaException, TimeoutError):
-            scheds = read_book(settings, timeout=10).schedules(scheds)
-    if name not in scheds:
-        print(f"schedules: no schedule named {name!r} (known: {', '.join(sorted(scheds)) or 'none'})",
-              file=sys.stderr)
-        return 1
-    rule = scheds[name].rule
-    tz = rule.tz if rule.kind == "cron" else "UTC"
-    times = upcoming(rule, now_ms(), count)
-    for t in times:
-        print(iso(t, tz) + ("" if tz == "UTC" else f"  ({iso(t)})"))
-    if not times:
-        print(f"{name}: fires no more ({rule.describe()})")
-    return 0
-
-
-# --- dynamic schedules (the facade: Jobs.schedule_at / schedule_every / schedule_daily) ------------
-
-
-def schedule(settings: Settings, queue: str, job: str | None, data: Any, *, at: Any = None,
-             every_ms: int | None = None, daily: str | None = None, tz: str = "UTC", catch_up: str = "once",
-             jitter_ms: int = 0, producer: Producer | None = None) -> str:
-    """Store one dynamic schedule (exactly one of at / every_ms / daily "HH:MM"); its id.
-    `every_ms` ticks count from now (the first fires one interval later)."""
-    from protojobs.model.schedules import Rule, cron_rule, every_rule, parse_time
-
-    now = now_ms()
-    if sum(x is not None for x in (at, every_ms, daily)) != 1:
-        raise ValueError("give exactly one of at, every or daily")
-    if catch_up not in ("skip", "once", "all"):
-        raise ValueError(f"catch_up must be 'skip', 'once' or 'all', not {catch_up!r}")
-    if at is not None:
-        rule = Rule("at", at_ms=parse_time(at, tz), tz=tz)
-    elif every_ms is not None:
-        rule = every_rule(every_ms, anchor_ms=now)
-    else:
-        hour, _, minute = str(daily).partition(":")
-        if not (hour.isdigit() and minute.isdigit() and int(hour) < 24 and int(minute) < 60):
-            raise ValueError(f"{daily!r} is not a time of day: write HH:MM, e.g. 09:00")
-        rule = cron_rule(f"{int(minute)} {int(hour)} * * *", tz)
-    sched = Schedule(name=f"dyn-{uuid.uuid4().hex[:16]}", queue=queue, job=job, data=data if data is not None else {},
-                     rule=rule, catch_up=catch_up, jitter_ms=jitter_ms, dynamic=True, created_ms=now)
-    return define(settings, sched, producer)

@@ -1,12 +1,13 @@
 """`protojobs broker start|stop|status`: the local development Kafka, kept in `./.protojobs/broker`.
 
 Data survives `stop` / `start` (queued jobs stay queued); `start --fresh` formats anew.
+These functions return what they found or did; protojobs.cli.broker prints it.
 """
 
 from __future__ import annotations
 
 import json
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from protojobs.local.cluster import BrokerError, Cluster
@@ -27,12 +28,44 @@ def _load(state: Path) -> Cluster | None:
     return Cluster(state / "kafka", nodes=info["nodes"], base_port=info["base_port"])
 
 
+@dataclass(frozen=True)
+class Started:
+    """A running broker: `already_running` when `start` found it up and left it as it was."""
+
+    nodes: int
+    bootstrap: str
+    proxied_bootstrap: str | None = None  # with toxiproxy in front of each node
+    already_running: bool = False
+
+
+@dataclass(frozen=True)
+class Node:
+    """One node of `status`: its client address, and its pid and resident memory when it runs."""
+
+    number: int  # 1-based
+    address: str
+    pid: int | None
+    rss_bytes: int
+
+
+@dataclass(frozen=True)
+class Status:
+    nodes: list[Node]
+    bootstrap: str
+
+    @property
+    def complete(self) -> bool:
+        """Every node runs."""
+        return all(node.pid for node in self.nodes)
+
+
 def start(nodes: int = 1, port: int = 9092, fresh: bool = False, toxiproxy: bool = False,
-          state: Path = STATE, profile: str = "test") -> int:
+          state: Path = STATE, profile: str = "test") -> Started:
+    """Start the broker (and toxiproxy), or find it running. On BrokerError whatever was
+    started is stopped again before the error propagates."""
     current = _load(state)
     if current is not None and current.running_pids():
-        print(f"broker: already running ({current.nodes} node(s), bootstrap {current.bootstrap})")
-        return 0
+        return Started(current.nodes, current.bootstrap, already_running=True)
     cluster = Cluster(state / "kafka", nodes=nodes, base_port=port, profile=profile)
     if current is not None and (current.nodes, current.base_port) != (nodes, port):
         fresh = True
@@ -42,41 +75,30 @@ def start(nodes: int = 1, port: int = 9092, fresh: bool = False, toxiproxy: bool
             for name, listen, upstream in cluster.proxy_routes():
                 server.create(name, listen, upstream)
         cluster.start(fresh=fresh)
-    except BrokerError as err:
+    except BrokerError:
         stop(state)
-        print(f"broker: {err}", file=sys.stderr)
-        return 1
+        raise
     state.mkdir(parents=True, exist_ok=True)
     _state_file(state).write_text(json.dumps({"nodes": nodes, "base_port": port}))
-    print(f"broker: {nodes} node(s) ready, bootstrap {cluster.bootstrap}"
-          + (f" (via toxiproxy: {cluster.proxied_bootstrap})" if toxiproxy else ""))
-    return 0
+    return Started(nodes, cluster.bootstrap, cluster.proxied_bootstrap if toxiproxy else None)
 
 
-def stop(state: Path = STATE) -> int:
+def stop(state: Path = STATE) -> None:
     cluster = _load(state)
     if cluster is not None:
         cluster.stop()
     Toxiproxy(state / "toxiproxy").stop()
-    print("broker: stopped")
-    return 0
 
 
-def status(state: Path = STATE) -> int:
-    """Exit 0 when every node runs, 1 when the broker is stopped or only partly running."""
+def status(state: Path = STATE) -> Status | None:
+    """Each node's state; None when the broker is not running at all."""
     cluster = _load(state)
     pids = cluster.running_pids() if cluster else {}
     if cluster is None or not pids:
-        print("broker: not running")
-        return 1
+        return None
     rss = cluster.rss_bytes()
-    for node in range(cluster.nodes):
-        pid = pids.get(node)
-        where = f"127.0.0.1:{cluster.ports.direct(node)}"
-        state_text = f"pid {pid}, rss {rss.get(node, 0) // 2**20} MiB" if pid else "DOWN"
-        print(f"node {node + 1}: {where} {state_text}")
-    print(f"bootstrap: {cluster.bootstrap}")
-    return 0 if len(pids) == cluster.nodes else 1
+    return Status([Node(node + 1, f"127.0.0.1:{cluster.ports.direct(node)}", pids.get(node), rss.get(node, 0))
+                   for node in range(cluster.nodes)], cluster.bootstrap)
 
 
 def needed(config: str) -> bool:

@@ -68,3 +68,15 @@ def hop_bound(delay_ms: int, tiers_ms: Sequence[int]) -> int:
         return 0
     ratios = sum(-(-hi // lo) - 1 for lo, hi in zip(tiers_ms, tiers_ms[1:], strict=False))
     return delay_ms // tiers_ms[-1] + ratios + 1
+
+
+def hop_path(delay_ms: int, tiers_ms: Sequence[int]) -> list[int]:
+    """The tiers a job delayed by `delay_ms` passes through (zero processing time)."""
+    path: list[int] = []
+    now = 0
+    while True:
+        tier = next_hop(delay_ms, now, tiers_ms)
+        if tier is None:
+            return path
+        path.append(tier)
+        now = due_at(now, tier, delay_ms)

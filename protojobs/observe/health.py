@@ -33,6 +33,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -275,19 +276,24 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def health_command(url: str, ready: bool = False, timeout: float = 5.0) -> int:
-    """`protojobs health`: 0 when the endpoint says healthy (or ready), else 1 with the reason."""
+@dataclass(frozen=True)
+class Probe:
+    """The answer of a health endpoint: `ok`, and its body, or why it is unhealthy."""
+
+    ok: bool
+    detail: str
+
+
+def probe(url: str, ready: bool = False, timeout: float = 5.0) -> Probe:
+    """Ask `url`'s /healthz (`ready`: /readyz) for `protojobs health`."""
     target = url.rstrip("/") + ("/readyz" if ready else "/healthz")
     try:
         with urllib.request.urlopen(target, timeout=timeout) as response:
-            print(response.read().decode().strip())
-            return 0
+            return Probe(True, response.read().decode().strip())
     except urllib.error.HTTPError as err:
-        print(f"unhealthy: {err.read().decode().strip() or err.reason}", file=sys.stderr)
-        return 1
+        return Probe(False, err.read().decode().strip() or str(err.reason))
     except (OSError, urllib.error.URLError) as err:
-        print(f"unhealthy: {target} did not answer: {err}", file=sys.stderr)
-        return 1
+        return Probe(False, f"{target} did not answer: {err}")
 
 
 def child_exited(pid: int) -> None:

@@ -25,11 +25,9 @@ Guarantees
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -38,7 +36,6 @@ from confluent_kafka import (
     Consumer,
     IsolationLevel,
     KafkaError,
-    KafkaException,
     Message,
     TopicPartition,
 )
@@ -47,10 +44,9 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 from protojobs import config
 from protojobs.engine.dispatch import Dispatcher, Outcome, delivery_error, now_ms
 from protojobs.kafka import admin
-from protojobs.kafka.clients import ClientError, ErrorWatch, consumer_config
+from protojobs.kafka.clients import ErrorWatch, consumer_config
 from protojobs.model import envelope, names
-from protojobs.model.durations import parse_ms
-from protojobs.ops.commands import parse_time_ms
+from protojobs.ops.errors import known_queue
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_REPLAYS = 3
@@ -238,6 +234,7 @@ class ReplayReport:
     skipped: list[tuple[Entry, str]] = field(default_factory=list)
     unreplayable: list[tuple[Entry, str]] = field(default_factory=list)
     failed: list[tuple[Entry, str]] = field(default_factory=list)
+    not_found: list[str] = field(default_factory=list)  # asked-for ids no dead-letter record has
 
 
 def plan_replay(selected: Sequence[Entry], known: Sequence[Entry], max_replays: int,
@@ -295,6 +292,18 @@ def replay(settings: config.Settings, selected: Sequence[Entry], *, known: Seque
     return report
 
 
+def replay_matching(settings: config.Settings, *, queue: str | None = None, error: str | None = None,
+                    since_ms: int | None = None, ids: Collection[str] = (),
+                    max_replays: int = DEFAULT_MAX_REPLAYS, dry_run: bool = False) -> ReplayReport:
+    """`replay` of the entries `select` picks from a fresh `read_all`; the report's `not_found`
+    lists the `ids` that no dead-letter record has."""
+    known = read_all(settings)
+    chosen = select(known, queue=queue, error=error, since_ms=since_ms, ids=ids)
+    report = replay(settings, chosen, known=known, max_replays=max_replays, dry_run=dry_run)
+    report.not_found = sorted(set(ids) - {e.job_id for e in chosen})
+    return report
+
+
 def _produce(dispatcher: Dispatcher, env: envelope.Envelope, now: int) -> Outcome:
     again = envelope.for_replay(env, now)
     outcome = Outcome(again.id)
@@ -312,6 +321,42 @@ def _produce(dispatcher: Dispatcher, env: envelope.Envelope, now: int) -> Outcom
             return outcome
         except BufferError:
             dispatcher.producer.poll(0.05)
+
+
+# --- purging -------------------------------------------------------------------------------
+
+
+class SharedTopic(DlqError):
+    """`purge` of one queue whose dead-letter topic other queues share: Kafka deletes only a
+    topic's oldest records, never one queue's."""
+
+    def __init__(self, queue: str, topic: str) -> None:
+        self.queue, self.topic = queue, topic
+        super().__init__(f"queue {queue!r} shares the dead-letter topic {topic}, and Kafka can only delete "
+                         "a topic's oldest records, not one queue's: purge every queue (no --queue), or give this "
+                         "queue its own `dead_letter` topic")
+
+
+def purge_targets(settings: config.Settings, queue: str | None = None) -> list[str]:
+    """The dead-letter topics a purge deletes from: every one, or `queue`'s own (UnknownQueue,
+    SharedTopic when other queues or the default dead-letter topic use it too)."""
+    if queue is None:
+        return dead_letter_topics(settings)
+    own = settings.queues[known_queue(settings, queue)].dead_letter_topic
+    if own == settings.kafka.dead_letter_topic or any(
+            q.dead_letter_topic == own for q in settings.queues.values() if q.name != queue):
+        raise SharedTopic(queue, own)
+    return [own]
+
+
+def record_count(client: AdminClient, topic: str) -> int:
+    """How many records `purge` would delete from `topic` now."""
+    return sum(high - low for low, high in admin.watermarks(client, topic).values())
+
+
+def purge(client: AdminClient, topic: str) -> int:
+    """Delete the records of `topic` up to its end offsets measured just before; how many."""
+    return admin.clear(client, topic)
 
 
 # --- the Python API (the facade) ------------------------------------------------------------
@@ -342,7 +387,7 @@ def retry(settings: config.Settings, job_id: str, *, max_replays: int = DEFAULT_
     raise DlqError(f"job {job_id} was not replayed: {why}")
 
 
-# --- rendering ------------------------------------------------------------------------------
+# --- as data -------------------------------------------------------------------------------
 
 
 def iso(ms: int) -> str:
@@ -366,147 +411,3 @@ def to_json(e: Entry, full: bool = True) -> dict[str, Any]:
     if full or d.envelope is None:
         out["raw"] = d.raw
     return out
-
-
-def line(e: Entry) -> str:
-    """One line of `dlq list`: id, queue, error type, attempts, replays, failed_at, reason."""
-    if e.dead is None:
-        return f"{e.job_id or '-'}  {e.queue or '-'}  (undecodable at {e.where}: {e.problem})"
-    ident = e.job_id or f"raw@{e.where}"
-    return (f"{ident}  {e.queue or '-'}  {e.error_type}  attempts={e.dead.attempts}  replays={e.replays}  "
-            f"{iso(e.failed_at)}  {e.dead.reason}")
-
-
-# --- commands (the CLI parses; these load the config, act and return the exit code) ----------
-
-
-def parse_since(text: str, now: int | None = None) -> int:
-    """`--since`: a duration (`1h`: within the last hour), ISO 8601 or epoch seconds -> epoch ms."""
-    try:
-        return (now_ms() if now is None else now) - parse_ms(text)
-    except ValueError:
-        pass
-    try:
-        return parse_time_ms(text)
-    except ValueError:
-        raise ValueError(f"--since {text!r}: give a duration (30m, 1h, 7d: within the last ...), an ISO 8601 "
-                         "time (2027-01-01T09:00:00Z) or epoch seconds") from None
-
-
-def _command(name: str, path: str | None, act: Callable[[config.Settings], int]) -> int:
-    """Load the config (1 if invalid) and run `act`; a failure to reach the cluster exits 1."""
-    try:
-        settings = config.load(path)
-    except config.ConfigError as err:
-        print(err, file=sys.stderr)
-        return 1
-    try:
-        return act(settings)
-    except (DlqError, admin.AdminError, ClientError, KafkaException) as err:
-        print(f"dlq {name}: {err}", file=sys.stderr)
-        return 1
-
-
-def list_command(path: str | None, queue: str | None, error: str | None, since: str | None,
-                 limit: int | None, as_json: bool) -> int:
-    """`dlq list`: one line per dead-letter record, oldest first (`--limit N`: the N newest)."""
-    try:
-        since_ms = None if since is None else parse_since(since)
-    except ValueError as err:
-        print(f"dlq list: {err}", file=sys.stderr)
-        return 2
-
-    def act(settings: config.Settings) -> int:
-        if queue is not None and queue not in settings.queues:
-            print(f"dlq list: note: queue {queue!r} is not in jobs.toml", file=sys.stderr)
-        entries = read(settings, queue=queue, error=error, since_ms=since_ms, limit=limit)
-        if as_json:
-            print(json.dumps([to_json(e, full=False) for e in entries], indent=2, ensure_ascii=False))
-            return 0
-        for e in entries:
-            print(line(e))
-        print(f"{len(entries)} dead-lettered job(s)", file=sys.stderr)
-        return 0
-
-    return _command("list", path, act)
-
-
-def show_command(path: str | None, job_id: str) -> int:
-    """`dlq show ID`: the newest dead-letter record of the job as JSON; 1 if there is none."""
-
-    def act(settings: config.Settings) -> int:
-        found = read(settings, ids=[job_id])
-        if not found:
-            print(f"dlq show: no dead-lettered job has id {job_id!r}", file=sys.stderr)
-            return 1
-        print(json.dumps(to_json(found[-1]), indent=2, ensure_ascii=False))
-        if len(found) > 1:
-            older = ", ".join(e.where for e in found[:-1])
-            print(f"dlq show: {len(found) - 1} older record(s) of this job: {older}", file=sys.stderr)
-        return 0
-
-    return _command("show", path, act)
-
-
-def replay_command(path: str | None, queue: str | None, ids: Sequence[str], error: str | None,
-                   since: str | None, everything: bool, dry_run: bool, max_replays: int) -> int:
-    """`dlq replay`: 0 when nothing failed and every `--id` was found, else 1 (2: usage)."""
-    if not (queue or ids or error or since or everything):
-        print("dlq replay: say which jobs: --queue, --id, --error, --since, or --all", file=sys.stderr)
-        return 2
-    try:
-        since_ms = None if since is None else parse_since(since)
-    except ValueError as err:
-        print(f"dlq replay: {err}", file=sys.stderr)
-        return 2
-
-    def act(settings: config.Settings) -> int:
-        known = read_all(settings)
-        chosen = select(known, queue=queue, error=error, since_ms=since_ms, ids=ids)
-        report = replay(settings, chosen, known=known, max_replays=max_replays, dry_run=dry_run)
-        verb = "would replay" if dry_run else "replayed"
-        for e in report.replayed:
-            print(f"{verb} {e.job_id} to queue {e.queue} (replay {e.replays + 1})")
-        for label, items in (("skipped", report.skipped), ("not replayable", report.unreplayable),
-                             ("failed", report.failed)):
-            for e, why in items:
-                print(f"{label} {e.job_id or e.where}: {why}")
-        missing = sorted(set(ids) - {e.job_id for e in chosen})
-        for job_id in missing:
-            print(f"not found {job_id}: no dead-lettered job has this id", file=sys.stderr)
-        print(f"{'dry run: ' if dry_run else ''}{verb} {len(report.replayed)}, skipped {len(report.skipped)}, "
-              f"not replayable {len(report.unreplayable)}, failed {len(report.failed)}")
-        return 1 if report.failed or missing else 0
-
-    return _command("replay", path, act)
-
-
-def purge_command(path: str | None, queue: str | None, yes: bool) -> int:
-    """`dlq purge`: delete dead-letter records (every topic, or a queue's own); 2 without --yes."""
-
-    def act(settings: config.Settings) -> int:
-        targets = dead_letter_topics(settings)
-        if queue is not None:
-            if queue not in settings.queues:
-                print(f"dlq purge: unknown queue {queue!r}", file=sys.stderr)
-                return 1
-            own = settings.queues[queue].dead_letter_topic
-            if own == settings.kafka.dead_letter_topic or any(
-                    q.dead_letter_topic == own for q in settings.queues.values() if q.name != queue):
-                print(f"dlq purge: queue {queue!r} shares the dead-letter topic {own}, and Kafka can only delete "
-                      "a topic's oldest records, not one queue's: purge every queue (no --queue), or give this "
-                      "queue its own `dead_letter` topic", file=sys.stderr)
-                return 2
-            targets = [own]
-        client = admin.client(settings)
-        for topic in targets:
-            if yes:
-                print(f"purged {admin.clear(client, topic)} record(s) from {topic}")
-            else:
-                count = sum(high - low for low, high in admin.watermarks(client, topic).values())
-                print(f"dlq purge: would delete {count} record(s) of {topic}", file=sys.stderr)
-        if not yes:
-            print("dlq purge: nothing deleted; add --yes to do it", file=sys.stderr)
-        return 0 if yes else 2
-
-    return _command("purge", path, act)
