@@ -49,7 +49,7 @@ def test_unchanged_copy_passes(copy: Path) -> None:
 @pytest.mark.parametrize(("module", "imports", "contract", "message"), [
     ("model/xyz.py", "from protojobs.engine import dispatch",
      "protojobs layers:", "protojobs.model is not allowed to import protojobs.engine"),
-    ("kafka/xyz.py", "from protojobs.ops import commands",
+    ("kafka/xyz.py", "from protojobs.ops import stats",
      "protojobs layers:", "protojobs.kafka is not allowed to import protojobs.ops"),
     ("config/xyz.py", "import protojobs.cli.main",
      "protojobs layers:", "protojobs.config is not allowed to import protojobs.cli"),

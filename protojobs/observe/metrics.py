@@ -273,9 +273,9 @@ class AdminGauges:
     def refresh(self) -> None:
         from protojobs.model import names
         from protojobs.model.durations import format_ms
-        from protojobs.ops import commands
+        from protojobs.ops.stats import stats_data
 
-        data = commands.stats_data(self.settings)
+        data = stats_data(self.settings)
         for queue, q in data["queues"].items():
             for partition, depth in q["partitions"].items():
                 LAG.labels(queue, partition).set(depth)

@@ -135,7 +135,7 @@ def _consume(settings: config.Settings, spans: dict[tuple[str, int], tuple[int, 
     if not pending:
         return []
     watch = ErrorWatch()
-    conf = consumer_config(settings.kafka, watch, group=f"{settings.kafka.group_id}-dlq-reader", **{
+    conf = consumer_config(settings.kafka, watch, group=names.dlq_reader_group(settings.kafka.group_id), **{
         "isolation.level": "read_committed", "enable.partition.eof": True,
         "enable.auto.commit": False, "auto.offset.reset": "earliest"})  # fmt: skip
     consumer = Consumer(conf)
@@ -308,19 +308,15 @@ def _produce(dispatcher: Dispatcher, env: envelope.Envelope, now: int) -> Outcom
     again = envelope.for_replay(env, now)
     outcome = Outcome(again.id)
 
-    def report(err: KafkaError | None, _msg: Message) -> None:
+    def delivered(err: KafkaError | None) -> None:
         outcome.error = None if err is None else delivery_error(err)
         outcome.done = True
 
     topic = names.queue_topic(dispatcher.settings.kafka.topic_prefix, again.queue)
     hdrs = envelope.headers(again) + [(H_REPLAYS, str(again.replays).encode())]
     key = again.key.encode() if again.key is not None else None
-    while True:
-        try:
-            dispatcher.producer.produce(topic, envelope.encode(again), key, headers=cast(Any, hdrs), on_delivery=report)
-            return outcome
-        except BufferError:
-            dispatcher.producer.poll(0.05)
+    dispatcher.outbox.send(topic, envelope.encode(again), key, hdrs, delivered)
+    return outcome
 
 
 # --- purging -------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from protojobs.engine.scheduler import group_of, read_book
 from protojobs.kafka import admin
 from protojobs.kafka.clients import ErrorWatch, producer_config
 from protojobs.kafka.clock import now_ms
+from protojobs.kafka.outbox import produce
 from protojobs.model import names
 from protojobs.model.schedules import (
     Book,
@@ -53,7 +54,7 @@ def write(settings: Settings, records: Iterable[tuple[bytes, bytes | None]], pro
     topic = names.schedules_topic(settings.kafka.topic_prefix)
     errors: list[str] = []
     for key, value in records:
-        producer.produce(topic, value, key, on_delivery=lambda err, _m: errors.append(err.str()) if err else None)
+        produce(producer, topic, value, key, on_delivery=lambda err: errors.append(err.str()) if err else None)
     if producer.flush(30) or errors:
         raise RuntimeError(f"could not write to {topic}: {errors or 'no acknowledgement'}")
 
