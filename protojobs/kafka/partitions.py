@@ -146,9 +146,15 @@ class Partitions:
             self.generation[key] = self.generation.get(key, 0) + 1
             self.offsets.drop(*key)
         self.assigned |= keys
-        if self.paused and partitions:  # flow control holds every partition, new ones too
+        if partitions:
+            # librdkafka keeps a partition's pause flag across losing and regaining it: a partition
+            # paused before it was lost (a held tier head, flow control) would come back paused and
+            # never be fetched. Assign here and set the state we want explicitly.
             consumer.incremental_assign(partitions)
-            consumer.pause(partitions)
+            if self.paused:  # flow control holds every partition, new ones too
+                consumer.pause(partitions)
+            else:
+                consumer.resume(partitions)
         self.owner.partitions_assigned(keys)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
