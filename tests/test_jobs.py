@@ -29,7 +29,7 @@ from facade_jobs import (
 )
 from test_engine import read_all
 
-from protojobs import Jobs
+from protojobs import Hooks, Jobs
 from protojobs.api.events import EVENTS, JobEvent
 from protojobs.config import ConfigError, Settings
 from protojobs.engine.dispatch import DispatchError
@@ -322,6 +322,39 @@ def test_a_raising_listener_breaks_neither_dispatch_nor_the_worker(make_settings
     assert facade_jobs.RUNS[0]["data"] == {"n": 1} and seen[-2].job.id == job_id
     logged = [r for r in caplog.records if "listener" in r.getMessage()]
     assert len(logged) == 6 and all(r.exc_info and "listener broken" in str(r.exc_info[1]) for r in logged)
+
+
+def test_typed_hooks_run_off_the_polling_thread(make_settings) -> None:
+    settings = make_settings(QUEUES)
+    Jobs.configure(settings)
+    seen: list[tuple[str, str, str]] = []
+
+    class Recorder(Hooks):
+        def before_dispatch(self, queue: str, data: Any, options: dict[str, Any]) -> None:
+            seen.append(("dispatch", queue, threading.current_thread().name))
+
+        def worker_started(self, queues: list[str]) -> None:
+            seen.append(("started", ",".join(queues), threading.current_thread().name))
+
+        def after_process(self, job: Any, result: Any, duration: float) -> None:
+            seen.append(("processed", job.job, threading.current_thread().name))
+
+        def after_dead_letter(self, job: Any, queue: str, target: str, reason: str) -> None:
+            seen.append(("dead", reason, threading.current_thread().name))
+
+    Jobs.add_hooks(Recorder())
+    Jobs.dispatch(CleanupJob, {"n": 1})
+    Jobs.dispatch(NoRetryJob, {"to": "x@example.com"})
+    running = work_in_thread("default")
+    wait_for(lambda: {s[0] for s in seen} >= {"processed", "dead"}, what="the hooks of both jobs")
+    Jobs.stop()
+    running.join()
+    by_kind = {kind: (what, thread) for kind, what, thread in seen}
+    poll_thread = by_kind["started"][1]  # worker_started runs on the thread that polls Kafka
+    assert [s for s in seen if s[0] == "dispatch"] == [("dispatch", "default", threading.current_thread().name)] * 2
+    assert by_kind["processed"][0] == "CleanupJob" and by_kind["processed"][1].startswith("protojobs-default")
+    assert by_kind["dead"] == ("should_retry returned False", "protojobs-hooks")
+    assert poll_thread not in (by_kind["processed"][1], by_kind["dead"][1])
 
 
 def test_should_retry_false_dead_letters_at_once(make_settings) -> None:
