@@ -112,18 +112,10 @@ class Result:
     move: Move | None = None
 
 
-class JobObject(Protocol):
-    """What an instance of a Job class may offer the engine (protojobs.Job implements it)."""
-
-    max_retries: int
-
-    def should_retry(self, attempts: int, error: BaseException) -> bool: ...
-
-    def failed(self, error: BaseException, data: Any) -> Any: ...
-
-
 class Handler:
-    """A resolved `handler = "module:callable"` (function, coroutine function or Job class)."""
+    """A resolved `handler = "module:callable"` (function, coroutine function or Job class). A Job
+    class instance may offer `max_retries`, `should_retry(attempts, error)` and `failed(error,
+    data)` (protojobs.Job has them); they are looked up by name, so the engine needs no Job type."""
 
     def __init__(self, target: Any) -> None:
         self.target = target

@@ -102,8 +102,8 @@ class Worker(Quiet):
         self.queues: dict[str, QueueSettings] = {names.queue_topic(prefix, n): settings.queues[n] for n in wanted}
         self.eo = {t for t, q in self.queues.items() if q.delivery == "exactly_once"}
         self.watch = ErrorWatch()
-        self.partitions = Partitions(settings.kafka, watch=self.watch, owner=self,
-                                     transactional=self.eo.__contains__, **self.options.consumer_extra)
+        self.partitions = Partitions(settings.kafka, self.watch, group=names.worker_group(settings.kafka.group_id),
+                                     owner=self, transactional=self.eo.__contains__, **self.options.consumer_extra)
         self.outbox = Outbox(Producer(producer_config(settings.kafka, self.watch, **self.options.producer_extra)))
         self.done: SimpleQueue[Result | Sent] = SimpleQueue()
         self._loop: EventLoop | None = None

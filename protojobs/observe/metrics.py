@@ -244,7 +244,6 @@ class AdminGauges:
     def __init__(self, settings: Settings, interval: float = REFRESH_S) -> None:
         self.settings = settings
         self.interval = interval
-        self.last_ok = 0.0
         self.error: str | None = None
         self.members: int | None = None
         self._stop = threading.Event()
@@ -286,4 +285,4 @@ class AdminGauges:
         DEAD_LETTER_DEPTH.set(sum(data["dead_letter"].values()))
         GROUP_MEMBERS.set(len(data["members"]))
         self.members = len(data["members"])
-        self.last_ok, self.error = time.time(), None
+        self.error = None
