@@ -26,7 +26,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from protojobs import config
-from protojobs.config.checks import to_toml
+from protojobs.config import to_toml
 from protojobs.kafka.clients import ErrorWatch, consumer_config, producer_config
 
 BENCH = Path(__file__).resolve().parent

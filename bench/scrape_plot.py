@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from protojobs import config  # noqa: E402
-from protojobs.config.checks import to_toml  # noqa: E402
+from protojobs.config import to_toml  # noqa: E402
 from protojobs.engine.dispatch import Dispatcher  # noqa: E402
 
 

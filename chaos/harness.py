@@ -50,7 +50,7 @@ from chaos.history import (
     Recorder,
 )
 from protojobs import config
-from protojobs.config.checks import to_toml
+from protojobs.config import to_toml
 from protojobs.engine.dispatch import DeliveryUncertain, Dispatcher, DispatchError, Outcome, now_ms
 from protojobs.kafka import admin
 from protojobs.model import envelope

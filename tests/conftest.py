@@ -39,7 +39,7 @@ def make_settings(kafka: Cluster, fresh_prefix: str) -> Callable[..., config.Set
 
 
 def write_config(path: Path, tree: dict[str, Any]) -> Path:
-    from protojobs.config.checks import to_toml
+    from protojobs.config import to_toml
 
     path.write_text(to_toml(tree))
     return path

@@ -16,7 +16,7 @@ from jsonschema import Draft202012Validator
 
 from protojobs import config
 from protojobs.cli import config as cli_config
-from protojobs.config import ConfigError, PayloadError, checks, load, payload_validator
+from protojobs.config import ConfigError, PayloadError, load, payload_validator, payloads
 from protojobs.model.durations import DURATION_REGEX
 from protojobs.testing import Cluster
 
@@ -764,6 +764,6 @@ def test_defaults_come_from_the_schema() -> None:
 
 @pytest.mark.parametrize("name", ["send_email.json", "resize_image.json", "report.json"])
 def test_demo_payload_schemas_are_valid(name: str) -> None:
-    schema, problem = checks.load_payload_schema(SCHEMAS / name, name)
+    schema, problem = payloads.load_payload_schema(SCHEMAS / name, name)
     assert problem is None and schema is not None
     assert schema["required"] in (["to"], ["url"], ["report_id"])

@@ -347,7 +347,7 @@ def test_good_schedules_load() -> None:
 
 
 def test_validate_command_prints_the_key_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from protojobs.config.checks import to_toml
+    from protojobs.config import to_toml
 
     tree = _tree(cron="61 * * * *")
     tree["queues"]["reports"]["schema"] = str(ROOT / "schemas/report.json")

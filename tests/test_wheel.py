@@ -242,7 +242,7 @@ def test_installed_wheel_runs_a_job(installed: Installed, kafka: Cluster, fresh_
 
 FLOOR_PROBE = """
 import datetime
-from protojobs.config.checks import _fast_validator
+from protojobs.config.payloads import _fast_validator
 from protojobs.model import schedules
 import protojobs.observe.metrics  # prometheus-client: Gauge(multiprocess_mode="livemostrecent")
 

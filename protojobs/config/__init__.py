@@ -1,8 +1,7 @@
 """protojobs.config: jobs.toml -> typed, frozen settings (see docs/architecture.md)."""
 
-from protojobs.config.checks import ConfigIssue, PayloadError, key_path, to_toml
+from protojobs.config.issues import ConfigError, ConfigIssue
 from protojobs.config.load import (
-    ConfigError,
     KafkaSettings,
     QueueSettings,
     RetryPolicy,
@@ -12,10 +11,11 @@ from protojobs.config.load import (
     effective,
     from_dict,
     load,
-    payload_validator,
     redacted,
     schema_defaults,
 )
+from protojobs.config.payloads import PayloadError, payload_validator
+from protojobs.config.toml import key_path, to_toml
 
 __all__ = ["ConfigError", "ConfigIssue", "KafkaSettings", "PayloadError", "QueueSettings", "RetryPolicy",
            "Settings", "config_path", "config_schema", "effective", "from_dict", "key_path", "load",

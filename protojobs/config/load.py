@@ -43,7 +43,7 @@ import os
 import re
 import sys
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from functools import cached_property
 from importlib import resources
@@ -56,24 +56,18 @@ from dynaconf.utils.parse_conf import boolean_fix, parse_conf_data
 from jsonschema import Draft202012Validator
 
 from protojobs.config import checks
-from protojobs.config.checks import ConfigIssue, PayloadError, is_secret_key, key_path, to_toml
+from protojobs.config.issues import ConfigError, ConfigIssue, finish, schema_issues
+from protojobs.config.payloads import compile_payload_schema, load_payload_schema
+from protojobs.config.secrets import redact, secret_values
+from protojobs.config.toml import key_path
 from protojobs.model.durations import format_ms, parse_ms
 
-__all__ = ["ConfigError", "ConfigIssue", "KafkaSettings", "PayloadError", "QueueSettings", "RetryPolicy",
-           "Settings", "effective", "from_dict", "is_secret_key", "key_path", "load", "payload_validator",
-           "redacted", "to_toml"]
+__all__ = ["KafkaSettings", "QueueSettings", "RetryPolicy", "Settings", "config_path", "config_schema",
+           "effective", "from_dict", "load", "redacted", "schema_defaults"]
 
 CONFIG_SCHEMA = "protojobs.schema.json"  # package data of protojobs.config
 ENV_PREFIX = "PROTOJOBS_"
 MISSING_FILE = "file not found (give --config or set PROTOJOBS_CONFIG)"
-
-
-class ConfigError(ValueError):
-    """Every problem found in a configuration; str() is one `path: message` line per issue."""
-
-    def __init__(self, issues: Sequence[ConfigIssue]) -> None:
-        self.issues = list(issues)
-        super().__init__("\n".join(str(issue) for issue in self.issues))
 
 
 class _Frozen:
@@ -144,7 +138,7 @@ class QueueSettings(_Frozen):
 
     @cached_property
     def _payload_validator(self) -> Callable[[Any], None]:
-        return checks.compile_payload_schema(self.schema)
+        return compile_payload_schema(self.schema)
 
 
 @dataclass(frozen=True)
@@ -227,16 +221,16 @@ def _read_toml(path: Path, why: str = "") -> dict[str, Any]:
 
 def _settings(data: dict[str, Any], base_dir: Path, source: Path | None,
               env: Mapping[str, str], import_handlers: bool) -> Settings:
-    secrets = checks.secret_values(data)
+    secrets = secret_values(data)
     data, origins, issues = _apply_env(copy.deepcopy(data), env)
-    secrets |= checks.secret_values(data)
-    issues += checks.schema_issues(data, _validator())
+    secrets |= secret_values(data)
+    issues += schema_issues(data, _validator())
     if issues:
-        raise ConfigError(checks.finish(issues, origins, secrets))
+        raise ConfigError(finish(issues, origins, secrets))
     settings, issues = _build(data, base_dir, source)
     issues += checks.check(settings, data, import_handlers=import_handlers)
     if issues:
-        raise ConfigError(checks.finish(issues, origins, secrets))
+        raise ConfigError(finish(issues, origins, secrets))
     return settings
 
 
@@ -384,7 +378,7 @@ def _inherit(table: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
 def _queue(name: str, q: dict[str, Any], kafka: KafkaSettings, base_dir: Path,
            data: dict[str, Any]) -> tuple[QueueSettings, list[ConfigIssue]]:
     schema_path = base_dir / q["schema"] if "schema" in q else None
-    schema, problem = checks.load_payload_schema(schema_path, q.get("schema", ""))
+    schema, problem = load_payload_schema(schema_path, q.get("schema", ""))
     issues = [ConfigIssue(checks.origin(data, name, "schema"), problem)] if problem else []
     queue = QueueSettings(
         name=name, handler=q.get("handler"), jobs=tuple(q.get("jobs", ())), schema_path=schema_path,
@@ -406,24 +400,13 @@ def _freeze(value: Any) -> Any:
     return value
 
 
-# ---------------------------------------------------------------- payloads
-
-
-def payload_validator(queue: QueueSettings) -> Callable[[Any], None]:
-    """The queue's payload check, compiled once per QueueSettings; raises PayloadError.
-
-    A queue without a schema accepts any payload. Formats (email, date, ...) are checked.
-    """
-    return queue._payload_validator
-
-
 # ---------------------------------------------------------------- printing
 
 
 def redacted(settings_or_dict: Settings | Mapping[str, Any]) -> dict[str, Any]:
     """A plain copy safe to print: the effective config of Settings, or any tree; secrets "***"."""
     tree = effective(settings_or_dict) if isinstance(settings_or_dict, Settings) else _plain(settings_or_dict)
-    return dict(checks.redact(tree))
+    return dict(redact(tree))
 
 
 def effective(settings: Settings) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from protojobs.config import QueueSettings, RetryPolicy, Settings
-from protojobs.config.checks import import_target, is_job_class
+from protojobs.config.handlers import import_target, is_job_class
 from protojobs.kafka.clock import now_ms
 from protojobs.kafka.transactions import Output
 from protojobs.model import delays, envelope, names, retry

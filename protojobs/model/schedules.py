@@ -40,8 +40,7 @@ from cronsim import CronSim, CronSimError
 from protojobs.model.durations import format_ms, parse_ms
 
 if TYPE_CHECKING:
-    from protojobs.config import Settings
-    from protojobs.config.checks import ConfigIssue
+    from protojobs.config import ConfigIssue, Settings
 
 CATCH_UP = ("skip", "once", "all")
 SKIP_GRACE_MS = 5_000  # catch_up = "skip": a tick at most this late still fires
@@ -341,15 +340,15 @@ def configured(settings: Settings) -> dict[str, Schedule]:
 
 def check(settings: Settings, data: Mapping[str, Any]) -> list[ConfigIssue]:
     """Cross-checks of `[schedules.*]`, each at its key path (called by crosscheck.check)."""
-    from protojobs.config import payload_validator
-    from protojobs.config.checks import ConfigIssue, PayloadError, _suggest, key_path
+    from protojobs.config import ConfigIssue, PayloadError, key_path, payload_validator
+    from protojobs.config.checks import suggest
 
     issues: list[ConfigIssue] = []
     for name, table in (data.get("schedules") or {}).items():
         at = ["schedules", name]
         if table.get("queue") not in settings.queues:
             issues.append(ConfigIssue(key_path([*at, "queue"]), f"no queue named {table.get('queue')!r}"
-                                      f"{_suggest(str(table.get('queue')), settings.queues)}"))
+                                      f"{suggest(str(table.get('queue')), settings.queues)}"))
         try:
             sched = from_table(name, table)
         except RuleError as exc:

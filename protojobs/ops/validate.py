@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from protojobs.config import ConfigError, ConfigIssue, Settings, config_path, load
-from protojobs.config.checks import finish, origin, secret_values
+from protojobs.config.checks import origin
+from protojobs.config.issues import finish
+from protojobs.config.secrets import secret_values
 
 log = logging.getLogger(__name__)
 
