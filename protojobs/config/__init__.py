@@ -1,20 +1,16 @@
 """protojobs.config: jobs.toml -> typed, frozen settings (see docs/architecture.md)."""
 
+from protojobs.config.effective import effective, redacted
 from protojobs.config.issues import ConfigError, ConfigIssue
 from protojobs.config.load import (
-    KafkaSettings,
-    QueueSettings,
-    RetryPolicy,
-    Settings,
     config_path,
     config_schema,
-    effective,
     from_dict,
     load,
-    redacted,
     schema_defaults,
 )
 from protojobs.config.payloads import PayloadError, payload_validator
+from protojobs.config.settings import KafkaSettings, QueueSettings, RetryPolicy, Settings
 from protojobs.config.toml import key_path, to_toml
 
 __all__ = ["ConfigError", "ConfigIssue", "KafkaSettings", "PayloadError", "QueueSettings", "RetryPolicy",

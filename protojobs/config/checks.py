@@ -33,7 +33,7 @@ from protojobs.model import names
 from protojobs.model.durations import format_ms
 
 if TYPE_CHECKING:
-    from protojobs.config import QueueSettings, Settings
+    from protojobs.config.settings import QueueSettings, Settings
 
 
 # ---------------------------------------------------------------- cross-checks

@@ -1,4 +1,4 @@
-"""jobs.toml -> validated, frozen settings (DESIGN.md section 1).
+"""jobs.toml -> validated, frozen settings (protojobs.config.settings).
 
 Layers, lowest precedence first:
 1. jobs.toml: `load(path)`, else $PROTOJOBS_CONFIG, else ./jobs.toml; parsed with tomllib first,
@@ -7,11 +7,12 @@ Layers, lowest precedence first:
    PROTOJOBS_ENV is set, and then it must exist. A plain jobs.toml works unchanged: no `[default]`
    wrapper, no dynaconf `environments=True` (which ignores top-level tables outside `[default]`).
 3. `PROTOJOBS_<SECTION>__<KEY>[__<KEY>...]` entries of the `env` mapping (default os.environ):
-   an operator's variable beats both files. Values are typed as dynaconf types env values (TOML:
-   `8` -> 8, `true` -> True, `["1s", "5s"]` -> an array, anything else stays a string).
+   an operator's variable beats both files (protojobs.config.env says how names and values
+   are read: PROTOJOBS_QUEUES__EMAILS__CONCURRENCY sets `queues.emails.concurrency`,
+   PROTOJOBS_KAFKA__PRODUCER__SASL_PASSWORD sets `sasl.password`).
 Tables merge key by key; arrays and scalars replace. The merged tree is validated against
 protojobs/config/protojobs.schema.json (the single source of truth of the shape and of the defaults),
-built into frozen dataclasses and cross-checked (protojobs.crosscheck). Every problem is
+built into frozen dataclasses and cross-checked (protojobs.config.checks). Every problem is
 reported at once in one ConfigError; a config is either fully valid or not loaded. Nothing else
 in protojobs reads the environment.
 
@@ -22,135 +23,42 @@ and with merge_enabled=True concatenates arrays (an override file's tiers would 
 So the layers are merged with dynaconf's `object_merge` and env values typed with its
 `parse_conf_data`, as its env loader does, reading only the `env` mapping given here.
 
-Names keep the case of the file. An override matches an existing key case-insensitively, `_`
-standing for `.` or `-` (PROTOJOBS_QUEUES__EMAILS__CONCURRENCY sets `queues.emails.concurrency`,
-PROTOJOBS_KAFKA__PRODUCER__SASL_PASSWORD sets `sasl.password`); a key the file lacks is
-lowercased (with `_` -> `.` inside kafka.producer / kafka.consumer). Only names with `__` after
-the prefix are overrides: PROTOJOBS_ENV, PROTOJOBS_CONFIG and other PROTOJOBS_* are not keys.
-
 The `default` queue: when the file declares no queue, one named `default` is built from
 [defaults]; its handler / jobs are those of [defaults] if any, else none (handler None, jobs ()):
-the facade (protojobs.jobs) then routes to the Job classes registered in code.
+the facade (protojobs.api.jobs) then routes to the Job classes registered in code.
 """
 
 from __future__ import annotations
 
 import copy
-import datetime
 import functools
 import json
 import os
 import re
 import sys
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
-from functools import cached_property
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from dynaconf.utils import object_merge
-from dynaconf.utils.parse_conf import boolean_fix, parse_conf_data
 from jsonschema import Draft202012Validator
 
 from protojobs.config import checks
+from protojobs.config.env import ENV_PREFIX, apply_env
 from protojobs.config.issues import ConfigError, ConfigIssue, finish, schema_issues
-from protojobs.config.payloads import compile_payload_schema, load_payload_schema
-from protojobs.config.secrets import redact, secret_values
-from protojobs.config.toml import key_path
-from protojobs.model.durations import format_ms, parse_ms
+from protojobs.config.payloads import load_payload_schema
+from protojobs.config.secrets import secret_values
+from protojobs.config.settings import KafkaSettings, QueueSettings, RetryPolicy, Settings
+from protojobs.config.toml import plain
+from protojobs.model.durations import parse_ms
 
-__all__ = ["KafkaSettings", "QueueSettings", "RetryPolicy", "Settings", "config_path", "config_schema",
-           "effective", "from_dict", "load", "redacted", "schema_defaults"]
+__all__ = ["config_path", "config_schema", "from_dict", "load", "schema_defaults"]
 
 CONFIG_SCHEMA = "protojobs.schema.json"  # package data of protojobs.config
-ENV_PREFIX = "PROTOJOBS_"
 MISSING_FILE = "file not found (give --config or set PROTOJOBS_CONFIG)"
-
-
-class _Frozen:
-    """Mapping fields become read-only copies on construction."""
-
-    def __post_init__(self) -> None:
-        for f in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if isinstance(value, dict):
-                object.__setattr__(self, f.name, MappingProxyType(dict(value)))
-
-
-@dataclass(frozen=True)
-class KafkaSettings(_Frozen):
-    """[kafka]; `producer` / `consumer` are librdkafka properties passed through as written."""
-
-    brokers: str
-    group_id: str
-    topic_prefix: str
-    auto_offset_reset: str
-    enable_auto_commit: bool
-    compression: str
-    batch_size: int
-    timeout_ms: int
-    debug: str
-    dead_letter_topic: str
-    producer: Mapping[str, Any]
-    consumer: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class RetryPolicy(_Frozen):
-    """[retry.<name>]; `backoff` is "exponential", "fixed" or "list" (then `delays_ms` holds it)."""
-
-    name: str
-    max_attempts: int
-    backoff: str
-    delays_ms: tuple[int, ...]
-    base_ms: int
-    max_ms: int
-    multiplier: float
-    jitter: float
-    dead_letter_on: tuple[str, ...]
-    retry_on: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class QueueSettings(_Frozen):
-    """[queues.<name>] over [defaults] over the schema's defaults; `schema` is the loaded file."""
-
-    name: str
-    handler: str | None
-    jobs: tuple[str, ...]
-    schema_path: Path | None
-    schema: Mapping[str, Any] | None
-    retry: str
-    partitions: int
-    replication_factor: int
-    concurrency: int
-    ordering: str
-    key: str | None
-    delivery: str
-    timeout_ms: int
-    retention_ms: int
-    validate_on_consume: bool
-    dead_letter_topic: str
-    blocking_retries: bool
-
-    @cached_property
-    def _payload_validator(self) -> Callable[[Any], None]:
-        return compile_payload_schema(self.schema)
-
-
-@dataclass(frozen=True)
-class Settings(_Frozen):
-    """The whole configuration; `raw` is the merged tree (files + env) as validated."""
-
-    kafka: KafkaSettings
-    tiers_ms: tuple[int, ...]
-    retry: Mapping[str, RetryPolicy]
-    queues: Mapping[str, QueueSettings]
-    source: Path | None
-    raw: Mapping[str, Any]
 
 
 # ---------------------------------------------------------------- loading
@@ -195,7 +103,7 @@ def from_dict(
     if not isinstance(data, Mapping):
         raise ConfigError([ConfigIssue("config", f"must be a table (a mapping), not {type(data).__name__}")])
     try:
-        tree = _plain(data)
+        tree = plain(data)
     except TypeError as exc:
         raise ConfigError([ConfigIssue("config", f"not a TOML value: {exc}")]) from None
     return _settings(tree, Path(base_dir), None, os.environ if env is None else env, import_handlers)
@@ -222,7 +130,7 @@ def _read_toml(path: Path, why: str = "") -> dict[str, Any]:
 def _settings(data: dict[str, Any], base_dir: Path, source: Path | None,
               env: Mapping[str, str], import_handlers: bool) -> Settings:
     secrets = secret_values(data)
-    data, origins, issues = _apply_env(copy.deepcopy(data), env)
+    data, origins, issues = apply_env(copy.deepcopy(data), env)
     secrets |= secret_values(data)
     issues += schema_issues(data, _validator())
     if issues:
@@ -232,78 +140,6 @@ def _settings(data: dict[str, Any], base_dir: Path, source: Path | None,
     if issues:
         raise ConfigError(finish(issues, origins, secrets))
     return settings
-
-
-# ---------------------------------------------------------------- environment overrides
-
-
-def _apply_env(
-    data: dict[str, Any], env: Mapping[str, str]
-) -> tuple[dict[str, Any], dict[str, str], list[ConfigIssue]]:
-    """Merge PROTOJOBS_<SECTION>__<KEY> variables; return the tree, path -> variable, issues."""
-    origins: dict[str, str] = {}
-    issues: list[ConfigIssue] = []
-    for var in sorted(env):
-        if not var.upper().startswith(ENV_PREFIX) or "__" not in var[len(ENV_PREFIX):]:
-            continue
-        keys = _env_keys(data, var[len(ENV_PREFIX):])
-        if keys is None:
-            issues.append(ConfigIssue(var, "empty key between '__' separators"))
-            continue
-        try:
-            value = _plain(parse_conf_data(boolean_fix(env[var]), tomlfy=True, box_settings={}))
-        except Exception as exc:  # dynaconf raises anything from its @token parsers
-            issues.append(ConfigIssue(key_path(keys), (
-                f"cannot use the value of {var} ({type(exc).__name__}): "
-                "plain TOML values and @int, @float, @bool, @str, @json only")))
-            continue
-        for key in reversed(keys):
-            value = {key: value}
-        data = object_merge(data, value, list_merge="shallow")
-        origins[key_path(keys)] = var
-    return data, origins, issues
-
-
-def _norm(name: str) -> str:
-    return name.lower().replace(".", "_").replace("-", "_")
-
-
-def _env_keys(data: Any, rest: str) -> list[str] | None:
-    """Resolve `KAFKA__PRODUCER__SASL_PASSWORD` to the tree's keys; None if a key is empty.
-
-    An existing key matches case-insensitively, with `_` standing for `.` or `-`, the longest
-    first (so a queue named `a__b` or `x_` is reachable); a new key is the lowercased name part.
-    """
-    keys: list[str] = []
-    node = data
-    while True:
-        here = _norm(rest)
-        names = list(node) if isinstance(node, dict) else []
-        known = [k for k in names if here == _norm(k) or here.startswith(_norm(k) + "__")]
-        if known:
-            key = max(known, key=lambda k: (len(k), k.lower() == rest[: len(k)].lower()))
-        else:
-            key = rest.split("__", 1)[0].lower()
-            if keys[:1] == ["kafka"] and len(keys) == 2 and keys[1] in ("producer", "consumer"):
-                key = rest.lower().replace("_", ".")
-        if not key:
-            return None
-        keys.append(key)
-        if len(key) >= len(rest):
-            return keys
-        rest = rest[len(key) + 2:]
-        node = node.get(key) if isinstance(node, dict) else None
-
-
-def _plain(value: Any) -> Any:
-    """A deep copy of plain TOML values (tables, arrays, scalars, dates); TypeError otherwise."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if value is None or isinstance(value, str | int | float | bool | datetime.date | datetime.time):
-        return value
-    raise TypeError(f"unsupported value {type(value).__name__}")
 
 
 # ---------------------------------------------------------------- building
@@ -398,41 +234,3 @@ def _freeze(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return tuple(_freeze(v) for v in value)
     return value
-
-
-# ---------------------------------------------------------------- printing
-
-
-def redacted(settings_or_dict: Settings | Mapping[str, Any]) -> dict[str, Any]:
-    """A plain copy safe to print: the effective config of Settings, or any tree; secrets "***"."""
-    tree = effective(settings_or_dict) if isinstance(settings_or_dict, Settings) else _plain(settings_or_dict)
-    return dict(redact(tree))
-
-
-def effective(settings: Settings) -> dict[str, Any]:
-    """The configuration in jobs.toml's shape with every default and override applied."""
-    k = settings.kafka
-    kafka = {f.name: getattr(k, f.name) for f in fields(k)}
-    kafka.update(producer=dict(k.producer), consumer=dict(k.consumer))
-    retry = {p.name: {"max_attempts": p.max_attempts,
-                      "backoff": [format_ms(d) for d in p.delays_ms] if p.backoff == "list" else p.backoff,
-                      "base": format_ms(p.base_ms), "max": format_ms(p.max_ms), "multiplier": p.multiplier,
-                      "jitter": p.jitter, "dead_letter_on": list(p.dead_letter_on),
-                      "retry_on": list(p.retry_on)}
-             for p in settings.retry.values()}
-    return {"kafka": kafka, "delays": {"tiers": [format_ms(t) for t in settings.tiers_ms]},
-            "retry": retry, "queues": {q.name: _queue_dict(q) for q in settings.queues.values()}}
-
-
-def _queue_dict(q: QueueSettings) -> dict[str, Any]:
-    out: dict[str, Any] = {"handler": q.handler} if q.handler else {"jobs": list(q.jobs)} if q.jobs else {}
-    if q.schema_path is not None:
-        out["schema"] = str(q.schema_path)
-    out.update(retry=q.retry, partitions=q.partitions, replication_factor=q.replication_factor,
-               concurrency=q.concurrency, ordering=q.ordering)
-    if q.key is not None:
-        out["key"] = q.key
-    out.update(delivery=q.delivery, timeout=format_ms(q.timeout_ms), retention=format_ms(q.retention_ms),
-               validate_on_consume=q.validate_on_consume, dead_letter=q.dead_letter_topic,
-               blocking_retries=q.blocking_retries)
-    return out

@@ -15,7 +15,7 @@ from jsonschema.exceptions import SchemaError
 from protojobs.config.toml import key_path
 
 if TYPE_CHECKING:
-    from protojobs.config.load import QueueSettings
+    from protojobs.config.settings import QueueSettings
 
 
 class PayloadError(ValueError):

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import re
@@ -62,3 +63,14 @@ def _toml_value(v: Any) -> str:
         pairs = (f"{key_path([k])} = {_toml_value(x)}" for k, x in v.items() if x is not None)
         return "{" + ", ".join(pairs) + "}"
     return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+
+
+def plain(value: Any) -> Any:
+    """A deep copy of plain TOML values (tables, arrays, scalars, dates); TypeError otherwise."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool | datetime.date | datetime.time):
+        return value
+    raise TypeError(f"unsupported value {type(value).__name__}")
