@@ -340,7 +340,7 @@ def test_good_schedules_load() -> None:
     tree["schedules"]["once"] = {"queue": "reports", "at": datetime.datetime(2027, 1, 1, 9, tzinfo=datetime.UTC),
                                  "data": {"report_id": "y"}, "paused": True}
     settings = config.from_dict(tree, ROOT, env={}, import_handlers=False)
-    got = schedules.configured(settings)
+    got = settings.schedules
     assert got["nightly"].rule == cron_rule("0 3 * * 1-5", "Europe/Paris")
     assert got["nightly"].catch_up == "all" and got["nightly"].jitter_ms == 30_000
     assert got["once"].rule.at_ms == parse_time("2027-01-01T09:00:00Z") and got["once"].paused
@@ -364,7 +364,7 @@ def test_validate_command_prints_the_key_paths(tmp_path: Path, capsys: pytest.Ca
 
 def test_repo_jobs_toml_schedule_validates() -> None:
     settings = config.load(ROOT / "jobs.toml", env={}, import_handlers=False)
-    assert "nightly-report" in schedules.configured(settings)
+    assert "nightly-report" in settings.schedules
 
 
 def test_records_are_json() -> None:

@@ -28,12 +28,14 @@ from typing import TYPE_CHECKING, Any
 
 from protojobs.config.handlers import declared_attr, import_target, is_job_class
 from protojobs.config.issues import ConfigIssue, suggest
+from protojobs.config.payloads import PayloadError, payload_validator
 from protojobs.config.toml import key_path
 from protojobs.model import names
 from protojobs.model.durations import format_ms
 
 if TYPE_CHECKING:
     from protojobs.config.settings import QueueSettings, Settings
+    from protojobs.model.schedules import Schedule
 
 
 # ---------------------------------------------------------------- cross-checks
@@ -53,10 +55,7 @@ def check(settings: Settings, data: Mapping[str, Any], *, import_handlers: bool)
         issues += _check_queue(queue, settings, data)
         if import_handlers:
             issues += _check_handlers(queue, settings, data)
-    from protojobs.model import schedules  # [schedules.*]: queue, rule (cron, tz, every, at), data
-
-    issues += schedules.check(settings, data)
-    return issues
+    return issues + _check_schedules(settings, data)
 
 
 def _check_tiers(settings: Settings, data: Mapping[str, Any]) -> list[ConfigIssue]:
@@ -165,3 +164,43 @@ def _conflicts(cls: type, q: QueueSettings, settings: Settings, data: Mapping[st
                      f"{key_path(['retry', q.retry, 'max_attempts'])} = {policy.max_attempts} "
                      "(jobs.toml wins; remove one)")
     return found
+
+
+# ---------------------------------------------------------------- schedules
+
+
+def _check_schedules(settings: Settings, data: Mapping[str, Any]) -> list[ConfigIssue]:
+    """[schedules.*]; a schedule whose rule is unusable is not in `settings.schedules` (its rule
+    was reported when the Settings were built), but its queue is still checked."""
+    issues: list[ConfigIssue] = []
+    for name, table in (data.get("schedules") or {}).items():
+        if table.get("queue") not in settings.queues:
+            issues.append(ConfigIssue(key_path(["schedules", name, "queue"]), f"no queue named "
+                                      f"{table.get('queue')!r}{suggest(str(table.get('queue')), settings.queues)}"))
+        sched = settings.schedules.get(name)
+        queue = settings.queues.get(sched.queue) if sched is not None else None
+        if sched is not None and queue is not None:
+            issues += _check_schedule(sched, queue, settings)
+    return issues
+
+
+def _check_schedule(sched: Schedule, queue: QueueSettings, settings: Settings) -> list[ConfigIssue]:
+    """One schedule against its queue: job, payload schema, ordering key, jitter."""
+    at = ["schedules", sched.name]
+    issues: list[ConfigIssue] = []
+    jobs = [j.rsplit(":", 1)[-1] for j in queue.jobs]
+    if sched.job is not None and jobs and sched.job not in jobs:
+        issues.append(ConfigIssue(key_path([*at, "job"]), f"{sched.job!r} is not on queue {queue.name!r}'s jobs "
+                                  f"({', '.join(jobs)})"))
+    try:
+        payload_validator(queue)(sched.data)
+    except PayloadError as exc:
+        for error in exc.errors:  # "data.to: ..." -> schedules.<name>.data.to
+            where, _, message = error.partition(": ")
+            issues.append(ConfigIssue(f"{key_path(at)}.{where}", message))
+    if queue.ordering == "key" and queue.key is not None and sched.data.get(queue.key) is None:
+        issues.append(ConfigIssue(key_path([*at, "data"]), f"queue {queue.name!r} orders by key "
+                                  f"{queue.key!r}: the data must have it"))
+    if sched.jitter_ms and not settings.tiers_ms:
+        issues.append(ConfigIssue(key_path([*at, "jitter"]), "a jitter delays the job: it needs [delays] tiers"))
+    return issues

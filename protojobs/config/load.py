@@ -52,8 +52,10 @@ from protojobs.config.issues import ConfigError, ConfigIssue, finish, schema_iss
 from protojobs.config.payloads import load_payload_schema
 from protojobs.config.secrets import secret_values
 from protojobs.config.settings import KafkaSettings, QueueSettings, RetryPolicy, Settings
-from protojobs.config.toml import plain
+from protojobs.config.toml import key_path, plain
 from protojobs.model.durations import parse_ms
+from protojobs.model.schedules import RuleError, Schedule
+from protojobs.model.schedules import from_table as schedule_from_table
 
 __all__ = ["config_path", "config_schema", "from_dict", "load", "schema_defaults"]
 
@@ -178,9 +180,10 @@ def _build(data: dict[str, Any], base_dir: Path, source: Path | None) -> tuple[S
     for name, table in (data.get("queues") or {"default": {}}).items():
         queues[name], found = _queue(name, _inherit(table, data.get("defaults", {})), kafka, base_dir, data)
         issues += found
+    scheds, found = _schedules(data.get("schedules") or {})
     settings = Settings(kafka=kafka, tiers_ms=tuple(parse_ms(t) for t in tiers), retry=retry,
-                        queues=queues, source=source, raw=_freeze(data))
-    return settings, issues
+                        queues=queues, schedules=scheds, source=source, raw=_freeze(data))
+    return settings, issues + found
 
 
 def _kafka(k: dict[str, Any]) -> KafkaSettings:
@@ -226,6 +229,18 @@ def _queue(name: str, q: dict[str, Any], kafka: KafkaSettings, base_dir: Path,
         dead_letter_topic=q.get("dead_letter") or kafka.dead_letter_topic,
         blocking_retries=q["blocking_retries"])
     return queue, issues
+
+
+def _schedules(tables: dict[str, Any]) -> tuple[dict[str, Schedule], list[ConfigIssue]]:
+    """The `[schedules.<name>]` tables as Schedules; an unusable rule is an issue at its key."""
+    built: dict[str, Schedule] = {}
+    issues: list[ConfigIssue] = []
+    for name, table in tables.items():
+        try:
+            built[name] = schedule_from_table(name, table)
+        except RuleError as exc:
+            issues.append(ConfigIssue(key_path(["schedules", name, exc.key]), str(exc)))
+    return built, issues
 
 
 def _freeze(value: Any) -> Any:

@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from protojobs.config.payloads import compile_payload_schema
+from protojobs.model.schedules import Schedule
 
 __all__ = ["KafkaSettings", "QueueSettings", "RetryPolicy", "Settings"]
 
@@ -91,11 +92,13 @@ class QueueSettings(_Frozen):
 
 @dataclass(frozen=True)
 class Settings(_Frozen):
-    """The whole configuration; `raw` is the merged tree (files + env) as validated."""
+    """The whole configuration; `schedules` are jobs.toml's [schedules.*] (the dynamic ones live
+    in the schedules topic); `raw` is the merged tree (files + env) as validated."""
 
     kafka: KafkaSettings
     tiers_ms: tuple[int, ...]
     retry: Mapping[str, RetryPolicy]
     queues: Mapping[str, QueueSettings]
+    schedules: Mapping[str, Schedule]
     source: Path | None
     raw: Mapping[str, Any]

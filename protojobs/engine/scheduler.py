@@ -59,7 +59,6 @@ from protojobs.model import envelope, names
 from protojobs.model.schedules import (
     Book,
     Schedule,
-    configured,
     control_record,
     def_record,
     iso,
@@ -105,7 +104,7 @@ class Scheduler:
         self.slot = slot
         self.clock = clock
         self.topic = names.schedules_topic(settings.kafka.topic_prefix)
-        self.config = configured(settings)
+        self.config = settings.schedules
         self.watch = ErrorWatch()
         self.partitions = Partitions(settings.kafka, self.watch, group=group_of(settings), owner=self, **{
             "isolation.level": "read_committed",  # cooperative-sticky: a joining member never moves partition 0

@@ -32,15 +32,12 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
 from protojobs.model.durations import format_ms, parse_ms
-
-if TYPE_CHECKING:
-    from protojobs.config import ConfigIssue, Settings
 
 CATCH_UP = ("skip", "once", "all")
 SKIP_GRACE_MS = 5_000  # catch_up = "skip": a tick at most this late still fires
@@ -331,47 +328,6 @@ def from_table(name: str, table: Mapping[str, Any]) -> Schedule:
     return Schedule(name=name, queue=str(table["queue"]), job=table.get("job"), data=_plain(table.get("data", {})),
                     rule=rule_from_table(table), catch_up=str(table.get("catch_up", "once")),
                     jitter_ms=jitter, paused=bool(table.get("paused", False)))
-
-
-def configured(settings: Settings) -> dict[str, Schedule]:
-    """The schedules of jobs.toml (Settings.raw["schedules"]; validated when loaded)."""
-    return {name: from_table(name, table) for name, table in (settings.raw.get("schedules") or {}).items()}
-
-
-def check(settings: Settings, data: Mapping[str, Any]) -> list[ConfigIssue]:
-    """Cross-checks of `[schedules.*]`, each at its key path (called by crosscheck.check)."""
-    from protojobs.config import ConfigIssue, PayloadError, key_path, payload_validator
-    from protojobs.config.checks import suggest
-
-    issues: list[ConfigIssue] = []
-    for name, table in (data.get("schedules") or {}).items():
-        at = ["schedules", name]
-        if table.get("queue") not in settings.queues:
-            issues.append(ConfigIssue(key_path([*at, "queue"]), f"no queue named {table.get('queue')!r}"
-                                      f"{suggest(str(table.get('queue')), settings.queues)}"))
-        try:
-            sched = from_table(name, table)
-        except RuleError as exc:
-            issues.append(ConfigIssue(key_path([*at, exc.key]), str(exc)))
-            continue
-        queue = settings.queues.get(sched.queue)
-        if queue is None:
-            continue
-        if sched.job is not None and queue.jobs and sched.job not in {j.rsplit(":", 1)[-1] for j in queue.jobs}:
-            issues.append(ConfigIssue(key_path([*at, "job"]), f"{sched.job!r} is not on queue {queue.name!r}'s jobs "
-                                      f"({', '.join(j.rsplit(':', 1)[-1] for j in queue.jobs)})"))
-        try:
-            payload_validator(queue)(sched.data)
-        except PayloadError as exc:
-            for error in exc.errors:  # "data.to: ..." -> schedules.<name>.data.to
-                where, _, message = error.partition(": ")
-                issues.append(ConfigIssue(f"{key_path(at)}.{where}", message))
-        if queue.ordering == "key" and queue.key is not None and sched.data.get(queue.key) is None:
-            issues.append(ConfigIssue(key_path([*at, "data"]), f"queue {queue.name!r} orders by key "
-                                      f"{queue.key!r}: the data must have it"))
-        if sched.jitter_ms and not settings.tiers_ms:
-            issues.append(ConfigIssue(key_path([*at, "jitter"]), "a jitter delays the job: it needs [delays] tiers"))
-    return issues
 
 
 # ---------------------------------------------------------------- the topic's records

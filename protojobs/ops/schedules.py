@@ -27,7 +27,6 @@ from protojobs.model.schedules import (
     Book,
     Rule,
     Schedule,
-    configured,
     control_record,
     def_record,
     iso,
@@ -94,7 +93,7 @@ def leader(settings: Settings) -> str | None:
 def rows(settings: Settings, book: Book, now: int) -> list[dict[str, Any]]:
     """One row per schedule (jobs.toml's and dynamic ones), by name."""
     out = []
-    for sched in sorted(book.schedules(configured(settings)).values(), key=lambda s: s.name):
+    for sched in sorted(book.schedules(settings.schedules).values(), key=lambda s: s.name):
         last = book.last.get(sched.name)
         since = last if last is not None else (sched.created_ms if sched.dynamic else now)
         floor = book.floor(sched.name)
@@ -125,7 +124,7 @@ def control(settings: Settings, action: str, name: str) -> Schedule:
     """pause | resume | remove the schedule `name`; the schedule acted on (as it was). A schedule
     of jobs.toml cannot be removed, and its `paused = true` still holds it after a resume."""
     book = read_book(settings)
-    sched = _find(book.schedules(configured(settings)), name)
+    sched = _find(book.schedules(settings.schedules), name)
     if action == "remove":
         if not sched.dynamic:
             raise ScheduleError(f"{name!r} is declared in jobs.toml: delete its [schedules.{name}] table "
@@ -149,7 +148,7 @@ class Upcoming:
 def next_fires(settings: Settings, name: str, count: int = 5) -> Upcoming:
     """The next `count` fire times of a schedule; jobs.toml's need no broker (a dynamic one is
     looked up in the schedules topic when reachable)."""
-    scheds = configured(settings)
+    scheds = dict(settings.schedules)
     if name not in scheds:
         with contextlib.suppress(KafkaException, TimeoutError):
             scheds = read_book(settings, timeout=10).schedules(scheds)
