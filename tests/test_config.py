@@ -569,6 +569,14 @@ def test_job_class_max_retries_conflicts_only_with_an_explicit_max_attempts(writ
                     "(jobs.toml wins; remove one)")
 
 
+def test_retry_policies_say_whether_max_attempts_was_set(write: Write) -> None:
+    path = write('[retry.fast]\nmax_attempts = 2\n[retry.slow]\nbase = "5s"\n[queues.q]\nhandler = "os.path:join"\n')
+    declared = {name: p.max_attempts_declared for name, p in load(path, env={}).retry.items()}
+    assert declared == {"default": False, "fast": True, "slow": False}
+    env = {"PROTOJOBS_RETRY__SLOW__MAX_ATTEMPTS": "4"}
+    assert load(path, env=env).retry["slow"].max_attempts_declared
+
+
 def test_attributes_of_protojobs_base_classes_never_conflict(write: Write) -> None:
     load(write('[retry.default]\nmax_attempts = 7\n[queues.images]\nhandler = "demo_handlers:Resize"\n'), env={})
 

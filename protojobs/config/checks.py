@@ -146,11 +146,11 @@ def _check_handlers(q: QueueSettings, settings: Settings, data: Mapping[str, Any
             issues.append(ConfigIssue(path, problem))
         elif is_job_class(obj):
             conflict_path = key_path(["queues", q.name, "handler"]) if q.handler else path
-            issues += [ConfigIssue(conflict_path, c) for c in _conflicts(obj, q, settings, data)]
+            issues += [ConfigIssue(conflict_path, c) for c in _conflicts(obj, q, settings)]
     return issues
 
 
-def _conflicts(cls: type, q: QueueSettings, settings: Settings, data: Mapping[str, Any]) -> list[str]:
+def _conflicts(cls: type, q: QueueSettings, settings: Settings) -> list[str]:
     found = []
     queue = declared_attr(cls, "queue")
     if queue is not None and queue != q.name:
@@ -158,8 +158,7 @@ def _conflicts(cls: type, q: QueueSettings, settings: Settings, data: Mapping[st
                      f"{q.name!r} (jobs.toml wins; remove one)")
     retries = declared_attr(cls, "max_retries")
     policy = settings.retry.get(q.retry)
-    explicit = "max_attempts" in data.get("retry", {}).get(q.retry, {})
-    if policy and explicit and retries is not None and retries != policy.max_attempts:
+    if policy and policy.max_attempts_declared and retries is not None and retries != policy.max_attempts:
         found.append(f"conflict: {cls.__name__}.max_retries = {retries!r} but "
                      f"{key_path(['retry', q.retry, 'max_attempts'])} = {policy.max_attempts} "
                      "(jobs.toml wins; remove one)")

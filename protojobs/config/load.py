@@ -173,7 +173,7 @@ def _build(data: dict[str, Any], base_dir: Path, source: Path | None) -> tuple[S
     kafka = _kafka({**schema_defaults("kafka"), **data.get("kafka", {})})
     tiers = data.get("delays", {}).get("tiers", schema_defaults("delays")["tiers"])
     declared = data.get("retry", {})
-    retry = {name: _policy(name, {**schema_defaults("retryPolicy"), **declared.get(name, {})})
+    retry = {name: _policy(name, declared.get(name, {}))
              for name in ["default", *(n for n in declared if n != "default")]}
     queues: dict[str, QueueSettings] = {}
     issues: list[ConfigIssue] = []
@@ -196,10 +196,13 @@ def _kafka(k: dict[str, Any]) -> KafkaSettings:
                          producer=dict(k.get("producer", {})), consumer=dict(k.get("consumer", {})))
 
 
-def _policy(name: str, p: dict[str, Any]) -> RetryPolicy:
+def _policy(name: str, table: dict[str, Any]) -> RetryPolicy:
+    """[retry.<name>] over the schema's defaults."""
+    p = {**schema_defaults("retryPolicy"), **table}
     explicit = isinstance(p["backoff"], list)
     return RetryPolicy(
-        name=name, max_attempts=p["max_attempts"], backoff="list" if explicit else p["backoff"],
+        name=name, max_attempts=p["max_attempts"], max_attempts_declared="max_attempts" in table,
+        backoff="list" if explicit else p["backoff"],
         delays_ms=tuple(parse_ms(d) for d in p["backoff"]) if explicit else (),
         base_ms=parse_ms(p["base"]), max_ms=parse_ms(p["max"]), multiplier=float(p["multiplier"]),
         jitter=float(p["jitter"]), dead_letter_on=tuple(p["dead_letter_on"]), retry_on=tuple(p["retry_on"]))

@@ -7,7 +7,7 @@ schema's defaults applied to every queue, each retry policy complete.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
@@ -49,10 +49,14 @@ class KafkaSettings(_Frozen):
 
 @dataclass(frozen=True)
 class RetryPolicy(_Frozen):
-    """[retry.<name>]; `backoff` is "exponential", "fixed" or "list" (then `delays_ms` holds it)."""
+    """[retry.<name>]; `backoff` is "exponential", "fixed" or "list" (then `delays_ms` holds it).
+    `max_attempts_declared`: jobs.toml (or an override) sets this policy's max_attempts, so it
+    wins over a Job class's `max_retries`; otherwise `max_attempts` is the schema's default.
+    It says where the value came from, not what it is, so equality ignores it."""
 
     name: str
     max_attempts: int
+    max_attempts_declared: bool = field(compare=False)
     backoff: str
     delays_ms: tuple[int, ...]
     base_ms: int

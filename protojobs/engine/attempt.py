@@ -135,11 +135,11 @@ class Handler:
     def __call__(self, data: Any, ctx: Context) -> Any:
         return self.func(data, ctx) if self.takes_context else self.func(data)
 
-    def policy(self, policy: RetryPolicy, declared: bool) -> RetryPolicy:
+    def policy(self, policy: RetryPolicy) -> RetryPolicy:
         """The queue's policy; a Job class's `max_retries` counts total attempts unless jobs.toml
-        sets `max_attempts` (`declared`)."""
+        sets `max_attempts` (`policy.max_attempts_declared`)."""
         retries = getattr(self.instance, "max_retries", None)
-        if declared or not isinstance(retries, int) or isinstance(retries, bool):
+        if policy.max_attempts_declared or not isinstance(retries, int) or isinstance(retries, bool):
             return policy
         return dataclasses.replace(policy, max_attempts=max(1, retries))
 
@@ -199,8 +199,6 @@ class Attempt:
         self.transactional = transactional
         self.rng = random.Random()
         self.prefix = settings.kafka.topic_prefix
-        declared = (settings.raw.get("retry") or {})
-        self.declared = {name for name, table in declared.items() if "max_attempts" in (table or {})}
 
     def run(self, job: JobRun, handler: Handler | None, timer: Timer) -> Result:
         started = time.perf_counter()
@@ -250,7 +248,7 @@ class Attempt:
         q = self.queues[job.topic]
         policy = self.settings.retry[q.retry]
         if handler is not None:
-            policy = handler.policy(policy, q.retry in self.declared)
+            policy = handler.policy(policy)
         decision = retry.decide(policy, job.env.attempt, error, now_ms(), self.rng)
         if isinstance(decision, retry.Retry) and handler is not None and \
                 not handler.should_retry(job.env.attempt, error):
