@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 from protojobs import config
 from protojobs.cli import config as cli_config
-from protojobs.model import schedules
+from protojobs.model import schedule_book, schedules
+from protojobs.model.schedule_book import Book
 from protojobs.model.schedules import (
     SKIP_GRACE_MS,
-    Book,
     RuleError,
     cron_rule,
     every_rule,
@@ -283,19 +283,19 @@ def test_jitter_and_job_id_are_deterministic() -> None:
 def test_book_folds_records_in_offset_order() -> None:
     book = Book()
     sched = schedules.Schedule("dyn-1", "q", None, {"a": 1}, every_rule(1000, 5), dynamic=True, created_ms=5)
-    book.apply(*schedules.def_record(sched), offset=0)
-    book.apply(*schedules.state_record("dyn-1", 3000), offset=1)
-    book.apply(*schedules.control_record("dyn-1", True, 77), offset=2)
+    book.apply(*schedule_book.def_record(sched), offset=0)
+    book.apply(*schedule_book.state_record("dyn-1", 3000), offset=1)
+    book.apply(*schedule_book.control_record("dyn-1", True, 77), offset=2)
     assert book.defs["dyn-1"] == sched and book.last["dyn-1"] == 3000 and book.paused(sched)
-    book.apply(*schedules.state_record("dyn-1", 9000), offset=1)  # an older offset, read again: ignored
-    book.apply(*schedules.control_record("dyn-1", False, 88), offset=3)
+    book.apply(*schedule_book.state_record("dyn-1", 9000), offset=1)  # an older offset, read again: ignored
+    book.apply(*schedule_book.control_record("dyn-1", False, 88), offset=3)
     assert not book.paused(sched) and book.floor("dyn-1") == 88
-    book.apply(*schedules.def_record("dyn-1"), offset=4)
+    book.apply(*schedule_book.def_record("dyn-1"), offset=4)
     assert "dyn-1" not in book.defs and book.position == 5
     assert book.last["dyn-1"] == 3000
-    book.apply(*schedules.state_record("y", 42, baseline=True), offset=5)
+    book.apply(*schedule_book.state_record("y", 42, baseline=True), offset=5)
     assert book.last["y"] == 42 and "y" in book.baseline  # a first sight, not a fired tick
-    book.apply(*schedules.state_record("y", 43), offset=6)
+    book.apply(*schedule_book.state_record("y", 43), offset=6)
     assert "y" not in book.baseline
     book.apply(b"state/x", b"not json", offset=5)
     assert "x" not in book.last and book.position == 7
@@ -368,6 +368,6 @@ def test_repo_jobs_toml_schedule_validates() -> None:
 
 
 def test_records_are_json() -> None:
-    key, value = schedules.state_record("a", 5)
+    key, value = schedule_book.state_record("a", 5)
     assert key == b"state/a" and json.loads(value or b"") == {"last_tick": 5}
     assert ZoneInfo("Europe/Paris")  # tzdata is present

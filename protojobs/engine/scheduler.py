@@ -56,17 +56,14 @@ from protojobs.kafka.clock import now_ms
 from protojobs.kafka.partitions import Key, Partitions
 from protojobs.kafka.transactions import Aborted, Fenced, TransactionalProducer
 from protojobs.model import envelope, names
+from protojobs.model.schedule_book import Book, control_record, def_record, state_record
 from protojobs.model.schedules import (
-    Book,
     Schedule,
-    control_record,
-    def_record,
     iso,
     jitter_for,
     job_id,
     next_fire,
     plan,
-    state_record,
 )
 
 log = logging.getLogger(__name__)

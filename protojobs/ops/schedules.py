@@ -23,17 +23,8 @@ from protojobs.kafka.clients import ErrorWatch, producer_config
 from protojobs.kafka.clock import now_ms
 from protojobs.kafka.outbox import produce
 from protojobs.model import names
-from protojobs.model.schedules import (
-    Book,
-    Rule,
-    Schedule,
-    control_record,
-    def_record,
-    iso,
-    next_fire,
-    state_record,
-    upcoming,
-)
+from protojobs.model.schedule_book import Book, control_record, def_record, state_record
+from protojobs.model.schedules import Rule, Schedule, iso, next_fire, upcoming
 
 __all__ = ["ScheduleError", "Upcoming", "control", "define", "leader", "listing", "next_fires", "read_book",
            "rows", "schedule", "undefine", "write"]
