@@ -77,5 +77,5 @@ def run(env: Env) -> dict[str, Any]:
     p, r = best(pj, "jobs_s"), best(raw, "jobs_s")
     for side in (p, r):
         side["mb_s"] = side["jobs_s"] * record_bytes / 1e6
-    return {"jobs": n, "payload_bytes": round(sum(len(envelope._dumps(i)) for i in items[:1000]) / 1000),
+    return {"jobs": n, "payload_bytes": round(sum(len(envelope.dumps(i)) for i in items[:1000]) / 1000),
             "record_bytes": round(record_bytes), "protojobs": p, "raw": r, "ratio": p["jobs_s"] / r["jobs_s"]}

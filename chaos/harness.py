@@ -53,7 +53,7 @@ from protojobs import config
 from protojobs.config import to_toml
 from protojobs.engine.dispatch import DeliveryUncertain, Dispatcher, DispatchError, Outcome, now_ms
 from protojobs.kafka import admin
-from protojobs.model import envelope
+from protojobs.model import dead_letter, envelope
 from protojobs.model import names as topics
 from protojobs.testing import Cluster, Toxiproxy, profile
 
@@ -185,7 +185,7 @@ def to_drain(records: list[tuple[str, int, int, int, bytes | None]], queue_topic
     for topic, part, off, ts, value in records:
         if topic in dead_topics:
             try:
-                dl = envelope.decode_dead_letter(value)
+                dl = dead_letter.decode_dead_letter(value)
             except envelope.EnvelopeError as err:
                 drain.dead.append(DeadRecord(topic, part, off, ts, None, problem=str(err)))
                 continue

@@ -17,7 +17,7 @@ from test_engine import read_all, runs, spawn_worker
 from protojobs import config
 from protojobs.engine.dispatch import Dispatcher
 from protojobs.engine.router import Router, RouterThread
-from protojobs.model import envelope
+from protojobs.model import dead_letter, envelope
 from protojobs.model import names as topics
 from protojobs.testing import Cluster
 
@@ -102,7 +102,7 @@ def test_exhausted_retries_dead_letter_with_metadata(make_settings, start_worker
     worker.stop()
     assert [r["attempt"] for r in sorted(engine_jobs.RUNS, key=lambda r: r["t"])] == [1, 2, 3]
     (value,) = read_all(kafka.bootstrap, settings.kafka.dead_letter_topic, 1)
-    dead = envelope.decode_dead_letter(value)
+    dead = dead_letter.decode_dead_letter(value)
     assert dead.envelope is not None and dead.envelope.id == job_id
     assert dead.attempts == 3 and dead.error_type == "RuntimeError" and "attempts exhausted" in dead.reason
     assert dead.first_failed_at is not None and dead.first_failed_at < dead.failed_at

@@ -21,7 +21,7 @@ from protojobs.cli import queues
 from protojobs.config import PayloadError
 from protojobs.engine.dispatch import Dispatcher
 from protojobs.kafka import admin
-from protojobs.model import envelope
+from protojobs.model import dead_letter, envelope
 from protojobs.model import names as topics
 from protojobs.ops.stats import stats_data
 from protojobs.testing import Cluster, profile
@@ -84,9 +84,9 @@ def test_garbage_record_is_dead_lettered_with_reason(make_settings, start_worker
     wait_for(lambda: worker.worker.counters.dead >= 2 and worker.worker.counters.done >= 1, what="dead letters")
     worker.stop()
     records = read_all(kafka.bootstrap, settings.kafka.dead_letter_topic, 2)
-    reasons = sorted(envelope.decode_dead_letter(v).reason for v in records)
+    reasons = sorted(dead_letter.decode_dead_letter(v).reason for v in records)
     assert reasons == ["payload failed its schema on consume", "undecodable record"]
-    raw = [envelope.decode_dead_letter(v) for v in records if envelope.decode_dead_letter(v).raw]
+    raw = [dead_letter.decode_dead_letter(v) for v in records if dead_letter.decode_dead_letter(v).raw]
     assert raw and "not json" in (raw[0].raw or "") and raw[0].topic == topic
 
 
@@ -99,7 +99,7 @@ def test_permanent_failure_dead_letters_after_ack(make_settings, start_worker, k
     wait_for(lambda: committed_equals_end(settings, "work"), what="commit after dead-letter")
     worker.stop()
     (value,) = read_all(kafka.bootstrap, settings.kafka.dead_letter_topic, 1)
-    dead = envelope.decode_dead_letter(value)
+    dead = dead_letter.decode_dead_letter(value)
     assert dead.envelope is not None and dead.envelope.id == job_id
     assert dead.error_type == "ValueError" and dead.attempts == 1 and "never succeed" in dead.error_message
     assert "Traceback" in dead.traceback and dead.topic.endswith("work") and dead.offset == 0

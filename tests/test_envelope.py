@@ -1,4 +1,4 @@
-"""The job envelope, its headers and the dead-letter record (DESIGN.md section 3)."""
+"""The job envelope, its headers and the dead-letter record."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from protojobs.model import dead_letter as D
 from protojobs.model import envelope as E
 from protojobs.model.envelope import Envelope, EnvelopeError
 
@@ -365,7 +366,7 @@ FAILURE: dict[str, Any] = dict(
 
 def test_dead_letter_record_keeps_the_envelope_and_the_failure() -> None:
     env = sample(attempt=5)
-    value = E.dead_letter_record(env, **FAILURE)
+    value = D.dead_letter_record(env, **FAILURE)
     obj = json.loads(value)
     assert set(obj) == {"v", "envelope", "raw", "error", "attempts", "first_failed_at",
                         "failed_at", "origin", "host", "reason"}  # fmt: skip
@@ -374,30 +375,30 @@ def test_dead_letter_record_keeps_the_envelope_and_the_failure() -> None:
     assert obj["error"] == {"type": "builtins.ValueError", "message": "bad address",
                             "traceback": "Traceback...\n"}  # fmt: skip
     assert obj["origin"] == {"topic": "my-app-jobs-emails", "partition": 2, "offset": 1234}
-    dead = E.decode_dead_letter(value)
-    assert dead == E.DeadLetter(envelope=env, raw=None, **FAILURE)
+    dead = D.decode_dead_letter(value)
+    assert dead == D.DeadLetterRecord(envelope=env, raw=None, **FAILURE)
 
 
 def test_dead_letter_record_of_an_undecodable_value_keeps_it_as_text() -> None:
     value = b'{"half": "json \xff'
-    dead = E.decode_dead_letter(E.dead_letter_record(value, **FAILURE))
+    dead = D.decode_dead_letter(D.dead_letter_record(value, **FAILURE))
     assert dead.envelope is None
     assert dead.raw == '{"half": "json \ufffd'
 
 
 def test_dead_letter_record_of_raw_bytes_that_decode_stores_the_envelope() -> None:
-    dead = E.decode_dead_letter(E.dead_letter_record(E.encode(sample()), **FAILURE))
+    dead = D.decode_dead_letter(D.dead_letter_record(E.encode(sample()), **FAILURE))
     assert dead.envelope == sample() and dead.raw is None
 
 
 def test_dead_letter_record_of_a_missing_value() -> None:
-    dead = E.decode_dead_letter(E.dead_letter_record(None, **FAILURE))
+    dead = D.decode_dead_letter(D.dead_letter_record(None, **FAILURE))
     assert dead.envelope is None and dead.raw is None
 
 
 def test_dead_letter_traceback_is_bounded_keeping_its_tail() -> None:
     tb = "".join(f"  File 'x.py', line {i}\n" for i in range(2000)) + "ValueError: the end"
-    dead = E.decode_dead_letter(E.dead_letter_record(sample(), **{**FAILURE, "traceback": tb}))
+    dead = D.decode_dead_letter(D.dead_letter_record(sample(), **{**FAILURE, "traceback": tb}))
     assert len(dead.traceback.encode()) <= 8192 < len(tb.encode())
     assert dead.traceback.endswith("ValueError: the end")
     assert f"{len(tb.encode())} bytes" in dead.traceback
@@ -405,8 +406,8 @@ def test_dead_letter_traceback_is_bounded_keeping_its_tail() -> None:
 
 def test_dead_letter_message_is_bounded_keeping_its_head() -> None:
     message = "START " + "x" * 50_000
-    dead = E.decode_dead_letter(
-        E.dead_letter_record(sample(), **{**FAILURE, "error_message": message})
+    dead = D.decode_dead_letter(
+        D.dead_letter_record(sample(), **{**FAILURE, "error_message": message})
     )
     assert dead.error_message.startswith("START ") and len(dead.error_message.encode()) <= 8192
 
@@ -414,7 +415,7 @@ def test_dead_letter_message_is_bounded_keeping_its_head() -> None:
 @given(st.text(max_size=3000), st.integers(64, 2000), st.sampled_from(["head", "tail"]))
 @SETTINGS
 def test_bound_text_never_exceeds_the_limit(text: str, limit: int, keep: str) -> None:
-    bounded = E.bound_text(text, limit, keep=keep)
+    bounded = D.bound_text(text, limit, keep=keep)
     assert len(bounded.encode()) <= limit
     if len(text.encode()) <= limit:
         assert bounded == text
@@ -425,8 +426,8 @@ def test_bound_text_never_exceeds_the_limit(text: str, limit: int, keep: str) ->
 
 
 def test_dead_letter_text_with_lone_surrogates_is_still_encodable() -> None:
-    value = E.dead_letter_record(sample(), **{**FAILURE, "error_message": "bad \udcff byte"})
-    assert E.decode_dead_letter(value).error_message == "bad ? byte"
+    value = D.dead_letter_record(sample(), **{**FAILURE, "error_message": "bad \udcff byte"})
+    assert D.decode_dead_letter(value).error_message == "bad ? byte"
 
 
 @pytest.mark.parametrize(
@@ -443,15 +444,15 @@ def test_dead_letter_text_with_lone_surrogates_is_still_encodable() -> None:
     ],
 )
 def test_decode_dead_letter_rejects_malformed_records(change: dict[str, Any], reason: str) -> None:
-    obj = json.loads(E.dead_letter_record(sample(), **FAILURE))
+    obj = json.loads(D.dead_letter_record(sample(), **FAILURE))
     obj.update(change)
     with pytest.raises(EnvelopeError, match=re.escape(reason)):
-        E.decode_dead_letter(raw(obj))
+        D.decode_dead_letter(raw(obj))
     with pytest.raises(EnvelopeError, match="dead-letter record"):
-        E.decode_dead_letter(b"[]")
+        D.decode_dead_letter(b"[]")
 
 
 def test_dead_letter_unknown_origin_is_minus_one() -> None:
-    value = E.dead_letter_record(b"\x00", **{**FAILURE, "partition": -1, "offset": -1})
-    dead = E.decode_dead_letter(value)
+    value = D.dead_letter_record(b"\x00", **{**FAILURE, "partition": -1, "offset": -1})
+    dead = D.decode_dead_letter(value)
     assert (dead.partition, dead.offset, dead.raw) == (-1, -1, "\x00")

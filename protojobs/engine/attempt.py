@@ -35,6 +35,7 @@ from protojobs.config.handlers import import_target, is_job_class
 from protojobs.kafka.clock import now_ms
 from protojobs.kafka.transactions import Output
 from protojobs.model import delays, envelope, names, retry
+from protojobs.model.dead_letter import dead_letter_record
 from protojobs.model.envelope import Envelope
 
 if TYPE_CHECKING:
@@ -302,7 +303,7 @@ def dead_letter(original: Envelope | bytes | None, error: BaseException, reason:
     """The dead-letter copy of a record (its envelope, or its raw value when it did not decode)."""
     now = now_ms()
     env = original if isinstance(original, Envelope) else None
-    value = envelope.dead_letter_record(
+    value = dead_letter_record(
         original, error_type=type(error).__qualname__, error_message=str(error),
         traceback="".join(traceback.format_exception(error)), attempts=attempts,
         first_failed_at=(env.first_failed_at if env and env.first_failed_at else now), failed_at=now,

@@ -37,6 +37,7 @@ from protojobs.kafka.outbox import Outbox
 from protojobs.kafka.partitions import Key, Partitions
 from protojobs.kafka.transactions import Fenced, Output, TransactionalProducer, Transactions
 from protojobs.model import delays, envelope, names
+from protojobs.model.dead_letter import dead_letter_record
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ class Router:
         value: bytes | None
         if available is None or queue is None or queue not in self.settings.queues:
             target = self.settings.kafka.dead_letter_topic
-            value = envelope.dead_letter_record(
+            value = dead_letter_record(
                 msg.value(), error_type="RoutingError", error_message=f"no due time or unknown queue {queue!r}",
                 traceback="", attempts=0, first_failed_at=now, failed_at=now, topic=topic, partition=partition,
                 offset=offset, host="router", reason="delay-tier record without a routable queue")

@@ -1,7 +1,7 @@
-"""The job record: the envelope every job travels in, its headers, and the dead-letter record.
+"""The job record: the envelope every job travels in and its headers (the dead-letter record
+that wraps a failed one is protojobs.model.dead_letter).
 
-A record's value is one JSON object in UTF-8 (DESIGN.md section 3), readable by any Kafka
-tool. `encode` writes format version `VERSION`; `decode` accepts that version and every older
+A record's value is one JSON object in UTF-8, readable by any Kafka tool. `encode` writes format version `VERSION`; `decode` accepts that version and every older
 one (each older version is upgraded step by step, see `_UPGRADES`) and rejects anything else
 with an `EnvelopeError` that says why. Headers repeat the routing fields so routers can act
 without parsing the value. The Kafka record timestamp is never derived from an envelope.
@@ -31,8 +31,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 VERSION = 1
-# Bytes of UTF-8 kept of a traceback (its tail) and of an error message (its head).
-TEXT_LIMIT = 8192
 
 H_ID = "pj-id"
 H_QUEUE = "pj-queue"
@@ -154,7 +152,8 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan
 _DECODER = json.JSONDecoder(parse_constant=lambda name: _reject_constant(name))
 
 
-def _dumps(obj: Any) -> bytes:
+def dumps(obj: Any) -> bytes:
+    """Compact JSON in UTF-8; EnvelopeError for anything that is not plain JSON."""
     try:
         return _ENCODER.encode(obj).encode("utf-8")
     except (TypeError, ValueError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
@@ -165,7 +164,8 @@ def _reject_constant(name: str) -> Any:
     raise EnvelopeError(f"{name} is not valid JSON")
 
 
-def _loads(value: bytes | bytearray | memoryview | None, what: str) -> dict[str, Any]:
+def loads(value: bytes | bytearray | memoryview | None, what: str) -> dict[str, Any]:
+    """The JSON object in a record value; EnvelopeError naming `what` it should have been."""
     if value is None:
         raise EnvelopeError(f"the record has no value, so it holds no {what}")
     try:
@@ -185,30 +185,34 @@ def encode(env: Envelope) -> bytes:
     Raises EnvelopeError if `data` is not plain JSON (NaN, objects, lone surrogates...).
     JSON's own mapping applies: tuples come back as lists, non-string keys as strings.
     """
-    return _dumps(to_dict(env))
+    return dumps(to_dict(env))
 
 
 def decode(value: bytes | bytearray | memoryview | None) -> Envelope:
     """The envelope in a record value; EnvelopeError (with the reason) for anything else."""
-    return from_dict(_loads(value, "job envelope"))
+    return from_dict(loads(value, "job envelope"))
 
 
-def _get(obj: dict[str, Any], name: str, where: str) -> Any:
+# Field readers of a decoded JSON object (the envelope's and the dead-letter record's): each
+# raises an EnvelopeError starting with `where` and naming the field.
+
+
+def get_field(obj: dict[str, Any], name: str, where: str) -> Any:
     try:
         return obj[name]
     except KeyError:
         raise EnvelopeError(f"{where}missing field {name!r}") from None
 
 
-def _int(obj: dict[str, Any], name: str, where: str, minimum: int = 0) -> int:
-    value = _get(obj, name, where)
+def int_field(obj: dict[str, Any], name: str, where: str, minimum: int = 0) -> int:
+    value = get_field(obj, name, where)
     if type(value) is not int or value < minimum:
         raise EnvelopeError(f"{where}field {name!r} must be an integer >= {minimum}, not {value!r}")
     return value
 
 
-def _str(obj: dict[str, Any], name: str, where: str, nullable: bool = False) -> Any:
-    value = _get(obj, name, where)
+def str_field(obj: dict[str, Any], name: str, where: str, nullable: bool = False) -> Any:
+    value = get_field(obj, name, where)
     if type(value) is str and (value or nullable):
         return value
     if value is None and nullable:
@@ -217,16 +221,9 @@ def _str(obj: dict[str, Any], name: str, where: str, nullable: bool = False) -> 
     raise EnvelopeError(f"{where}field {name!r} must be {kind}, not {value!r}")
 
 
-def _text(obj: dict[str, Any], name: str, where: str) -> str:
-    value = _get(obj, name, where)
-    if value is None or type(value) is str:
-        return value or ""
-    raise EnvelopeError(f"{where}field {name!r} must be a string, not {value!r}")
-
-
 def _upgrade_v0(obj: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in obj.items() if k != "attempts"}
-    out["attempt"] = _int(obj, "attempts", "envelope v0: ") + 1
+    out["attempt"] = int_field(obj, "attempts", "envelope v0: ") + 1
     out["v"] = 1
     return out
 
@@ -275,17 +272,17 @@ def _well_typed(e: Envelope) -> bool:
 def _explain(obj: dict[str, Any], where: str) -> None:
     """Raise the EnvelopeError naming the first missing or ill-typed field of a v1 object."""
     for name in ("id", "queue", "job"):
-        _str(obj, name, where)
-    _get(obj, "data", where)
+        str_field(obj, name, where)
+    get_field(obj, "data", where)
     for name in ("attempt", "dispatched_at", "available_at"):
-        _int(obj, name, where, 1 if name == "attempt" else 0)
-    _str(obj, "key", where, nullable=True)
+        int_field(obj, name, where, 1 if name == "attempt" else 0)
+    str_field(obj, "key", where, nullable=True)
     if "replays" in obj:
-        _int(obj, "replays", where)
+        int_field(obj, "replays", where)
     if obj.get("trace") is not None:
-        _str(obj, "trace", where)
+        str_field(obj, "trace", where)
     if obj.get("first_failed_at") is not None:
-        _int(obj, "first_failed_at", where)
+        int_field(obj, "first_failed_at", where)
     raise AssertionError("unreachable: _explain found no fault")  # pragma: no cover
 
 
@@ -320,110 +317,3 @@ def header_value(hdrs: Iterable[tuple[str, bytes | str | None]] | None, name: st
     if isinstance(found, bytes | bytearray):
         return bytes(found).decode("utf-8", "replace")
     return found
-
-
-# --- dead-letter record ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A decoded dead-letter record: the original job (or its raw text) and why it failed."""
-
-    envelope: Envelope | None
-    raw: str | None
-    error_type: str
-    error_message: str
-    traceback: str
-    attempts: int
-    first_failed_at: int | None
-    failed_at: int
-    topic: str
-    partition: int
-    offset: int
-    host: str
-    reason: str
-
-
-def _utf8(text: str) -> bytes:
-    return text.encode("utf-8", "replace")  # lone surrogates become '?'
-
-
-def bound_text(text: str, limit: int = TEXT_LIMIT, *, keep: str = "head") -> str:
-    """`text` if its UTF-8 fits in `limit` bytes, else its first (`keep="head"`) or last
-    (`keep="tail"`) bytes plus a marker saying how long it was; never over `limit` bytes."""
-    raw = _utf8(text)
-    if len(raw) <= limit:
-        return raw.decode("utf-8")
-    marker = f"[... {len(raw)} bytes, {'tail' if keep == 'head' else 'head'} cut ...]"
-    room = limit - len(_utf8(marker)) - 1
-    if keep == "head":
-        return raw[:room].decode("utf-8", "ignore") + " " + marker
-    return marker + "\n" + raw[len(raw) - room :].decode("utf-8", "ignore")
-
-
-def dead_letter_record(
-    original: Envelope | bytes | None, *, error_type: str, error_message: str, traceback: str,
-    attempts: int, first_failed_at: int | None, failed_at: int, topic: str, partition: int,
-    offset: int, host: str, reason: str,
-) -> bytes:  # fmt: skip
-    """The value of a dead-letter record (a JSON object any Kafka tool can read).
-
-    `original` is the failed job's envelope, or the raw record value when it did not decode
-    (raw bytes that do decode are stored as an envelope). The raw value is kept as text, with
-    U+FFFD for bytes that are not UTF-8; partition and offset -1 mean unknown. The traceback
-    keeps its last `TEXT_LIMIT` bytes and the error message its first, so a record stays small.
-    """
-    env: Envelope | None
-    raw: str | None = None
-    if isinstance(original, Envelope) or original is None:
-        env = original
-    else:
-        try:
-            env = decode(original)
-        except EnvelopeError:
-            env, raw = None, bytes(original).decode("utf-8", "replace")
-    error = {
-        "type": bound_text(error_type, 1024),
-        "message": bound_text(error_message),
-        "traceback": bound_text(traceback, keep="tail"),
-    }
-    return _dumps({
-        "v": 1, "envelope": to_dict(env) if env is not None else None, "raw": raw,
-        "error": error, "attempts": attempts, "first_failed_at": first_failed_at,
-        "failed_at": failed_at, "origin": {"topic": topic, "partition": partition, "offset": offset},
-        "host": host, "reason": reason,
-    })  # fmt: skip
-
-
-def _obj(obj: dict[str, Any], name: str, where: str) -> dict[str, Any]:
-    value = _get(obj, name, where)
-    if not isinstance(value, dict):
-        raise EnvelopeError(f"{where}field {name!r} must be an object, not {value!r}")
-    return value
-
-
-def decode_dead_letter(value: bytes | bytearray | memoryview | None) -> DeadLetter:
-    """The dead-letter record in a record value; EnvelopeError (with the reason) if not one."""
-    obj = _loads(value, "dead-letter record")
-    where = "dead-letter record: "
-    if _int(obj, "v", where) > 1:
-        raise EnvelopeError(f"{where}version {obj['v']} is newer than this protojobs reads (1)")
-    original = _get(obj, "envelope", where)
-    env = None if original is None else from_dict(original, f"{where}envelope: ")
-    error, origin = _obj(obj, "error", where), _obj(obj, "origin", where)
-    first = _get(obj, "first_failed_at", where)
-    return DeadLetter(
-        envelope=env,
-        raw=_str(obj, "raw", where, nullable=True),
-        error_type=_text(error, "type", f"{where}error: "),
-        error_message=_text(error, "message", f"{where}error: "),
-        traceback=_text(error, "traceback", f"{where}error: "),
-        attempts=_int(obj, "attempts", where),
-        first_failed_at=None if first is None else _int(obj, "first_failed_at", where),
-        failed_at=_int(obj, "failed_at", where),
-        topic=_text(origin, "topic", f"{where}origin: "),
-        partition=_int(origin, "partition", f"{where}origin: ", -1),
-        offset=_int(origin, "offset", f"{where}origin: ", -1),
-        host=_text(obj, "host", where),
-        reason=_text(obj, "reason", where),
-    )

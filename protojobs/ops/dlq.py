@@ -45,7 +45,7 @@ from protojobs import config
 from protojobs.engine.dispatch import Dispatcher, Outcome, delivery_error, now_ms
 from protojobs.kafka import admin
 from protojobs.kafka.clients import ErrorWatch, consumer_config
-from protojobs.model import envelope, names
+from protojobs.model import dead_letter, envelope, names
 from protojobs.ops.errors import known_queue
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class Entry:
     partition: int
     offset: int
     timestamp_ms: int
-    dead: envelope.DeadLetter | None
+    dead: dead_letter.DeadLetterRecord | None
     queue: str | None
     job_id: str | None
     problem: str | None = None
@@ -178,9 +178,9 @@ def _entry(msg: Message, queue_of_topic: dict[str, str]) -> Entry:
     stamp, hdrs, value = msg.timestamp()[1], cast(Any, msg.headers()), msg.value()
     h_queue, h_id = envelope.header_value(hdrs, envelope.H_QUEUE), envelope.header_value(hdrs, envelope.H_ID)
     try:
-        dead = envelope.decode_dead_letter(value)
+        dead = dead_letter.decode_dead_letter(value)
     except (envelope.EnvelopeError, TypeError, ValueError, KeyError) as exc:
-        text = None if value is None else envelope.bound_text(bytes(value).decode("utf-8", "replace"))
+        text = None if value is None else dead_letter.bound_text(bytes(value).decode("utf-8", "replace"))
         return Entry(topic, partition, offset, stamp, None, h_queue, h_id, str(exc) or type(exc).__name__, text)
     env = dead.envelope
     if env is not None:
