@@ -16,7 +16,8 @@ Settings, each problem a ConfigIssue at its key path.
 - schedules: the queue exists, `job` is one of the queue's jobs, `data` passes the queue's
   payload schema and has the ordering key, a jitter has delay tiers to wait in.
 A key a queue inherits from [defaults] is reported once, at `defaults.<key>` (`origin`).
-`validate --cluster` compares replication factors with the live cluster (protojobs.ops.validate).
+`validate --cluster` compares replication factors with the live cluster (protojobs.ops.validate,
+which locates and finishes its issues with `queue_key_path` and `finish_loaded`).
 Payload schema files are checked when the Settings are built (protojobs.config.payloads).
 """
 
@@ -27,8 +28,9 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from protojobs.config.handlers import declared_attr, import_target, is_job_class
-from protojobs.config.issues import ConfigIssue, suggest
+from protojobs.config.issues import ConfigIssue, finish, suggest
 from protojobs.config.payloads import PayloadError, payload_validator
+from protojobs.config.secrets import secret_values
 from protojobs.config.toml import key_path
 from protojobs.model import names
 from protojobs.model.durations import format_ms
@@ -203,3 +205,16 @@ def _check_schedule(sched: Schedule, queue: QueueSettings, settings: Settings) -
     if sched.jitter_ms and not settings.tiers_ms:
         issues.append(ConfigIssue(key_path([*at, "jitter"]), "a jitter delays the job: it needs [delays] tiers"))
     return issues
+
+
+# ---------------------------------------------------------------- checks made after loading
+
+
+def queue_key_path(settings: Settings, queue: str, key: str) -> str:
+    """`origin` for loaded Settings: where the queue's `key` is set in the merged tree."""
+    return origin(settings.raw, queue, key)
+
+
+def finish_loaded(settings: Settings, issues: list[ConfigIssue]) -> list[ConfigIssue]:
+    """`finish` for issues found on loaded Settings: deduplicated, the config's secrets scrubbed."""
+    return finish(issues, {}, secret_values(settings.raw))

@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from protojobs.config import ConfigError, ConfigIssue, Settings, config_path, load
-from protojobs.config.checks import origin
-from protojobs.config.issues import finish
-from protojobs.config.secrets import secret_values
+from protojobs.config.checks import finish_loaded, queue_key_path
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +37,7 @@ def validate(config: str | None, cluster: bool = False, env: Mapping[str, str] |
     if cluster:
         problems = check_cluster(settings, timeout=cluster_timeout)
         if problems:
-            raise ConfigError(finish(problems, {}, secret_values(settings.raw)))
+            raise ConfigError(finish_loaded(settings, problems))
     return Summary(shown, len(settings.queues), len(settings.tiers_ms), len(settings.retry))
 
 
@@ -67,7 +65,7 @@ def check_cluster(settings: Settings, timeout: float = 5.0) -> list[ConfigIssue]
     count = len(metadata.brokers)
     issues = []
     for q in settings.queues.values():
-        path = origin(settings.raw, q.name, "replication_factor")
+        path = queue_key_path(settings, q.name, "replication_factor")
         if q.replication_factor > count:
             issues.append(ConfigIssue(path, f"{q.replication_factor} is more than the cluster's "
                                             f"{count} broker(s)"))
