@@ -1,4 +1,4 @@
-"""The delay-tier routing rule (DESIGN.md section 5), proved by simulation.
+"""The delay-tier routing rule (model.delays), proved by simulation.
 
 The simulation models what the router does: each tier is a FIFO topic; a tier's head record
 leaves when it is due (`due_at`) and only then can the next record leave (head-of-line

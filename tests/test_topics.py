@@ -1,4 +1,4 @@
-"""Topic names (DESIGN.md section 2) and TopicSpec."""
+"""Topic, group and transactional.id names (model.names) and TopicSpec."""
 
 from __future__ import annotations
 

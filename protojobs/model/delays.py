@@ -1,4 +1,4 @@
-"""Delay tiers: where a job waits until it is due (DESIGN.md section 5).
+"""Delay tiers: where a job waits until it is due (docs/architecture.md, "Delay tiers").
 
 A job that is not yet due waits in one of the delay-tier topics (`topics.delay_topic`), each a
 FIFO shared by all queues. The tier router holds each tier's head record until it is due,

@@ -1,4 +1,4 @@
-"""Finished offsets -> the safe commit point, per partition (DESIGN.md section 5, commit rule).
+"""Finished offsets -> the safe commit point, per partition (the commit rule of docs/architecture.md).
 
 Jobs of one partition finish out of order (concurrency, per-key ordering), but a Kafka commit
 says "everything before this offset is done". The safe commit point of a partition is
