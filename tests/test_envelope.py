@@ -70,7 +70,7 @@ def raw(obj: Any) -> bytes:
 
 def test_new_id_is_a_26_character_crockford_ulid() -> None:
     for _ in range(200):
-        assert ULID.match(E.new_id())
+        assert ULID.match(E.new_id(NOW))
 
 
 def test_new_id_encodes_the_time_in_its_first_10_characters() -> None:

@@ -18,14 +18,13 @@ an envelope with a 209-byte payload (a 399-byte record) encodes in ~4.3 µs and 
 orjson is not used: it is not a dependency, and it would make records differ between hosts
 (NaN, integers beyond 64 bits, non-string keys).
 
-Pure: no I/O, except that `new_id` reads the clock and the OS random source.
+Pure: no I/O and no clock (callers pass `now_ms`); `new_id` takes its 80 random bits from the OS.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -70,7 +69,7 @@ _PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # 10 bits -> 2 charact
 _time_prefix: tuple[int, str] = (-1, "")
 
 
-def new_id(now_ms: int | None = None) -> str:
+def new_id(now_ms: int) -> str:
     """A new 26-character id: 48-bit ms timestamp + 80 random bits, Crockford base32 (ULID).
 
     Ids sort by creation time to the millisecond (order within one millisecond is random) and
@@ -78,7 +77,7 @@ def new_id(now_ms: int | None = None) -> str:
     and forked processes alike (the random part comes from the OS on every call).
     """
     global _time_prefix
-    ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    ms = now_ms
     cached = _time_prefix
     if cached[0] != ms:
         if not 0 <= ms < 1 << 48:
