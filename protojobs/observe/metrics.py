@@ -206,10 +206,11 @@ class JobMetrics(Hooks):
                     queue, env = job
                     counts[(queue, env.job if env is not None else "unknown",
                             "retried" if kind == "job.retried" else "dead_lettered")] += 1
-            for (queue, name, outcome), n in counts.items():
-                self.count(queue, name, outcome, n)
+            # Histograms first: a scrape that sees a job counted also sees its durations.
             for key, values in observed.items():
                 self._observe_many(key, values)
+            for (queue, name, outcome), n in counts.items():
+                self.count(queue, name, outcome, n)
 
     def _observe_many(self, key: tuple[str, str], values: list[float]) -> None:
         child = self._hist.get(key)
