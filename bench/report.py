@@ -61,7 +61,8 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
             v = s.get(name, {})
             rate = v.get("jobs_s")
             ok = (v.get("ratio") or 0) >= 0.5 and (rate or 0) >= 50_000 if target else None
-            out.append((f"2 drain {s['jobs']:,} no-op jobs, {label}", f"{_f(rate)} jobs/s" if rate else v.get("error", "-"),
+            out.append((f"2 drain {s['jobs']:,} no-op jobs, {label}",
+                        f"{_f(rate)} jobs/s" if rate else v.get("error", "-"),
                         f"{_f(raw)} jobs/s", _f(v.get("ratio"), ".2f"), target, _check(ok)))
         eo = s.get("protojobs_1p_exactly_once", {})
         ratio = s.get("exactly_once_vs_at_least_once")

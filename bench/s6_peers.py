@@ -150,7 +150,8 @@ def run(env: Env) -> dict[str, Any]:
     n = 10_000 if env.quick else 100_000
     return {
         "dramatiq+redis": {**_best_of(env, dramatiq_run, n), "guarantee": "ack after success"},
-        "faststream[confluent]": {**_best_of(env, faststream_run, n), "guarantee": "ack-first (auto commit) by default"},
+        "faststream[confluent]": {**_best_of(env, faststream_run, n),
+                                  "guarantee": "ack-first (auto commit) by default"},
         # kombu's confluentkafka transport drains ~40 jobs/s here: fewer jobs keep the run bounded
         "celery+kombu confluentkafka": {**_best_of(env, celery_run, 2_000 if env.quick else 5_000),
                                         "guarantee": "ack-first by default (acks_late=False)"},

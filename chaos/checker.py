@@ -78,7 +78,8 @@ class Drain:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Drain:
-        return cls([Record(**r) for r in obj.get("queue_records", [])], [Record(**r) for r in obj.get("tier_records", [])],
+        return cls([Record(**r) for r in obj.get("queue_records", [])],
+                   [Record(**r) for r in obj.get("tier_records", [])],
                    [DeadRecord(**r) for r in obj.get("dead", [])], obj.get("complete", True), obj.get("note", ""))
 
 

@@ -520,7 +520,8 @@ class Example:
                     w.start()
             dead_topics = {q.dead_letter_topic for q in self.queue_info.values()}
             queue_topics = {q.topic for q in self.queue_info.values()}
-            names = sorted(queue_topics | dead_topics | {topics.delay_topic(self.prefix, t) for t in self.settings.tiers_ms})
+            names = sorted(queue_topics | dead_topics
+                           | {topics.delay_topic(self.prefix, t) for t in self.settings.tiers_ms})
             reader = TopicReader(self.env.cluster.bootstrap, names)
             try:
                 settled_in = self._settle(reader, queue_topics, dead_topics)

@@ -108,7 +108,8 @@ class Report:
     def write(self) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
         rows = [r.to_json() for r in self.rows.values()]
-        data = {"versions": self.versions(), "started": self.started, "duration_s": round(time.time() - self.started, 1),
+        data = {"versions": self.versions(), "started": self.started,
+                "duration_s": round(time.time() - self.started, 1),
                 "rows": rows, "ok": all(r["ok"] or r["skipped"] for r in rows)}
         (self.directory / "latest.json").write_text(json.dumps(data, indent=1))
         (self.directory / "latest.md").write_text(markdown(data))
@@ -140,7 +141,8 @@ def markdown(data: dict[str, Any]) -> str:
         lines.append(f"| {r['scenario']} | {r['mode']} | {r['cluster']} | {r['examples']} | {r['jobs']} "
                      f"({r['acked']}/{r['indefinite']}/{r['failed']}) | {r['faults_injected']}: {faults} | {r['lost']} "
                      f"| {r['phantom']} | {r['duplicate_executions']['max']} ({dist}) | {r['order_violations']} "
-                     f"| {r['early_runs']} | {dead} (dup. dead letters {r['dead_letter_duplicates']}) | {rec} | {verdict} |")
+                     f"| {r['early_runs']} | {dead} (dup. dead letters {r['dead_letter_duplicates']}) "
+                     f"| {rec} | {verdict} |")
     extra = [r for r in data["rows"] if r["unexpected_worker_exits"] or r["drain_incomplete"]]
     if extra:
         lines += ["", "Notes:"]

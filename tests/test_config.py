@@ -362,29 +362,43 @@ def test_unreadable_files(write: Write, tmp_path: Path) -> None:
 @pytest.mark.parametrize(("toml", "expected"), [
     ('[kafka]\nbatch_size = "big"', "kafka.batch_size: must be an integer, not a string ('big')"),
     ("[kafka]\nbatch_size = 0", "kafka.batch_size: 0 is less than the minimum of 1"),
-    ("[kafka]\nenable_auto_commit = 1", "kafka.enable_auto_commit: must be a boolean (true or false), not an integer (1)"),
-    ('[kafka]\ncompression = "brotli"', "kafka.compression: 'brotli' is not one of ['none', 'gzip', 'snappy', 'lz4', 'zstd']"),
+    ("[kafka]\nenable_auto_commit = 1",
+     "kafka.enable_auto_commit: must be a boolean (true or false), not an integer (1)"),
+    ('[kafka]\ncompression = "brotli"',
+     "kafka.compression: 'brotli' is not one of ['none', 'gzip', 'snappy', 'lz4', 'zstd']"),
     ('[kafka]\nauto_offset_reset = "newest"', "kafka.auto_offset_reset: 'newest' is not one of ['earliest', 'latest']"),
-    ("[kafka]\nbrokers = 9092", 'kafka.brokers: 9092 is not a broker list: write "host:port,host:port" or an array of "host:port" strings'),
+    ("[kafka]\nbrokers = 9092",
+     'kafka.brokers: 9092 is not a broker list: write "host:port,host:port" or an array of "host:port" strings'),
     ('[kafka]\nbrokers = ["a:1", ""]', "kafka.brokers[1]: '' should be non-empty"),
-    ('[kafka]\ntopic_prefix = "my app"', "kafka.topic_prefix: 'my app' is not a legal topic prefix: use letters, digits, '.', '_' and '-'"),
-    ('[kafka]\ndead_letter_topic = "d l q"', "kafka.dead_letter_topic: 'd l q' is not a legal Kafka topic name: use letters, digits, '.', '_' and '-'"),
-    ("[kafka.producer]\nacks = [1]", "kafka.producer.acks: must be a string, an integer or a boolean (true or false), not an array"),
+    ('[kafka]\ntopic_prefix = "my app"',
+     "kafka.topic_prefix: 'my app' is not a legal topic prefix: use letters, digits, '.', '_' and '-'"),
+    ('[kafka]\ndead_letter_topic = "d l q"',
+     "kafka.dead_letter_topic: 'd l q' is not a legal Kafka topic name: use letters, digits, '.', '_' and '-'"),
+    ("[kafka.producer]\nacks = [1]",
+     "kafka.producer.acks: must be a string, an integer or a boolean (true or false), not an array"),
     ('[delays]\ntiers = "1s"', "delays.tiers: must be an array, not a string ('1s')"),
     ("[delays]\ntiers = []", "delays.tiers: [] should be non-empty"),
-    ('[delays]\ntiers = ["1s", "5 sec"]', "delays.tiers[1]: '5 sec' is not a duration: write a number and a unit, e.g. 250ms, 5s, 1m, 2h, 7d"),
+    ('[delays]\ntiers = ["1s", "5 sec"]',
+     "delays.tiers[1]: '5 sec' is not a duration: write a number and a unit, e.g. 250ms, 5s, 1m, 2h, 7d"),
     ("[retry.default]\nmax_attempts = 0", "retry.default.max_attempts: 0 is less than the minimum of 1"),
-    ('[retry.default]\nbackoff = "linear"', "retry.default.backoff: 'linear' is not a backoff: write \"exponential\", \"fixed\" or an array of durations"),
-    ('[retry.default]\nbackoff = ["1s", "soon"]', "retry.default.backoff[1]: 'soon' is not a duration: write a number and a unit, e.g. 250ms, 5s, 1m, 2h, 7d"),
+    ('[retry.default]\nbackoff = "linear"',
+     "retry.default.backoff: 'linear' is not a backoff: write \"exponential\", \"fixed\" or an array of durations"),
+    ('[retry.default]\nbackoff = ["1s", "soon"]',
+     "retry.default.backoff[1]: 'soon' is not a duration: write a number and a unit, e.g. 250ms, 5s, 1m, 2h, 7d"),
     ("[retry.default]\njitter = 1.5", "retry.default.jitter: 1.5 is greater than the maximum of 1"),
-    ('[retry."bad name"]\nmax_attempts = 2', "retry.\"bad name\": 'bad name' is not a valid name: use letters, digits, '.', '_' and '-', starting with a letter or digit"),
+    ('[retry."bad name"]\nmax_attempts = 2',
+     "retry.\"bad name\": 'bad name' is not a valid name: use letters, digits, '.', '_' and '-', "
+     "starting with a letter or digit"),
     ('[defaults]\nordering = "random"', "defaults.ordering: 'random' is not one of ['none', 'key', 'partition']"),
-    ('[queues.q]\nhandler = "demo_handlers.ok"', "queues.q.handler: 'demo_handlers.ok' is not an import path: write module:attribute, e.g. app.jobs:send_email"),
+    ('[queues.q]\nhandler = "demo_handlers.ok"',
+     "queues.q.handler: 'demo_handlers.ok' is not an import path: write module:attribute, e.g. app.jobs:send_email"),
     ('[queues.q]\njobs = []', "queues.q.jobs: [] should be non-empty"),
     ('[queues.q]\nhandler = "a:b"\npartitions = 2.5', "queues.q.partitions: must be an integer, not a number (2.5)"),
     ('[queues.q]\nhandler = "a:b"\ntimeout = 30', "queues.q.timeout: must be a string, not an integer (30)"),
     ('[queues.q]\nhandler = "a:b"\njobs = ["a:B"]', "queues.q: set handler or jobs, not both"),
-    ('[queues."-q"]\nhandler = "a:b"', "queues.-q: '-q' is not a valid name: use letters, digits, '.', '_' and '-', starting with a letter or digit"),
+    ('[queues."-q"]\nhandler = "a:b"',
+     "queues.-q: '-q' is not a valid name: use letters, digits, '.', '_' and '-', "
+     "starting with a letter or digit"),
     ('queues = 3', "queues: must be a table, not an integer (3)"),
     ("[kafka]\ngroup_id = 2024-01-01", "kafka.group_id: must be a string, not a date (datetime.date(2024, 1, 1))"),
 ])
@@ -395,22 +409,25 @@ def test_schema_errors_name_the_key(write: Write, toml: str, expected: str) -> N
 @pytest.mark.parametrize(("toml", "expected"), [
     ("[kafka]\nbrokres = 1", "kafka.brokres: unknown key 'brokres' (did you mean 'brokers'?)"),
     ("[delays]\ntier = []", "delays.tier: unknown key 'tier' (did you mean 'tiers'?)"),
-    ("[retry.default]\nmax_attempt = 3", "retry.default.max_attempt: unknown key 'max_attempt' (did you mean 'max_attempts'?)"),
+    ("[retry.default]\nmax_attempt = 3",
+     "retry.default.max_attempt: unknown key 'max_attempt' (did you mean 'max_attempts'?)"),
     ("[defaults]\nconcurency = 3", "defaults.concurency: unknown key 'concurency' (did you mean 'concurrency'?)"),
     ('[queues.q]\nhandler = "a:b"\nretries = 3', "queues.q.retries: unknown key 'retries' (did you mean 'retry'?)"),
     ("[schedules.nightly]\nqueue = 'q'\ncron = '0 0 * * *'\njobb = 'x'",
      "schedules.nightly.jobb: unknown key 'jobb' (did you mean 'job'?)"),
     ("[schedule.nightly]\ncron = '0 0 * * *'",
      "schedule: unknown key 'schedule' (did you mean 'schedules'?)"),
-    ("[kafka]\nzzz = 1", "kafka.zzz: unknown key 'zzz' (allowed: brokers, group_id, topic_prefix, auto_offset_reset, "
-                         "enable_auto_commit, compression, batch_size, timeout_ms, debug, dead_letter_topic, producer, consumer)"),
+    ("[kafka]\nzzz = 1",
+     "kafka.zzz: unknown key 'zzz' (allowed: brokers, group_id, topic_prefix, auto_offset_reset, "
+     "enable_auto_commit, compression, batch_size, timeout_ms, debug, dead_letter_topic, producer, consumer)"),
 ])
 def test_unknown_keys_are_named_with_a_suggestion(write: Write, toml: str, expected: str) -> None:
     assert one_error(write(toml), import_handlers=False) == expected
 
 
 def test_pass_through_tables_accept_any_property(write: Write) -> None:
-    settings = load(write('[kafka.consumer]\n"fetch.min.bytes" = 1\n"check.crcs" = true\n"client.rack" = "r1"\n'), env={})
+    settings = load(write('[kafka.consumer]\n"fetch.min.bytes" = 1\n"check.crcs" = true\n'
+                          '"client.rack" = "r1"\n'), env={})
     assert settings.kafka.consumer == {"fetch.min.bytes": 1, "check.crcs": True, "client.rack": "r1"}
 
 
@@ -446,8 +463,12 @@ def test_a_declared_queue_needs_a_handler_or_jobs(write: Write) -> None:
 
 
 @pytest.mark.parametrize(("tiers", "expected"), [
-    ('["5s", "1s"]', "delays.tiers[1]: '1s' is not longer than the tier before it ('5s'): tiers must be unique and ascending"),
-    ('["1s", "1000ms"]', "delays.tiers[1]: '1000ms' is not longer than the tier before it ('1s'): tiers must be unique and ascending"),
+    ('["5s", "1s"]',
+     "delays.tiers[1]: '1s' is not longer than the tier before it ('5s'): "
+     "tiers must be unique and ascending"),
+    ('["1s", "1000ms"]',
+     "delays.tiers[1]: '1000ms' is not longer than the tier before it ('1s'): "
+     "tiers must be unique and ascending"),
     ('["0s", "1s"]', "delays.tiers[0]: a delay tier must be longer than 0"),
 ])
 def test_tiers_must_ascend(write: Write, tiers: str, expected: str) -> None:
@@ -455,7 +476,8 @@ def test_tiers_must_ascend(write: Write, tiers: str, expected: str) -> None:
 
 
 def test_retention_must_cover_the_largest_tier(write: Write) -> None:
-    line = one_error(write('[delays]\ntiers = ["1s", "2d"]\n[queues.q]\nhandler = "demo_handlers:ok"\nretention = "1d"\n'))
+    line = one_error(write('[delays]\ntiers = ["1s", "2d"]\n[queues.q]\nhandler = "demo_handlers:ok"\n'
+                           'retention = "1d"\n'))
     assert line.startswith("queues.q.retention: 1d is shorter than the largest delay tier (2d)")
 
 
@@ -476,12 +498,14 @@ def test_an_unused_policy_is_not_checked_against_the_tiers(write: Write) -> None
 
 
 def test_base_longer_than_max(write: Write) -> None:
-    assert one_error(write('[retry.default]\nbase = "1h"\nmax = "1m"\n')) == "retry.default.base: 1h is longer than max (1m)"
+    line = one_error(write('[retry.default]\nbase = "1h"\nmax = "1m"\n'))
+    assert line == "retry.default.base: 1h is longer than max (1m)"
 
 
 @pytest.mark.parametrize(("keys", "expected"), [
     ('ordering = "key"', 'queues.q.key: required when ordering = "key"'),
-    ("blocking_retries = true", 'queues.q.blocking_retries: only allowed when ordering is "key" or "partition" (here "none")'),
+    ("blocking_retries = true",
+     'queues.q.blocking_retries: only allowed when ordering is "key" or "partition" (here "none")'),
     ('timeout = "0s"', "queues.q.timeout: must be longer than 0"),
 ])
 def test_queue_rules(write: Write, keys: str, expected: str) -> None:
@@ -489,7 +513,8 @@ def test_queue_rules(write: Write, keys: str, expected: str) -> None:
 
 
 def test_blocking_retries_with_ordering_is_fine(write: Write) -> None:
-    settings = load(write('[queues.q]\nhandler = "demo_handlers:ok"\nordering = "partition"\nblocking_retries = true\n'), env={})
+    settings = load(write('[queues.q]\nhandler = "demo_handlers:ok"\nordering = "partition"\n'
+                          'blocking_retries = true\n'), env={})
     assert settings.queues["q"].blocking_retries is True
 
 
@@ -500,13 +525,15 @@ def test_reserved_queue_names_are_rejected(write: Write) -> None:
 
 def test_payload_schema_file_must_exist(write: Write, tmp_path: Path) -> None:
     line = one_error(write('[queues.q]\nhandler = "demo_handlers:ok"\nschema = "schemas/nope.json"\n'))
-    assert line == f"queues.q.schema: schemas/nope.json: file not found (looked at {tmp_path / 'schemas' / 'nope.json'})"
+    assert line == ("queues.q.schema: schemas/nope.json: file not found "
+                    f"(looked at {tmp_path / 'schemas' / 'nope.json'})")
 
 
 def test_payload_schema_must_be_json(write: Write, tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text('{"type": "object",\n  oops}')
     line = one_error(write('[queues.q]\nhandler = "demo_handlers:ok"\nschema = "bad.json"\n'))
-    assert line == "queues.q.schema: bad.json: not JSON: Expecting property name enclosed in double quotes (line 2, column 3)"
+    assert line == ("queues.q.schema: bad.json: not JSON: "
+                    "Expecting property name enclosed in double quotes (line 2, column 3)")
 
 
 def test_payload_schema_must_be_a_valid_json_schema(write: Write, tmp_path: Path) -> None:
@@ -533,7 +560,8 @@ def test_handler_import_errors(write: Write, tmp_path: Path, monkeypatch: pytest
         jobs = ["demo_handlers:Resize", "demo_handlers:ok", "demo_handlers:NotAJob"]
     """))
     assert lines == [
-        "queues.a.handler: cannot import 'no_such_module_xyz': ModuleNotFoundError: No module named 'no_such_module_xyz'",
+        "queues.a.handler: cannot import 'no_such_module_xyz': "
+        "ModuleNotFoundError: No module named 'no_such_module_xyz'",
         "queues.b.handler: cannot import 'demo_handlers:missing': module 'demo_handlers' has no attribute 'missing'",
         "queues.c.handler: demo_handlers:NOT_CALLABLE is not callable",
         "queues.d.handler: cannot import 'broken_at_import': RuntimeError: boom at import",
@@ -604,18 +632,21 @@ def test_redacted_hides_secrets_everywhere_but_keeps_names(write: Write) -> None
 def test_secrets_never_appear_in_error_messages(write: Write) -> None:
     path = write(VALID)
     lines = errors(path, {"PROTOJOBS_KAFKA__PRODUCER__SASL_PASSWORD": '["s3cr3t-value"]',
-                          "PROTOJOBS_QUEUES__EMAILS__KEY": "hunter2-secret", "PROTOJOBS_QUEUES__EMAILS__CONCURRENCY": "hunter2-secret"})
+                          "PROTOJOBS_QUEUES__EMAILS__KEY": "hunter2-secret",
+                          "PROTOJOBS_QUEUES__EMAILS__CONCURRENCY": "hunter2-secret"})
     assert lines == [
         "kafka.producer.\"sasl.password\": must be a string, an integer or a boolean (true or false), not an array "
         "(set by PROTOJOBS_KAFKA__PRODUCER__SASL_PASSWORD)",
-        "queues.emails.concurrency: must be an integer, not a string ('***') (set by PROTOJOBS_QUEUES__EMAILS__CONCURRENCY)",
+        "queues.emails.concurrency: must be an integer, not a string ('***') "
+        "(set by PROTOJOBS_QUEUES__EMAILS__CONCURRENCY)",
     ]
     env_only = {"PROTOJOBS_KAFKA__CONSUMER__SSL_KEY_PASSWORD": "env-only-secret",
                 "PROTOJOBS_QUEUES__IMAGES__PARTITIONS": "env-only-secret"}
     assert one_error(path, env_only) == ("queues.images.partitions: must be an integer, not a string ('***') "
                                          "(set by PROTOJOBS_QUEUES__IMAGES__PARTITIONS)")
     assert one_error(write('[kafka.producer]\n"sasl.password" = 1.5\n')) == (
-        "kafka.producer.\"sasl.password\": must be a string, an integer or a boolean (true or false), not a number (***)")
+        "kafka.producer.\"sasl.password\": must be a string, an integer or a boolean (true or false), "
+        "not a number (***)")
 
 
 def test_show_prints_the_effective_config_as_toml(write: Write, capsys: pytest.CaptureFixture[str]) -> None:
@@ -758,7 +789,8 @@ def test_the_config_schema_documents_every_key() -> None:
     walk(schema, "")
     assert missing == []
     assert schema["$defs"]["duration"]["pattern"] == DURATION_REGEX
-    closed = [d for d in ("kafka", "delays", "retryPolicy", "queueKeys") if schema["$defs"][d]["additionalProperties"] is not False]
+    closed = [d for d in ("kafka", "delays", "retryPolicy", "queueKeys")
+              if schema["$defs"][d]["additionalProperties"] is not False]
     assert schema["additionalProperties"] is False and closed == []
 
 

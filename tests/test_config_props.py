@@ -121,8 +121,9 @@ def configs(draw: st.DrawFn, min_queues: int = 0) -> dict[str, Any]:
     defaults.pop("ordering", None), defaults.pop("blocking_retries", None)
     if defaults:
         data["defaults"] = defaults
+    # unique as env overrides match them: case-insensitive, "." and "-" read as "_"
     queue_names = draw(st.lists(NAMES, min_size=min_queues, max_size=4,
-                                unique_by=lambda n: n.lower().replace(".", "_").replace("-", "_")))  # as env overrides match
+                                unique_by=lambda n: n.lower().replace(".", "_").replace("-", "_")))
     data["queues"] = {n: draw(queue_tables(names, need_target=True)) for n in queue_names}
     return data
 
@@ -240,9 +241,10 @@ def test_an_unknown_key_is_named(data: dict[str, Any], draw: st.DataObject, key:
     tables += [("retry", n) for n in data.get("retry", {})] + [("queues", n) for n in data["queues"]]
     table = draw.draw(st.sampled_from(tables))
     schema = config.config_schema()
+    schema_table = table[:1] if table[:1] == ("retry",) else table
     allowed = {(): schema["properties"], ("kafka",): schema["$defs"]["kafka"]["properties"],
                ("delays",): schema["$defs"]["delays"]["properties"],
-               ("retry",): schema["$defs"]["retryPolicy"]["properties"]}.get(table[:1] if table[:1] == ("retry",) else table,
+               ("retry",): schema["$defs"]["retryPolicy"]["properties"]}.get(schema_table,
                                                                              schema["$defs"]["queueKeys"]["properties"])
     if key in allowed:
         key = f"{key}_x9"
@@ -326,7 +328,8 @@ def test_any_file_content_either_loads_or_raises_config_error(content: bytes) ->
             assert exc.issues
 
 
-TOML_SCALARS = st.one_of(st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False), st.text(max_size=8))
+TOML_SCALARS = st.one_of(st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False),
+                         st.text(max_size=8))
 TOML_TABLES = st.recursive(
     st.dictionaries(st.text(max_size=6), TOML_SCALARS | st.lists(TOML_SCALARS, max_size=3), max_size=4),
     lambda inner: st.dictionaries(st.text(max_size=6), inner | TOML_SCALARS, max_size=3), max_leaves=10)

@@ -163,7 +163,8 @@ def test_processes_2_scrape_sums_both(kafka: Cluster, fresh_prefix: str, tmp_pat
 
 @pytest.mark.broker
 def test_one_trace_from_dispatch_through_retry_to_success(make_settings, kafka: Cluster) -> None:
-    otel = pytest.importorskip("opentelemetry.sdk.trace", reason="the `otel` extra (opentelemetry-sdk) is not installed")
+    otel = pytest.importorskip("opentelemetry.sdk.trace",
+                               reason="the `otel` extra (opentelemetry-sdk) is not installed")
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.trace import SpanKind, StatusCode
@@ -263,7 +264,8 @@ def test_json_logs_carry_the_job_fields() -> None:
     finally:
         logging.getLogger().removeHandler(handler)
     first, second = (json.loads(line) for line in stream.getvalue().splitlines())
-    assert first["level"] == "WARNING" and first["logger"] == "protojobs.worker" and first["message"] == "job failed: boom"
+    assert (first["level"] == "WARNING" and first["logger"] == "protojobs.worker"
+            and first["message"] == "job failed: boom")
     assert {k: first[k] for k in logs.JOB_FIELDS} == {"queue": "emails", "topic": "t-emails", "partition": 2,
                                                        "offset": 41, "job_id": "01J", "attempt": 1}
     assert first["ts"].endswith("Z") and "queue" not in second

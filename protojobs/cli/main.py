@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, func: Command, help_text: str) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_text, description=help_text)
-        cmd.add_argument("--config", default=_config_default(), help="jobs.toml (default: ./jobs.toml or $PROTOJOBS_CONFIG)")
+        cmd.add_argument("--config", default=_config_default(),
+                         help="jobs.toml (default: ./jobs.toml or $PROTOJOBS_CONFIG)")
         cmd.set_defaults(func=func)
         return cmd
 
@@ -157,7 +158,8 @@ def _add_run(add: Add) -> None:
     placement.add_argument("--router-only", action="store_true", help="run only the delay-tier router")
     run.add_argument("--no-scheduler", action="store_true",
                      help="do not take part in leading the periodic schedules in this process")
-    run.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz and /readyz for all processes on this port")
+    run.add_argument("--metrics-port", type=int,
+                     help="serve /metrics, /healthz and /readyz for all processes on this port")
     run.add_argument("--log-format", choices=["text", "json"], default="text",
                      help="text, or one JSON object per line with the job's fields (default text)")
 

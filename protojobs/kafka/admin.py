@@ -121,7 +121,8 @@ def plan(admin: AdminClient, specs: Iterable[names.TopicSpec]) -> list[Change]:
     for spec in specs:
         info = meta.topics.get(spec.name)
         if info is None:
-            changes.append(Change(spec.name, "create", f"{spec.partitions} partitions, RF {spec.replication_factor}", spec))
+            changes.append(Change(spec.name, "create",
+                                  f"{spec.partitions} partitions, RF {spec.replication_factor}", spec))
             continue
         have_parts = len(info.partitions)
         have_rf = len(next(iter(info.partitions.values())).replicas) if info.partitions else 0

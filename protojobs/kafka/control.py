@@ -29,7 +29,8 @@ class ClearEpochs:
 
     def __init__(self, settings: Settings, watch: ErrorWatch) -> None:
         self.topic = names.control_topic(settings.kafka.topic_prefix)
-        self.consumer = Consumer(consumer_config(settings.kafka, watch, group=names.control_reader_group(uuid.uuid4().hex),
+        self.consumer = Consumer(consumer_config(settings.kafka, watch,
+                                                 group=names.control_reader_group(uuid.uuid4().hex),
                                                  **{"enable.auto.commit": False}))
         self.consumer.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
         self.watch = watch

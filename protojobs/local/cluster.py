@@ -177,8 +177,10 @@ class Cluster:
         for i in range(self.nodes):
             routes.append((f"{self.state_dir.name}-client-{i + 1}", self.ports.client_proxy(i), self.ports.proxied(i)))
             if self.chaos:
-                routes.append((f"{self.state_dir.name}-internal-{i + 1}", self.ports.internal_proxy(i), self.ports.internal(i)))
-                routes.append((f"{self.state_dir.name}-controller-{i + 1}", self.ports.controller_proxy(i), self.ports.controller(i)))
+                routes.append((f"{self.state_dir.name}-internal-{i + 1}",
+                               self.ports.internal_proxy(i), self.ports.internal(i)))
+                routes.append((f"{self.state_dir.name}-controller-{i + 1}",
+                               self.ports.controller_proxy(i), self.ports.controller(i)))
         return routes
 
     # --- configuration -------------------------------------------------------------------

@@ -88,7 +88,8 @@ class Toxiproxy:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     log_text = (self.state_dir / "toxiproxy.log").read_text(errors="replace")
                     self.stop()
-                    raise BrokerError(f"toxiproxy-server did not start on port {self.port}:\n{_tail(log_text)}") from None
+                    raise BrokerError(f"toxiproxy-server did not start on port {self.port}:\n"
+                                      f"{_tail(log_text)}") from None
                 time.sleep(0.05)
 
     def stop(self) -> None:

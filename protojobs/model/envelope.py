@@ -1,7 +1,8 @@
 """The job record: the envelope every job travels in and its headers (the dead-letter record
 that wraps a failed one is protojobs.model.dead_letter).
 
-A record's value is one JSON object in UTF-8, readable by any Kafka tool. `encode` writes format version `VERSION`; `decode` accepts that version and every older
+A record's value is one JSON object in UTF-8, readable by any Kafka tool. `encode` writes format
+version `VERSION`; `decode` accepts that version and every older
 one (each older version is upgraded step by step, see `_UPGRADES`) and rejects anything else
 with an `EnvelopeError` that says why. Headers repeat the routing fields so routers can act
 without parsing the value. The Kafka record timestamp is never derived from an envelope.

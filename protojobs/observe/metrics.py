@@ -6,7 +6,7 @@ of series is bounded by jobs.toml.
 
 | metric | labels | what |
 | --- | --- | --- |
-| `protojobs_jobs_total` | queue, job, outcome | `dispatched` (every job a Dispatcher with these hooks builds, e.g. `ctx.dispatch`), `started` (every attempt), `succeeded`, `failed` (every failed attempt), `retried` / `dead_lettered` (the copy was acknowledged), `replayed` (a replayed job started its first attempt again) |
+| `protojobs_jobs_total` | queue, job, outcome | jobs and attempts, by `outcome` (below) |
 | `protojobs_handler_duration_seconds` | queue | each attempt, failed or not |
 | `protojobs_dispatch_to_start_seconds` | queue | first attempts of jobs that were due at dispatch |
 | `protojobs_delay_lateness_seconds` | queue | start time minus `available_at`: delayed jobs and retries |
@@ -18,6 +18,11 @@ of series is bounded by jobs.toml.
 
 The last four come from `ops.stats.stats_data` (admin calls) in a background thread of the
 serving process every `REFRESH_S` seconds, never per job.
+
+`protojobs_jobs_total` outcomes: `dispatched` (every job a Dispatcher with these hooks builds,
+e.g. `ctx.dispatch`), `started` (every attempt), `succeeded`, `failed` (every failed attempt),
+`retried` / `dead_lettered` (the copy was acknowledged), `replayed` (a replayed job started its
+first attempt again).
 
 Multiprocess: `protojobs run --metrics-port` sets `PROMETHEUS_MULTIPROC_DIR` to a fresh
 directory before this module (and prometheus_client) is imported and before any child is

@@ -14,7 +14,8 @@ field and sent as the `traceparent` record header (protojobs.envelope):
   job is one trace, up to its final success or its dead letter.
 
 The spans use the global TracerProvider (set one, or run under `opentelemetry-instrument`);
-`Tracing(provider)` takes another. With no provider configured nothing is hooked in. Handler code does not run inside the attempt span's
+`Tracing(provider)` takes another. With no provider configured nothing is hooked in. Handler code
+does not run inside the attempt span's
 context (the attempt starts and ends on different threads).
 """
 

@@ -22,7 +22,8 @@ def stats_data(settings: Settings, queues: Sequence[str] | None = None) -> dict[
     out: dict[str, Any] = {"group": group, "queues": {}}
     for name in queues or settings.queues:
         depth = admin.topic_depth(client, group, names.queue_topic(prefix, name))
-        out["queues"][name] = {"depth": sum(depth.values()), "partitions": {str(p): d for p, d in sorted(depth.items())}}
+        out["queues"][name] = {"depth": sum(depth.values()),
+                               "partitions": {str(p): d for p, d in sorted(depth.items())}}
     router = names.router_group(group)
     out["delayed"] = {names.delay_topic(prefix, t): sum(admin.topic_depth(client, router,
                       names.delay_topic(prefix, t)).values()) for t in settings.tiers_ms}

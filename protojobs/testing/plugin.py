@@ -17,7 +17,8 @@ project directory), so every broker and toxiproxy started during the session rec
 owner beside its pidfile (`protojobs.local.pidfiles`). At interpreter exit, as a last resort, the
 session stops the processes under the state directory that it started (its owner, or its
 children); when the fixtures (or a test, through `_state_root`) first use the state directory,
-it stops what a killed earlier session of the same project left behind there. Nothing else is touched: a project that installs protojobs
+it stops what a killed earlier session of the same project left behind there. Nothing else is
+touched: a project that installs protojobs
 but does not use these fixtures, another live session, a `protojobs broker` or another project's
 processes are never signalled.
 """
