@@ -153,9 +153,8 @@ class Router:
             entered = msg.timestamp()[1]
             due = delays.due_at(entered if entered > 0 else now, self.tiers[topic], available)
         if due > now:
-            tp = TopicPartition(topic, partition, offset)
-            self.consumer.pause([tp])  # pause first, then seek: a seek before the pause can be lost
-            self.consumer.seek(tp)
+            self.partitions.pause([key])  # pause first, then seek: a seek before the pause can be lost
+            self.consumer.seek(TopicPartition(topic, partition, offset))
             self.held[key] = due
             return
         self.partitions.started(topic, partition, offset)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -43,6 +43,7 @@ class AdminError(RuntimeError):
 # The ErrorWatch of each client made by `client`: its error_cb runs only inside poll(), so
 # `list_topics` polls between short waits and raises ClientError when Kafka refused the client.
 _WATCHES: weakref.WeakKeyDictionary[AdminClient, ErrorWatch] = weakref.WeakKeyDictionary()
+_CONFS: weakref.WeakKeyDictionary[AdminClient, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
 def client(settings: Settings) -> AdminClient:
@@ -53,6 +54,7 @@ def client(settings: Settings) -> AdminClient:
     conf.update({"bootstrap.servers": settings.kafka.brokers, "logger": KAFKA_LOG, "error_cb": watch})
     admin = AdminClient(conf)
     _WATCHES[admin] = watch
+    _CONFS[admin] = conf
     return admin
 
 
@@ -244,9 +246,18 @@ def committed(admin: AdminClient, group: str, topic: str, partitions: Iterable[i
 
 
 def _committed(admin: AdminClient, group: str, topic: str, partitions: list[int]) -> dict[int, int]:
-    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in partitions])
-    result = admin.list_consumer_group_offsets([request], request_timeout=TIMEOUT)[group].result(TIMEOUT)
-    return {tp.partition: tp.offset for tp in result.topic_partitions if tp.offset >= 0}
+    """Asked through a consumer of `group` that never subscribes (so never joins the group), not
+    AdminClient.list_consumer_group_offsets: with librdkafka 2.16 that call crashed the whole
+    process (NULL consumer-group handle in rd_kafka_handle_OffsetFetch, seen while the group's
+    coordinator was busy). read_uncommitted: an open transaction does not make it wait."""
+    conf = {**_CONFS.get(admin, {}), "group.id": group, "enable.auto.commit": False,
+            "isolation.level": "read_uncommitted"}
+    consumer = Consumer(conf)
+    try:
+        got = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=TIMEOUT)
+    finally:
+        consumer.close()
+    return {tp.partition: tp.offset for tp in got if tp.offset >= 0 and tp.error is None}
 
 
 def topic_depth(admin: AdminClient, group: str, topic: str) -> dict[int, int]:

@@ -73,7 +73,8 @@ class Partitions:
         self.revoking: set[Key] = set()
         self.txn: Transactions | None = None  # set by the owner once its producer is initialised
         self.session_lost = False
-        self.paused = False
+        self.paused = False  # flow control: every partition held
+        self.held: set[Key] = set()  # partitions this owner paused (and must resume before giving up)
 
     def subscribe(self, topics: list[str]) -> None:
         self.consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
@@ -146,15 +147,9 @@ class Partitions:
             self.generation[key] = self.generation.get(key, 0) + 1
             self.offsets.drop(*key)
         self.assigned |= keys
-        if partitions:
-            # librdkafka keeps a partition's pause flag across losing and regaining it: a partition
-            # paused before it was lost (a held tier head, flow control) would come back paused and
-            # never be fetched. Assign here and set the state we want explicitly.
+        if self.paused and partitions:  # flow control holds every partition, new ones too
             consumer.incremental_assign(partitions)
-            if self.paused:  # flow control holds every partition, new ones too
-                consumer.pause(partitions)
-            else:
-                consumer.resume(partitions)
+            self.pause(keys)
         self.owner.partitions_assigned(keys)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -164,12 +159,15 @@ class Partitions:
             self.owner.partitions_revoking(revoked)
             self.commit(asynchronous=False, only=revoked)
         finally:
+            self._unpause(revoked)
             self.forget(revoked)
             self.revoking -= revoked
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning("partitions lost (not committing): %s", [f"{tp.topic}[{tp.partition}]" for tp in partitions])
-        self.forget({(tp.topic, tp.partition) for tp in partitions})
+        lost = {(tp.topic, tp.partition) for tp in partitions}
+        self._unpause(lost)
+        self.forget(lost)
         if self.txn is not None:
             # Our group session expired (a long pause, SIGSTOP): a newer process may hold our
             # transactional.id. The owner must publish nothing more: it stops, a fresh one starts.
@@ -189,15 +187,29 @@ class Partitions:
                 self.txn.drop(*key)
             if not keep_assigned:
                 self.assigned.discard(key)
+                self.held.discard(key)
         self.owner.partitions_forgotten(keys)
 
     # --- flow control -------------------------------------------------------------------------
 
     def pause(self, keys: Iterable[Key]) -> None:
+        keys = set(keys)
         self.consumer.pause([TopicPartition(t, p) for t, p in keys])
+        self.held |= keys
 
     def resume(self, keys: Iterable[Key]) -> None:
+        keys = set(keys)
         self.consumer.resume([TopicPartition(t, p) for t, p in keys])
+        self.held -= keys
+
+    def _unpause(self, keys: set[Key]) -> None:
+        """Resume what we paused of partitions we are giving up, while they are still assigned:
+        librdkafka keeps a partition's pause flag across losing and regaining it, so a held tier
+        head or a flow-controlled partition would come back paused and never be fetched. (Resuming
+        right after `incremental_assign` instead crashed librdkafka's main thread.)"""
+        stale = keys & self.held
+        if stale:
+            self.resume(stale)
 
     def hold_all(self) -> None:
         """Stop fetching every assigned partition (and those assigned later) until `release_all`."""
