@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -90,3 +91,21 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 30, what: str = "co
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file that other processes may be appending to right now: a last
+    line without its newline is a write in progress and is left out (the next read gets it);
+    a complete line that is not JSON is an error."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    lines = text.split("\n")
+    rows = []
+    for number, line in enumerate(lines[:-1], 1):  # lines[-1]: "" or the torn tail of a write
+        if line:
+            try:
+                rows.append(json.loads(line))
+            except ValueError as err:
+                raise ValueError(f"{path}:{number}: not a JSON line: {line[:200]!r}") from err
+    return rows

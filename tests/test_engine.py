@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,7 +14,7 @@ from typing import Any
 import engine_jobs
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-from conftest import settings_tree, wait_for, write_config
+from conftest import read_jsonl, settings_tree, wait_for, write_config
 
 from protojobs.cli import queues
 from protojobs.config import PayloadError
@@ -178,7 +177,21 @@ def spawn_worker(config_file: Path, record: Path, *extra: str) -> subprocess.Pop
 
 
 def runs(record: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+    """The runs recorded so far (worker processes may be appending: a torn last line is skipped)."""
+    return read_jsonl(record)
+
+
+def test_runs_tolerates_a_torn_last_line(tmp_path: Path) -> None:
+    record = tmp_path / "runs.jsonl"
+    assert runs(record) == []
+    record.write_text('{"n": 1}\n{"n": 2}\n{"n": 3, "pi')  # a worker is writing line 3 right now
+    assert runs(record) == [{"n": 1}, {"n": 2}]
+    with open(record, "a") as fh:
+        fh.write('d": 7}\n')
+    assert runs(record) == [{"n": 1}, {"n": 2}, {"n": 3, "pid": 7}]
+    record.write_text('{"n": 1}\nnot json\n{"n": 3}\n')  # a complete bad line is a real error
+    with pytest.raises(ValueError, match="runs.jsonl:2"):
+        runs(record)
 
 
 @pytest.fixture
