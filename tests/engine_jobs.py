@@ -15,6 +15,7 @@ from typing import Any
 
 RUNS: list[dict[str, Any]] = []
 _lock = threading.Lock()
+HANG = threading.Event()  # `record` jobs with "hang": N wait on it (at most N s); tests set it when done
 FAILS: dict[str, int] = {}  # job id or payload "n" -> how many attempts still fail
 
 
@@ -31,6 +32,10 @@ def _record(data: dict[str, Any], ctx: Any, **extra: Any) -> None:
 
 
 def record(data: dict[str, Any], ctx: Any) -> None:
+    if data.get("hang"):  # a handler stuck past any short timeout: records its start, nothing after
+        _record(data, ctx, phase="hang")
+        HANG.wait(float(data["hang"]))
+        return
     if data.get("announce"):
         _record(data, ctx, phase="start")
     time.sleep(float(data.get("sleep", 0)))

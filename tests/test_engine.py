@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import engine_jobs
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from conftest import read_jsonl, settings_tree, wait_for, write_config
+from prometheus_client import REGISTRY
 
 from protojobs.cli import queues
 from protojobs.config import PayloadError
@@ -22,6 +24,7 @@ from protojobs.engine.dispatch import Dispatcher
 from protojobs.kafka import admin
 from protojobs.model import dead_letter, envelope
 from protojobs.model import names as topics
+from protojobs.observe import health, metrics
 from protojobs.ops.stats import stats_data
 from protojobs.testing import Cluster, profile
 
@@ -30,8 +33,11 @@ TESTS = Path(__file__).resolve().parent
 
 
 @pytest.fixture(autouse=True)
-def _clean_runs() -> None:
+def _clean_runs() -> Iterator[None]:
     engine_jobs.RUNS.clear()
+    engine_jobs.HANG.clear()
+    yield
+    engine_jobs.HANG.set()  # release this test's hung handlers (they record nothing more)
 
 
 def committed_equals_end(settings: Any, queue: str) -> bool:
@@ -55,6 +61,53 @@ def test_dispatched_jobs_all_run_and_commit(make_settings, start_worker) -> None
     assert {r["id"] for r in engine_jobs.RUNS} == set(result.ids)
     data = stats_data(settings)
     assert data["queues"]["work"]["depth"] == 0
+
+
+def committed_total(settings: Any, queue: str) -> int:
+    client = admin.client(settings)
+    topic = topics.queue_topic(settings.kafka.topic_prefix, queue)
+    marks = admin.watermarks(client, topic)
+    return sum(admin.committed(client, settings.kafka.group_id, topic, marks).values())
+
+
+def quick_runs() -> list[dict[str, Any]]:
+    return [r for r in engine_jobs.RUNS if r.get("phase") != "hang"]
+
+
+def test_hung_handlers_keep_the_lane_running_and_wedge_it(make_settings, start_worker, tmp_path: Path) -> None:
+    settings = make_settings({"work": {"handler": "engine_jobs:record", "partitions": 1, "concurrency": 2,
+                                       "timeout": "1s", "retry": "once"}}, retry={"once": {"max_attempts": 1}})
+    dispatcher = Dispatcher(settings)
+    assert dispatcher.dispatch_many("work", [{"n": i, "hang": 120} for i in range(8)]).ok
+    assert dispatcher.dispatch_many("work", [{"n": i} for i in range(8, 18)]).ok
+    worker = start_worker(settings, max_hung=3)
+    w = worker.worker
+    # 8 handlers hang past their timeout, more than the old pool's 2 x 2 + 2 threads: the lane
+    # still runs 2 jobs at a time and the 10 others run
+    wait_for(lambda: len(quick_runs()) == 10, timeout=40, what="the jobs behind the hung ones")
+    wait_for(lambda: committed_equals_end(settings, "work"), what="every job settled and committed")
+    assert w.counters.dead == 8 and w.counters.done == 10
+    topic = topics.queue_topic(settings.kafka.topic_prefix, "work")
+    assert w.lanes[topic].hung == 8 and w.wedged() == {"work": 8}
+    metrics.sample_in_flight(w)
+    assert REGISTRY.get_sample_value("protojobs_hung_handlers", {"queue": "work"}) == 8
+    health.write_heartbeat(tmp_path, 0, health.heartbeat(w))
+    ok, reason = health.Checks(settings, tmp_path, [0]).healthz()
+    assert not ok and "queue work wedged: 8 handlers hung past their timeout (limit 3)" in reason, reason
+    started = time.monotonic()
+    worker.stop()  # hung threads do not hold up the shutdown
+    assert time.monotonic() - started < 10
+
+
+def test_shutdown_waits_for_running_jobs_at_most_shutdown_timeout(make_settings, start_worker) -> None:
+    settings = make_settings({"work": {"handler": "engine_jobs:record", "partitions": 1, "timeout": "60s"}})
+    assert Dispatcher(settings).dispatch_many("work", [{"n": 0, "hang": 120}, {"n": 1}]).ok
+    worker = start_worker(settings, shutdown_timeout=1)
+    wait_for(lambda: len(engine_jobs.RUNS) == 2, what="both jobs started")
+    started = time.monotonic()
+    worker.stop()  # the hung job is within its timeout: waited for 1 s, not 60
+    assert time.monotonic() - started < 8
+    assert committed_total(settings, "work") == 0  # not finished: the next owner runs it (and the one behind it)
 
 
 def test_invalid_payload_refused_at_dispatch(make_settings, kafka: Cluster) -> None:
@@ -288,6 +341,52 @@ def test_processes_option_runs_supervised_children(worker_config, tmp_path: Path
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+@pytest.mark.parametrize("flag, value", [("--max-hung", "-1"), ("--shutdown-timeout", "nan"),
+                                         ("--shutdown-timeout", "-2")])
+def test_run_refuses_a_bad_limit(flag: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from protojobs.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main.main(["run", flag, value])
+    assert exit_.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_processes_recycle_a_wedged_child_and_hung_handlers_do_not_hold_up_exit(
+        kafka: Cluster, fresh_prefix: str, tmp_path: Path) -> None:
+    from protojobs import config
+
+    tree = settings_tree(kafka.bootstrap, fresh_prefix, {"work": {
+        "handler": "engine_jobs:record", "partitions": 1, "concurrency": 1, "timeout": "1s"}},
+        retry={"default": {"max_attempts": 1}})
+    path = write_config(tmp_path / "jobs.toml", tree)
+    settings = config.from_dict(tree, TESTS.parent)
+    record = tmp_path / "runs.jsonl"
+    dispatcher = Dispatcher(settings)
+    proc = spawn_worker(path, record, "--processes", "2", "--max-hung", "1")
+    log = tmp_path / "worker-0.log"
+    try:
+        wait_for(lambda: len(admin.group_members(admin.client(settings), settings.kafka.group_id)) == 2,
+                 timeout=40, what="two members in the group")
+        # two handlers hang past their 1 s timeout in the child owning the one partition: more
+        # than --max-hung 1, so it commits what finished (both dead-lettered) and exits 4
+        assert dispatcher.dispatch_many("work", [{"n": i, "hang": 120} for i in range(2)]).ok
+        wait_for(lambda: "exited with 4 (wedged" in log.read_text(), timeout=40, what="the wedged child to exit")
+        assert dispatcher.dispatch_many("work", [{"n": i} for i in range(2, 12)]).ok
+        wait_for(lambda: {r["n"] for r in runs(record) if r.get("phase") != "hang"} == set(range(2, 12))
+                 and committed_equals_end(settings, "work"), timeout=60, what="the jobs after the recycle")
+        assert sorted(r["n"] for r in runs(record) if r.get("phase") == "hang") == [0, 1]  # committed: never again
+        # one more hung handler (not wedged): SIGTERM ends the command although it still hangs
+        assert dispatcher.dispatch("work", {"n": 12, "hang": 120})
+        wait_for(lambda: committed_equals_end(settings, "work"), timeout=30, what="the hung job timed out")
+        stopped = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert time.monotonic() - stopped < 15, "a hung handler held up the exit"
+    finally:
+        proc.kill()
+        proc.wait(10)
 
 
 def test_committed_offsets_after_drain_match_consumer_position(make_settings, start_worker) -> None:

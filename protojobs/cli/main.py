@@ -38,9 +38,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from protojobs.observe import logs
     logs.configure(args.log_format)  # and $PROTOJOBS_LOG_FORMAT for the spawned workers
     router = "off" if args.no_router else "only" if args.router_only else "on"
+    limits = {"max_hung": args.max_hung, "shutdown_timeout": args.shutdown_timeout}
     return runner.run(args.config, queues=args.queue or None, max_jobs=args.max_jobs, processes=args.processes,
                       router=router, slot=args.slot, metrics_port=args.metrics_port,
-                      scheduler=not args.no_scheduler)
+                      scheduler=not args.no_scheduler, limits=limits)
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
@@ -146,6 +147,26 @@ def _add_broker(add: Add) -> None:
     broker.add_argument("--state", default=".protojobs/broker", help=argparse.SUPPRESS)
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite, non-negative number of seconds")
+    return value
+
+
 def _add_run(add: Add) -> None:
     run = add("run", _cmd_run, "run workers for the queues of jobs.toml")
     run.add_argument("--queue", action="append", help="only this queue (repeatable)")
@@ -162,6 +183,12 @@ def _add_run(add: Add) -> None:
                      help="serve /metrics, /healthz and /readyz for all processes on this port")
     run.add_argument("--log-format", choices=["text", "json"], default="text",
                      help="text, or one JSON object per line with the job's fields (default text)")
+    run.add_argument("--max-hung", type=_count, default=0, metavar="N",
+                     help="a queue with more than N handlers hung past their timeout is wedged: "
+                          "/healthz fails, a --processes child is recycled (default 0: 2 x concurrency)")
+    run.add_argument("--shutdown-timeout", type=_seconds, default=0.0, metavar="SECONDS",
+                     help="on SIGTERM wait at most this long for running jobs, then commit what finished "
+                          "and exit (default 0: the longest queue timeout + 5 s)")
 
     probe = add("health", _cmd_health, "ask a running `run --metrics-port` whether it is healthy (exit 0) or not (1)")
     probe.add_argument("--url", default="http://127.0.0.1:9191", help="the metrics endpoint (default %(default)s)")

@@ -3,7 +3,10 @@
 With `--processes 1` the worker runs in this process; with N > 1, `engine.supervisor` runs N
 spawned children. `--metrics-port` serves /metrics, /healthz and /readyz for all of them
 (`observe.health`). Exit codes: 0 stopped cleanly, 1 failed, 3 fenced (a newer worker owns
-this process's exactly-once slot).
+this process's exactly-once slot), 4 wedged (a `--processes` child whose queue had more handlers
+hung past their timeout than `--max-hung`: it committed what finished and exited, and the
+supervisor starts it again; a single process stays up and /healthz reports the wedged queue).
+`limits` are `WorkerOptions` fields (`--max-hung`, `--shutdown-timeout`).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from protojobs import config
@@ -75,10 +78,19 @@ def _work(settings: config.Settings, options: WorkerOptions, router: str) -> int
             observed.stop()
         say(f"\nprotojobs: worker stopped: {counters.done} done, {counters.retried} retried, "
             f"{counters.dead} dead-lettered")
-        return _stop_router(routing)
+        code = _stop_router(routing)
+        if worker.wedged_on:
+            say(f"protojobs: worker {options.slot} stopped wedged ("
+                + "; ".join(f"queue {q}: {n} handlers hung past their timeout" for q, n in worker.wedged_on.items())
+                + "); exiting with 4")
+            return WEDGED
+        return code
     finally:
         if routing is not None and routing.thread.is_alive():
             routing.stop()
+
+
+WEDGED = 4
 
 
 def _stop_router(routing: RouterThread | None) -> int:
@@ -92,21 +104,23 @@ def _stop_router(routing: RouterThread | None) -> int:
 
 
 def _child(path: str | None, queues: Sequence[str] | None, max_jobs: int, router: str, scheduler: bool,
-           slot: int) -> None:
+           limits: Mapping[str, Any], slot: int) -> None:
     logs.configure_from_env()
     settings = config.load(path)
-    sys.exit(work(settings, WorkerOptions(queues=queues, max_jobs=max_jobs, slot=slot), router, scheduler))
+    options = WorkerOptions(queues=queues, max_jobs=max_jobs, slot=slot, exit_when_wedged=True, **limits)
+    sys.exit(work(settings, options, router, scheduler))
 
 
 def _restarted(slot: int, pid: int | None, code: int | None) -> None:
-    say(f"protojobs: worker {slot} exited with {code}; restarting it")
+    why = " (wedged by handlers hung past their timeout)" if code == WEDGED else ""
+    say(f"protojobs: worker {slot} exited with {code}{why}; restarting it")
     if pid is not None:
         health.child_exited(pid)
 
 
 def run(path: str | None, queues: Sequence[str] | None = None, max_jobs: int = 0, processes: int = 1,
         status: bool | None = None, router: str = "on", slot: int = 0, metrics_port: int | None = None,
-        scheduler: bool = True) -> int:
+        scheduler: bool = True, limits: Mapping[str, Any] | None = None) -> int:
     try:
         settings = config.load(path)
     except config.ConfigError as err:
@@ -121,11 +135,12 @@ def run(path: str | None, queues: Sequence[str] | None = None, max_jobs: int = 0
             return 1
         say(f"protojobs: /metrics, /healthz and /readyz on port {server.port}")
         try:
-            return run(path, queues, max_jobs, processes, status, router, slot, scheduler=scheduler)
+            return run(path, queues, max_jobs, processes, status, router, slot, scheduler=scheduler, limits=limits)
         finally:
             server.stop()
+    limits = dict(limits or {})
     if processes <= 1:
         show = sys.stderr.isatty() if status is None else status
-        return work(settings, WorkerOptions(queues=queues, max_jobs=max_jobs, status=show, slot=slot), router,
+        return work(settings, WorkerOptions(queues=queues, max_jobs=max_jobs, status=show, slot=slot, **limits), router,
                     scheduler)
-    return supervise(_child, (path, queues, max_jobs, router, scheduler), processes, _restarted)
+    return supervise(_child, (path, queues, max_jobs, router, scheduler, limits), processes, _restarted)

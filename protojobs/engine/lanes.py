@@ -8,8 +8,14 @@ jobs never overlap and keep their dispatch order while other keys run in paralle
 `async def` handlers run on one event loop per process (a daemon thread); `concurrency` of them
 are in flight per queue. A timeout fails the attempt, never the worker: a coroutine is
 cancelled; a sync handler cannot be killed (Python threads cannot be), so the worker's loop
-declares it timed out at its deadline, the lane gets a fresh thread, and whatever the old thread
+declares it timed out at its deadline, the lane starts a fresh thread in its place (the lane
+keeps `concurrency` threads working, however many are stuck), and whatever the old thread
 returns later is ignored. Handlers see the deadline in their context (`ctx.deadline`, epoch s).
+
+The hard limit (docs/architecture.md, "Threads"): lane threads are daemon threads the lane starts
+itself, so an abandoned one never keeps the process alive. `hung` counts abandoned threads still
+inside their handler; above `max_hung` (default 2 x concurrency) the lane is `wedged`: the
+worker reports it (/healthz 503 naming the queue) and a `--processes` child exits to be recycled.
 
 Each attempt runs through `engine.attempt.Attempt` on the lane thread, failure decision
 included; a job declared timed out gets its failure decided on the thread that replaces it.
@@ -19,11 +25,12 @@ Results go to `done` (a SimpleQueue) for the consume loop, which owns offsets.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
-from concurrent.futures import ThreadPoolExecutor
 from queue import SimpleQueue
 from typing import Any
 
@@ -38,6 +45,8 @@ from protojobs.engine.attempt import (
     JobRun,
     Result,
 )
+
+log = logging.getLogger(__name__)
 
 
 class EventLoop:
@@ -64,7 +73,7 @@ class Lane:
     """The buffered and running jobs of one queue."""
 
     def __init__(self, queue: QueueSettings, handlers: dict[str, Handler], done: SimpleQueue[Any],
-                 valid: Callable[[JobRun], bool], attempt: Attempt) -> None:
+                 valid: Callable[[JobRun], bool], attempt: Attempt, max_hung: int = 0) -> None:
         self.queue = queue
         self.handlers = handlers  # envelope job name -> handler; "*": the queue's one handler
         self.done = done
@@ -74,11 +83,24 @@ class Lane:
         self.ready: deque[JobRun] = deque()
         self.chains: dict[Hashable, deque[JobRun]] = {}
         self.running: dict[int, JobRun] = {}  # id(job) -> job
-        self.threads = 0
+        self.deciding: dict[int, JobRun] = {}  # timed out, its failure being decided by its replacement thread
+        self.threads = 0  # working lane threads (a thread stuck in a timed-out handler is not one)
+        self.hung = 0  # abandoned threads still inside a handler past its timeout
+        self.timed_out = 0  # attempts declared timed out, in all
+        self.max_hung = max_hung or 2 * queue.concurrency
         self.buffered = 0
         self.halted = False
-        self.pool = ThreadPoolExecutor(max_workers=queue.concurrency * 2 + 2,
-                                       thread_name_prefix=f"protojobs-{queue.name}")
+        self._names = itertools.count(1)
+
+    @property
+    def wedged(self) -> bool:
+        """More than `max_hung` threads are stuck in handlers past their timeout."""
+        return self.hung > self.max_hung
+
+    def _start_thread(self, target: Callable[..., None], *args: Any) -> None:
+        """A daemon thread: one stuck in a handler never keeps the process from exiting."""
+        threading.Thread(target=target, args=args, name=f"protojobs-{self.queue.name}-{next(self._names)}",
+                         daemon=True).start()
 
     def submit(self, job: JobRun) -> None:
         with self.lock:
@@ -92,13 +114,14 @@ class Lane:
             self.ready.append(job)
             if self.threads < self.queue.concurrency:
                 self.threads += 1
-                self.pool.submit(self._work)
+                self._start_thread(self._work)
 
     def _next(self, previous: JobRun | None) -> JobRun | None:
         """Release `previous`'s chain (starting its successor) and take the next ready job."""
         with self.lock:
             if previous is not None:
-                if previous.state == TIMED_OUT:  # expire() released its chain and its thread slot
+                if previous.state == TIMED_OUT:  # expire() released its chain and gave its slot to a
+                    self.hung -= 1  # fresh thread: this one, back from its handler at last, ends
                     return None
                 self.running.pop(id(previous), None)
                 self._release_chain_locked(previous)
@@ -156,6 +179,8 @@ class Lane:
         except BaseException as exc:  # noqa: BLE001
             result = Result(job, exc, None, 0.0)
         self.done.put(result)
+        with self.lock:
+            self.deciding.pop(id(job), None)
         self._work()
 
     def hold(self, job: JobRun) -> bool:
@@ -179,10 +204,20 @@ class Lane:
                 if job.deadline <= now and job.state == RUNNING:
                     job.state = TIMED_OUT
                     self.running.pop(id(job), None)
+                    self.deciding[id(job)] = job
                     self._release_chain_locked(job)
                     expired.append(job)
+            self.hung += len(expired)
+            self.timed_out += len(expired)
             for job in expired:
-                self.pool.submit(self._timed_out, job)  # replaces the thread stuck in the handler
+                self._start_thread(self._timed_out, job)  # replaces the thread stuck in the handler
+            hung = self.hung
+        for job in expired:
+            log.warning("job %s ran past its timeout of %gs: its thread is abandoned and a fresh one takes "
+                        "its place (%d hung in queue %s, limit %d)", job.env.id, self.queue.timeout_ms / 1000,
+                        hung, self.queue.name, self.max_hung,
+                        extra={"queue": self.queue.name, "topic": job.topic, "partition": job.partition,
+                               "offset": job.offset, "job_id": job.env.id, "attempt": job.env.attempt})
         return expired
 
     def halt(self) -> None:
@@ -191,10 +226,11 @@ class Lane:
             self.halted = True
 
     def busy(self, partitions: set[tuple[str, int]] | None = None) -> int:
-        """Running jobs (of `partitions`, or all)."""
+        """Running jobs, and timed-out ones whose failure is being decided (of `partitions`, or all)."""
         with self.lock:
-            return sum(1 for j in self.running.values()
+            return sum(1 for j in [*self.running.values(), *self.deciding.values()]
                        if partitions is None or (j.topic, j.partition) in partitions)
 
     def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        """Start nothing more; lane threads end when their job does (stuck ones are daemons)."""
+        self.halt()

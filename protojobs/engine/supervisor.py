@@ -1,8 +1,9 @@
 """Worker processes of one `protojobs run --processes N`, supervised.
 
 N children are started with the spawn method (librdkafka threads and fork do not mix); a child
-that dies unexpectedly is reported and restarted in its slot; SIGTERM/SIGINT is passed on to
-every child (a second one kills them) and `supervise` returns when they have all exited.
+that dies unexpectedly, or exits non-zero on its own (4: a queue wedged by hung handlers, see
+`cli.run`), is reported and restarted in its slot; SIGTERM/SIGINT is passed on to every child
+(a second one kills them) and `supervise` returns when they have all exited.
 """
 
 from __future__ import annotations

@@ -12,8 +12,11 @@ waits (bounded) for their running ones, commits, and forgets them; their buffere
 dropped unstarted (the next owner gets them from the committed offset).
 
 Shutdown (SIGTERM/SIGINT, `stop()`, or `max_jobs` reached): stop fetching (pause everything),
-let running jobs finish, commit, close the consumer (leaving the group). A second signal skips
-the wait for running jobs.
+let running jobs finish for at most `shutdown_timeout`, commit what finished, close the consumer
+(leaving the group). A second signal skips the wait for running jobs. Handlers hung past their
+timeout are not waited for (their threads are daemons: they do not keep the process alive).
+With `exit_when_wedged` (the children of `protojobs run --processes N`) a lane wedged by hung
+handlers (`engine.lanes`) stops the worker the same way, and `wedged_on` says why.
 
 The loop's thread runs no user code: handlers, their hooks and failure decisions run on lane
 threads (`engine.lanes`, `engine.attempt`).
@@ -80,6 +83,9 @@ class WorkerOptions:
     commit_interval: float = 1.0
     revoke_wait: float = 10.0
     max_buffer: int = 0  # 0: 4 x the sum of concurrencies, at least 1000
+    max_hung: int = 0  # per queue: handlers hung past their timeout before it is wedged (0: 2 x concurrency)
+    shutdown_timeout: float = 0.0  # longest wait for running jobs on shutdown (0: longest queue timeout + 5 s)
+    exit_when_wedged: bool = False  # stop (and report `wedged_on`) when a queue is wedged
     status: bool = False
     slot: int = 0  # process slot: part of the exactly-once transactional.id
     consumer_extra: dict[str, Any] = field(default_factory=dict)
@@ -111,13 +117,17 @@ class Worker(Quiet):
         self.attempt = Attempt(settings, self.queues, self.hooks, self._event_loop, self.dispatcher,
                                self.eo.__contains__)
         extra = handlers or {}
-        self.lanes = {t: Lane(q, {**_handlers(q), **extra.get(q.name, {})}, self.done, self._startable, self.attempt)
+        self.lanes = {t: Lane(q, {**_handlers(q), **extra.get(q.name, {})}, self.done, self._startable, self.attempt,
+                              self.options.max_hung)
                       for t, q in self.queues.items()}
         self.epochs: ClearEpochs | None = None
         self.counters = Counters()
         self.stopping = 0  # 1: graceful, 2: at once
         self.last_poll = time.monotonic()
         self.max_buffer = self.options.max_buffer or max(1000, 4 * sum(q.concurrency for q in self.queues.values()))
+        self.wedged_on: dict[str, int] = {}  # queue -> hung handlers, when a wedged queue stopped the worker
+        self._reported_wedged: set[str] = set()
+        self._shutdown_by: float | None = None  # monotonic: when shutdown stops waiting for running jobs
 
     @property
     def assigned(self) -> set[Key]:
@@ -136,6 +146,10 @@ class Worker(Quiet):
 
     def _startable(self, job: JobRun) -> bool:
         return self.partitions.startable(job.topic, job.partition, job.generation)
+
+    def wedged(self) -> dict[str, int]:
+        """Queues wedged by handlers hung past their timeout -> how many are hung."""
+        return {lane.queue.name: lane.hung for lane in self.lanes.values() if lane.wedged}
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -159,6 +173,11 @@ class Worker(Quiet):
                         sys.stderr.write(status_line(self, started))
                         sys.stderr.flush()
                 if self.options.max_jobs and self.counters.finished >= self.options.max_jobs:
+                    self.stopping = 1
+                if self.options.exit_when_wedged and self.stopping == 0 and self.wedged():
+                    self.wedged_on = self.wedged()
+                    log.error("stopping: %s; this process is restarted in its slot",
+                              "; ".join(self._wedged_text(q, n) for q, n in self.wedged_on.items()))
                     self.stopping = 1
             self._shutdown()
         finally:
@@ -282,8 +301,15 @@ class Worker(Quiet):
     def _expire(self) -> None:
         now = time.monotonic()
         for lane in self.lanes.values():
-            if lane.running:
-                lane.expire(now)
+            if lane.running and lane.expire(now) and lane.wedged and lane.queue.name not in self._reported_wedged:
+                self._reported_wedged.add(lane.queue.name)
+                log.error("%s; /healthz reports it until they return", self._wedged_text(lane.queue.name, lane.hung))
+            elif not lane.wedged:
+                self._reported_wedged.discard(lane.queue.name)
+
+    def _wedged_text(self, queue: str, hung: int) -> str:
+        lane = next(lane for lane in self.lanes.values() if lane.queue.name == queue)
+        return f"queue {queue} wedged: {hung} handlers hung past their timeout (limit {lane.max_hung})"
 
     def _flow_control(self) -> None:
         """Pause fetching while too many jobs wait; resume below half. Polling never stops."""
@@ -297,6 +323,8 @@ class Worker(Quiet):
 
     def partitions_revoking(self, keys: set[Key]) -> None:
         deadline = time.monotonic() + (self.options.revoke_wait if self.stopping < 2 else 0)
+        if self._shutdown_by is not None:  # shutting down: no longer than the shutdown waits
+            deadline = min(deadline, self._shutdown_by)
         while time.monotonic() < deadline and any(lane.busy(keys) for lane in self.lanes.values()):
             self.outbox.poll(0)
             self._drain(0.05)
@@ -309,11 +337,22 @@ class Worker(Quiet):
         """Ask the loop to stop (safe from a signal handler or another thread)."""
         self.stopping = 2 if at_once or self.stopping else 1
 
+    def shutdown_timeout(self) -> float:
+        """The longest wait for running jobs on shutdown: the option, else the longest timeout of
+        this worker's queues plus 5 s (a job timing out meanwhile gets its retry copy out)."""
+        return self.options.shutdown_timeout or max(q.timeout_ms for q in self.queues.values()) / 1000 + 5
+
     def _shutdown(self) -> None:
         for lane in self.lanes.values():
             lane.halt()  # buffered jobs stay unstarted (uncommitted: the next owner runs them)
         self.partitions.hold_all()
-        while self.stopping < 2 and (any(lane.running for lane in self.lanes.values()) or len(self.outbox)):
+        deadline = self._shutdown_by = time.monotonic() + self.shutdown_timeout()
+        while self.stopping < 2 and (any(lane.busy() for lane in self.lanes.values()) or len(self.outbox)):
+            if time.monotonic() >= deadline:
+                log.warning("shutdown: %d job(s) still running after %gs; not waiting longer (they are not "
+                            "committed: the next owner runs them again)",
+                            sum(lane.busy() for lane in self.lanes.values()), self.shutdown_timeout())
+                break
             self.partitions.consumer.poll(0.05)  # keeps the group membership alive; partitions are paused
             self.outbox.poll(0)
             self._drain(0.05)

@@ -5,16 +5,19 @@ itself) serves on PORT:
 
 - `/metrics`: Prometheus text format, summed over every worker process of the command
   (prometheus_client multiprocess mode, see protojobs.metrics).
-- `/healthz`: 200 when every worker process is alive and its poll loop is not stuck (its
+- `/healthz`: 200 when every worker process is alive, its poll loop is not stuck (its
   heartbeat file is fresher than `HEARTBEAT_STALE_S` and its last poll is within
-  `POLL_STALL_S`); else 503 and the reason. A worker waiting for the broker keeps polling, so
-  a broker outage never makes a worker unhealthy (restarting it would not help).
+  `POLL_STALL_S`) and none of its queues is wedged (more handlers hung past their timeout than
+  its `max_hung`, `engine.lanes`); else 503 and the reason, naming the worker and the queue. A
+  worker waiting for the broker keeps polling, so a broker outage never makes a worker
+  unhealthy (restarting it would not help).
 - `/readyz`: 200 when, in addition, every worker polled within `READY_POLL_S`, has partitions
   (or the group has at least as many members as the command has workers: more workers than
   partitions leaves some idle, yet in the group), and the broker answers a metadata request within
   `BROKER_TIMEOUT_S` (cached `BROKER_CACHE_S`); else 503 and the reason.
 
-Every worker process writes `worker-<slot>.json` (pid, last poll, assigned partitions) in
+Every worker process writes `worker-<slot>.json` (pid, last poll, assigned partitions, hung
+handlers and wedged queues) in
 the command's state directory every `HEARTBEAT_S`; the serving process reads them, so health
 reflects all children. `protojobs health [--url URL] [--ready]` asks the endpoint for exec
 probes: exit 0 when healthy, 1 with the reason.
@@ -111,8 +114,11 @@ class Observed:
 def heartbeat(worker: Any) -> dict[str, Any]:
     # Only plain attributes: a call into the consumer from this thread would wait for the poll loop.
     now = time.time()
+    lanes = list(worker.lanes.values())
     return {"pid": os.getpid(), "ts": now, "last_poll": now - (time.monotonic() - worker.last_poll),
-            "assigned": len(worker.assigned), "stopping": worker.stopping}
+            "assigned": len(worker.assigned), "stopping": worker.stopping,
+            "hung": {lane.queue.name: lane.hung for lane in lanes},
+            "wedged": {lane.queue.name: [lane.hung, lane.max_hung] for lane in lanes if lane.wedged}}
 
 
 def write_heartbeat(directory: Path, slot: int, beat: dict[str, Any]) -> None:
@@ -156,6 +162,10 @@ class Checks:
             elif now - beat["last_poll"] > POLL_STALL_S:
                 problems.append(f"worker {slot} (pid {beat['pid']}): poll loop stuck, last poll "
                                 f"{now - beat['last_poll']:.0f}s ago")
+            elif beat.get("wedged"):
+                problems += [f"worker {slot} (pid {beat['pid']}): queue {queue} wedged: {hung} handlers hung past "
+                             f"their timeout (limit {limit})"
+                             for queue, (hung, limit) in sorted(beat["wedged"].items())]
             else:
                 beats[slot] = beat
         return beats, problems

@@ -11,6 +11,7 @@ of series is bounded by jobs.toml.
 | `protojobs_dispatch_to_start_seconds` | queue | first attempts of jobs that were due at dispatch |
 | `protojobs_delay_lateness_seconds` | queue | start time minus `available_at`: delayed jobs and retries |
 | `protojobs_in_flight` | queue | jobs running now (sampled every second, summed over processes) |
+| `protojobs_hung_handlers` | queue | handlers running past their timeout, their threads abandoned (sampled likewise) |
 | `protojobs_consumer_lag` | queue, partition | records not yet consumed-and-committed by the group |
 | `protojobs_delay_tier_waiting` | tier | records waiting in each delay tier |
 | `protojobs_dead_letter_depth` | | records in the dead-letter topic(s) |
@@ -77,6 +78,8 @@ DELAY_LATENESS = Histogram("protojobs_delay_lateness_seconds",
                            "Start time minus available_at, for delayed jobs and retries",
                            ["queue"], buckets=_LATENESS_BUCKETS)
 IN_FLIGHT = Gauge("protojobs_in_flight", "Jobs running now", ["queue"], multiprocess_mode="livesum")
+HUNG = Gauge("protojobs_hung_handlers", "Handlers still running past their timeout (threads abandoned)", ["queue"],
+             multiprocess_mode="livesum")
 LAG = Gauge("protojobs_consumer_lag", "Records not yet consumed and committed by the worker group",
             ["queue", "partition"], multiprocess_mode="livemostrecent")
 TIER_WAITING = Gauge("protojobs_delay_tier_waiting", "Records waiting in a delay tier", ["tier"],
@@ -239,9 +242,11 @@ class JobMetrics(Hooks):
 
 
 def sample_in_flight(worker: Any) -> None:
-    """Set the in-flight gauge from the worker's lanes (called every second, off the hot path)."""
+    """Set the in-flight and hung gauges from the worker's lanes (every second, off the hot path)."""
     for topic, lane in worker.lanes.items():
-        IN_FLIGHT.labels(worker.queues[topic].name).set(len(lane.running))
+        name = worker.queues[topic].name
+        IN_FLIGHT.labels(name).set(len(lane.running))
+        HUNG.labels(name).set(lane.hung)
 
 
 class AdminGauges:
