@@ -74,6 +74,35 @@ def quick_runs() -> list[dict[str, Any]]:
     return [r for r in engine_jobs.RUNS if r.get("phase") != "hang"]
 
 
+def test_uncommitted_window_is_bounded_behind_a_slow_job(make_settings, start_worker) -> None:
+    settings = make_settings({"work": {"handler": "engine_jobs:record", "partitions": 1, "concurrency": 4}})
+    assert Dispatcher(settings).dispatch_many("work", [{"n": 0, "hang": 60}] + [{"n": i} for i in range(1, 61)]).ok
+    worker = start_worker(settings, max_uncommitted=20)
+    w = worker.worker
+    topic = topics.queue_topic(settings.kafka.topic_prefix, "work")
+    # behind the stuck head (offset 0) only 19 more jobs start: the partition is paused
+    wait_for(lambda: len(quick_runs()) == 19 and (topic, 0) in w.partitions.withheld, what="the window to fill")
+    paused_at = w.last_poll
+    wait_for(lambda: w.last_poll > paused_at + 1.0, what="the loop to keep polling for a second")
+    assert len(quick_runs()) == 19 and w.uncommitted == {"work": 20}
+    metrics.sample_in_flight(w)
+    assert REGISTRY.get_sample_value("protojobs_uncommitted", {"queue": "work"}) == 20
+    engine_jobs.HANG.set()  # the head finishes: the window drains, the partition resumes
+    wait_for(lambda: len(quick_runs()) == 60 and committed_equals_end(settings, "work"), what="the rest")
+    worker.stop()
+    assert sorted(r["n"] for r in quick_runs()) == list(range(1, 61))  # none skipped, none twice
+
+
+def test_commits_on_a_count_of_finished_jobs(make_settings, start_worker) -> None:
+    settings = make_settings({"work": {"handler": "engine_jobs:record"}})
+    assert Dispatcher(settings).dispatch_many("work", [{"n": i} for i in range(60)]).ok
+    worker = start_worker(settings, commit_interval=3600, commit_every=10)  # the interval never comes
+    wait_for(lambda: len(engine_jobs.RUNS) == 60, what="60 runs")
+    wait_for(lambda: committed_total(settings, "work") >= 50, what="commits every 10 finished jobs")
+    worker.stop()
+    assert committed_total(settings, "work") == 60  # and on shutdown
+
+
 def test_hung_handlers_keep_the_lane_running_and_wedge_it(make_settings, start_worker, tmp_path: Path) -> None:
     settings = make_settings({"work": {"handler": "engine_jobs:record", "partitions": 1, "concurrency": 2,
                                        "timeout": "1s", "retry": "once"}}, retry={"once": {"max_attempts": 1}})
@@ -343,7 +372,8 @@ def test_processes_option_runs_supervised_children(worker_config, tmp_path: Path
         assert proc.wait(30) == 0
 
 
-@pytest.mark.parametrize("flag, value", [("--max-hung", "-1"), ("--shutdown-timeout", "nan"),
+@pytest.mark.parametrize("flag, value", [("--max-uncommitted", "-5"), ("--commit-every", "x"),
+                                         ("--max-hung", "-1"), ("--shutdown-timeout", "nan"),
                                          ("--shutdown-timeout", "-2")])
 def test_run_refuses_a_bad_limit(flag: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
     from protojobs.cli import main

@@ -159,6 +159,18 @@ def test_many_offsets_finished_in_the_worst_order_stay_fast() -> None:
     assert part.commit_point() == 2 * n - 1 and part.pending() == 0
 
 
+def test_window_counts_started_jobs_not_in_the_finished_prefix() -> None:
+    tracker = OffsetTracker()
+    for offset in range(5):
+        tracker.started("t", 0, offset)
+    tracker.finished("t", 0, 1)
+    tracker.finished("t", 0, 2)
+    assert tracker.window("t", 0) == 5  # 1 and 2 finished behind the unfinished 0
+    tracker.finished("t", 0, 0)
+    assert tracker.window("t", 0) == 2 and tracker.windows() == {("t", 0): 2}
+    assert tracker.window("t", 1) == 0
+
+
 class Model(RuleBasedStateMachine):
     """Random interleavings of start / finish / commit / reset, checked against the definition:
     the commit point is 1 + the highest offset that and every earlier tracked offset finished,
@@ -223,6 +235,11 @@ class Model(RuleBasedStateMachine):
     @invariant()
     def pending_matches_the_model(self) -> None:
         assert self.part.pending() == len(self.started) - len(self.finished)
+
+    @invariant()
+    def window_matches_the_model(self) -> None:
+        unfinished = [i for i, o in enumerate(self.started) if o not in self.finished]
+        assert self.part.window() == (len(self.started) - unfinished[0] if unfinished else 0)
 
 
 TestModel = Model.TestCase

@@ -38,7 +38,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from protojobs.observe import logs
     logs.configure(args.log_format)  # and $PROTOJOBS_LOG_FORMAT for the spawned workers
     router = "off" if args.no_router else "only" if args.router_only else "on"
-    limits = {"max_hung": args.max_hung, "shutdown_timeout": args.shutdown_timeout}
+    limits = {"max_uncommitted": args.max_uncommitted, "commit_every": args.commit_every,
+              "max_hung": args.max_hung, "shutdown_timeout": args.shutdown_timeout}
     return runner.run(args.config, queues=args.queue or None, max_jobs=args.max_jobs, processes=args.processes,
                       router=router, slot=args.slot, metrics_port=args.metrics_port,
                       scheduler=not args.no_scheduler, limits=limits)
@@ -183,6 +184,12 @@ def _add_run(add: Add) -> None:
                      help="serve /metrics, /healthz and /readyz for all processes on this port")
     run.add_argument("--log-format", choices=["text", "json"], default="text",
                      help="text, or one JSON object per line with the job's fields (default text)")
+    run.add_argument("--max-uncommitted", type=_count, default=5000, metavar="N",
+                     help="pause a partition while N of its jobs are started but not committable "
+                          "(a crash runs them again; 0: no bound; default %(default)s)")
+    run.add_argument("--commit-every", type=_count, default=500, metavar="N",
+                     help="commit once N jobs finished since the last commit, and every second "
+                          "(0: every second only; default %(default)s)")
     run.add_argument("--max-hung", type=_count, default=0, metavar="N",
                      help="a queue with more than N handlers hung past their timeout is wedged: "
                           "/healthz fails, a --processes child is recycled (default 0: 2 x concurrency)")

@@ -6,7 +6,8 @@ spawned children. `--metrics-port` serves /metrics, /healthz and /readyz for all
 this process's exactly-once slot), 4 wedged (a `--processes` child whose queue had more handlers
 hung past their timeout than `--max-hung`: it committed what finished and exited, and the
 supervisor starts it again; a single process stays up and /healthz reports the wedged queue).
-`limits` are `WorkerOptions` fields (`--max-hung`, `--shutdown-timeout`).
+`limits` are `WorkerOptions` fields (`--max-uncommitted`, `--commit-every`, `--max-hung`,
+`--shutdown-timeout`).
 """
 
 from __future__ import annotations

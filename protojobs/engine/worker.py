@@ -2,10 +2,15 @@
 
 Commit rule: an offset is committed only when its job and every earlier job of its partition
 are finished: done, or their retry / dead-letter copy acknowledged by the broker (exactly-once
-queues: in the same transaction as those copies). Commits run every `commit_interval`
-(asynchronously) and synchronously on revoke and on shutdown; nothing is committed when
-partitions are lost (`kafka.partitions`). A crash therefore re-delivers exactly the unfinished
-suffix.
+queues: in the same transaction as those copies). Commits run every `commit_interval` or once
+`commit_every` jobs finished since the last one, whichever comes first (asynchronously), and
+synchronously on revoke and on shutdown; nothing is committed when partitions are lost
+(`kafka.partitions`). A crash therefore re-delivers exactly the unfinished suffix.
+
+The uncommitted window is bounded: when a partition has `max_uncommitted` jobs started but not
+committable (running, waiting in its lane, or finished behind an unfinished one), the record
+that would exceed it is put back (the partition is paused and sought back to it) until the
+window drains to half.
 
 Rebalancing (cooperative-sticky): on revoke the loop stops starting the revoked partitions' jobs,
 waits (bounded) for their running ones, commits, and forgets them; their buffered jobs are
@@ -83,6 +88,8 @@ class WorkerOptions:
     commit_interval: float = 1.0
     revoke_wait: float = 10.0
     max_buffer: int = 0  # 0: 4 x the sum of concurrencies, at least 1000
+    max_uncommitted: int = 5000  # per partition: jobs started but not committable (0: no bound)
+    commit_every: int = 500  # commit once this many jobs finished since the last commit (0: interval only)
     max_hung: int = 0  # per queue: handlers hung past their timeout before it is wedged (0: 2 x concurrency)
     shutdown_timeout: float = 0.0  # longest wait for running jobs on shutdown (0: longest queue timeout + 5 s)
     exit_when_wedged: bool = False  # stop (and report `wedged_on`) when a queue is wedged
@@ -125,6 +132,7 @@ class Worker(Quiet):
         self.stopping = 0  # 1: graceful, 2: at once
         self.last_poll = time.monotonic()
         self.max_buffer = self.options.max_buffer or max(1000, 4 * sum(q.concurrency for q in self.queues.values()))
+        self.uncommitted: dict[str, int] = {q.name: 0 for q in self.queues.values()}  # the window, per queue
         self.wedged_on: dict[str, int] = {}  # queue -> hung handlers, when a wedged queue stopped the worker
         self._reported_wedged: set[str] = set()
         self._shutdown_by: float | None = None  # monotonic: when shutdown stops waiting for running jobs
@@ -161,17 +169,22 @@ class Worker(Quiet):
         self.epochs.catch_up()
         self.partitions.subscribe(list(self.queues))
         self.hooks.worker_started([q.name for q in self.queues.values()])
-        next_commit = time.monotonic() + self.options.commit_interval
+        next_commit = next_status = time.monotonic() + self.options.commit_interval
+        committed_at = self.partitions.finished_count
         started = time.monotonic()
         try:
             while self.stopping == 0:
                 self._poll_once(0.1)
-                if time.monotonic() >= next_commit:
+                now = time.monotonic()
+                every = self.options.commit_every
+                if now >= next_commit or (every and self.partitions.finished_count - committed_at >= every):
                     self.partitions.commit(asynchronous=True)
-                    next_commit = time.monotonic() + self.options.commit_interval
-                    if self.options.status:
-                        sys.stderr.write(status_line(self, started))
-                        sys.stderr.flush()
+                    next_commit = now + self.options.commit_interval
+                    committed_at = self.partitions.finished_count
+                if self.options.status and now >= next_status:
+                    sys.stderr.write(status_line(self, started))
+                    sys.stderr.flush()
+                    next_status = now + self.options.commit_interval
                 if self.options.max_jobs and self.counters.finished >= self.options.max_jobs:
                     self.stopping = 1
                 if self.options.exit_when_wedged and self.stopping == 0 and self.wedged():
@@ -223,6 +236,12 @@ class Worker(Quiet):
             return
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
         assert topic is not None and partition is not None and offset is not None
+        if (topic, partition) in self.partitions.withheld:
+            return  # put back earlier in this fetch: fetched again from there after the release
+        limit = self.options.max_uncommitted
+        if limit and self.partitions.window(topic, partition) >= limit and \
+                self.partitions.put_back(topic, partition, offset):
+            return  # never started, never committed: it stays queued
         self.partitions.started(topic, partition, offset)
         generation = self.partitions.generation_of(topic, partition)
         taken = admit(msg, self.queues[topic], generation, self.epochs)
@@ -312,12 +331,24 @@ class Worker(Quiet):
         return f"queue {queue} wedged: {hung} handlers hung past their timeout (limit {lane.max_hung})"
 
     def _flow_control(self) -> None:
-        """Pause fetching while too many jobs wait; resume below half. Polling never stops."""
+        """Pause fetching while too many jobs wait; resume below half. Polling never stops. A
+        partition put back (its uncommitted window full) is released once its window drained
+        to half."""
         buffered = sum(lane.buffered for lane in self.lanes.values())
         if not self.partitions.paused and buffered >= self.max_buffer and self.assigned:
             self.partitions.hold_all()
         elif self.partitions.paused and buffered < self.max_buffer // 2 and self.assigned:
             self.partitions.release_all()
+        windows = self.partitions.windows()
+        if self.partitions.withheld:
+            limit = self.options.max_uncommitted
+            half = limit // 2 if limit else float("inf")
+            self.partitions.release([key for key in self.partitions.withheld if windows.get(key, 0) <= half])
+        uncommitted = dict.fromkeys(self.uncommitted, 0)
+        for (topic, _partition), n in windows.items():
+            if topic in self.queues:
+                uncommitted[self.queues[topic].name] += n
+        self.uncommitted = uncommitted  # read by the heartbeat thread: replaced, never changed
 
     # --- rebalancing (called by Partitions, on this thread, inside poll) ------------------------
 

@@ -14,6 +14,10 @@ loop that consumes:
   partitions and forgets them; `on_lost` forgets without committing and, when a transactional
   producer is in use, marks the session lost so the owner stops (a newer process may hold our
   transactional.id: publishing anything more could duplicate it).
+- What is paused? `hold_all` / `release_all` pause every partition (flow control, shutdown);
+  `put_back` pauses one partition and seeks it back to a record the owner did not take (pause
+  first, then seek), so it is fetched again after `release`. A partition put back stays paused
+  through `release_all`; a newly assigned one starts unpaused unless everything is held.
 """
 
 from __future__ import annotations
@@ -75,6 +79,8 @@ class Partitions:
         self.session_lost = False
         self.paused = False  # flow control: every partition held
         self.held: set[Key] = set()  # partitions this owner paused (and must resume before giving up)
+        self.withheld: set[Key] = set()  # put back one by one: paused until `release`
+        self.finished_count = 0  # offsets marked finished, in all (commit on a count)
 
     def subscribe(self, topics: list[str]) -> None:
         self.consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
@@ -100,7 +106,8 @@ class Partitions:
         """Mark `offset` finished; False (nothing marked) when the partition changed hands since."""
         if generation is not None and not self.owns(topic, partition, generation):
             return False
-        self.offsets.finished(topic, partition, offset)
+        if self.offsets.finished(topic, partition, offset):
+            self.finished_count += 1
         return True
 
     def publish_with_offset(self, topic: str, partition: int, output: Output) -> None:
@@ -110,6 +117,13 @@ class Partitions:
 
     def pending(self) -> int:
         return self.offsets.pending()
+
+    def window(self, topic: str, partition: int) -> int:
+        """Jobs of the partition started but not committable (not in its finished prefix)."""
+        return self.offsets.window(topic, partition)
+
+    def windows(self) -> dict[Key, int]:
+        return self.offsets.windows()
 
     # --- commits ------------------------------------------------------------------------------
 
@@ -147,6 +161,7 @@ class Partitions:
             self.generation[key] = self.generation.get(key, 0) + 1
             self.offsets.drop(*key)
         self.assigned |= keys
+        self.withheld -= keys  # fresh progress from the committed offset: nothing is put back
         if self.paused and partitions:  # flow control holds every partition, new ones too
             consumer.incremental_assign(partitions)
             self.pause(keys)
@@ -188,6 +203,10 @@ class Partitions:
             if not keep_assigned:
                 self.assigned.discard(key)
                 self.held.discard(key)
+        withheld = self.withheld & keys
+        self.withheld -= keys
+        if keep_assigned and withheld and not self.paused:  # rewound: fetched again from the committed offset
+            self.resume(withheld)
         self.owner.partitions_forgotten(keys)
 
     # --- flow control -------------------------------------------------------------------------
@@ -218,9 +237,36 @@ class Partitions:
         self.paused = True
 
     def release_all(self) -> None:
-        if self.assigned:
-            self.resume(self.assigned)
+        """Resume every assigned partition but those put back (`release` resumes them)."""
+        if self.assigned - self.withheld:
+            self.resume(self.assigned - self.withheld)
         self.paused = False
+
+    def put_back(self, topic: str, partition: int, offset: int) -> bool:
+        """Pause the partition and seek it back to `offset`, a record the owner does not take now:
+        it is fetched again after `release`. False (nothing withheld) when the seek failed: the
+        owner must take the record, or an offset would be skipped."""
+        key = (topic, partition)
+        try:
+            self.pause([key])  # pause first, then seek: a seek before the pause can be lost
+            self.consumer.seek(TopicPartition(topic, partition, offset))
+        except Exception as exc:  # noqa: BLE001 - KafkaException: take the record after all
+            log.warning("could not put %s[%d]@%d back (%s); taking it", topic, partition, offset, exc)
+            if not self.paused:
+                self.resume([key])
+            return False
+        self.withheld.add(key)
+        return True
+
+    def release(self, keys: Iterable[Key]) -> None:
+        """Fetch partitions put back again (from where they were put back); while everything is
+        held (`hold_all`) they stay paused until `release_all`."""
+        keys = {key for key in keys if key in self.withheld}
+        if not keys:
+            return
+        self.withheld -= keys
+        if not self.paused:
+            self.resume(keys & self.assigned)
 
     def close(self) -> None:
         try:

@@ -84,6 +84,11 @@ class PartitionOffsets:
         """How many started jobs are not finished."""
         return len(self._open)
 
+    def window(self) -> int:
+        """How many started jobs are not in the finished prefix: unfinished, or finished behind an
+        unfinished one. A crash re-delivers them (and what finished since the last commit)."""
+        return len(self._order)
+
     def reset(self, from_offset: int) -> None:
         """Forget every started offset >= `from_offset`: the consumer was moved back there
         (a seek, or re-assignment), so those records will be delivered and started again.
@@ -148,6 +153,15 @@ class OffsetTracker:
     def pending(self) -> int:
         """How many started jobs are not finished, over every partition."""
         return sum(part.pending() for part in self._parts.values())
+
+    def window(self, topic: str, partition: int) -> int:
+        """See `PartitionOffsets.window`; 0 for a partition not tracked."""
+        part = self._parts.get((topic, partition))
+        return part.window() if part is not None else 0
+
+    def windows(self) -> dict[tuple[str, int], int]:
+        """`window` of every tracked partition."""
+        return {key: part.window() for key, part in self._parts.items()}
 
     def partitions(self) -> list[tuple[str, int]]:
         """The tracked (topic, partition) pairs, sorted."""

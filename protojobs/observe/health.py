@@ -17,7 +17,7 @@ itself) serves on PORT:
   `BROKER_TIMEOUT_S` (cached `BROKER_CACHE_S`); else 503 and the reason.
 
 Every worker process writes `worker-<slot>.json` (pid, last poll, assigned partitions, hung
-handlers and wedged queues) in
+handlers and wedged queues, the uncommitted window per queue) in
 the command's state directory every `HEARTBEAT_S`; the serving process reads them, so health
 reflects all children. `protojobs health [--url URL] [--ready]` asks the endpoint for exec
 probes: exit 0 when healthy, 1 with the reason.
@@ -118,7 +118,8 @@ def heartbeat(worker: Any) -> dict[str, Any]:
     return {"pid": os.getpid(), "ts": now, "last_poll": now - (time.monotonic() - worker.last_poll),
             "assigned": len(worker.assigned), "stopping": worker.stopping,
             "hung": {lane.queue.name: lane.hung for lane in lanes},
-            "wedged": {lane.queue.name: [lane.hung, lane.max_hung] for lane in lanes if lane.wedged}}
+            "wedged": {lane.queue.name: [lane.hung, lane.max_hung] for lane in lanes if lane.wedged},
+            "uncommitted": dict(worker.uncommitted)}
 
 
 def write_heartbeat(directory: Path, slot: int, beat: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ of series is bounded by jobs.toml.
 | `protojobs_delay_lateness_seconds` | queue | start time minus `available_at`: delayed jobs and retries |
 | `protojobs_in_flight` | queue | jobs running now (sampled every second, summed over processes) |
 | `protojobs_hung_handlers` | queue | handlers running past their timeout, their threads abandoned (sampled likewise) |
+| `protojobs_uncommitted` | queue | jobs started, not yet committable (a crash runs them again; sampled likewise) |
 | `protojobs_consumer_lag` | queue, partition | records not yet consumed-and-committed by the group |
 | `protojobs_delay_tier_waiting` | tier | records waiting in each delay tier |
 | `protojobs_dead_letter_depth` | | records in the dead-letter topic(s) |
@@ -80,6 +81,8 @@ DELAY_LATENESS = Histogram("protojobs_delay_lateness_seconds",
 IN_FLIGHT = Gauge("protojobs_in_flight", "Jobs running now", ["queue"], multiprocess_mode="livesum")
 HUNG = Gauge("protojobs_hung_handlers", "Handlers still running past their timeout (threads abandoned)", ["queue"],
              multiprocess_mode="livesum")
+UNCOMMITTED = Gauge("protojobs_uncommitted", "Jobs started but not yet committable (a crash runs them again)",
+                    ["queue"], multiprocess_mode="livesum")
 LAG = Gauge("protojobs_consumer_lag", "Records not yet consumed and committed by the worker group",
             ["queue", "partition"], multiprocess_mode="livemostrecent")
 TIER_WAITING = Gauge("protojobs_delay_tier_waiting", "Records waiting in a delay tier", ["tier"],
@@ -242,11 +245,13 @@ class JobMetrics(Hooks):
 
 
 def sample_in_flight(worker: Any) -> None:
-    """Set the in-flight and hung gauges from the worker's lanes (every second, off the hot path)."""
+    """Set the in-flight, hung and uncommitted gauges from the worker (every second, off the hot path)."""
+    uncommitted = worker.uncommitted
     for topic, lane in worker.lanes.items():
         name = worker.queues[topic].name
         IN_FLIGHT.labels(name).set(len(lane.running))
         HUNG.labels(name).set(lane.hung)
+        UNCOMMITTED.labels(name).set(uncommitted.get(name, 0))
 
 
 class AdminGauges:
