@@ -74,6 +74,20 @@ def quick_runs() -> list[dict[str, Any]]:
     return [r for r in engine_jobs.RUNS if r.get("phase") != "hang"]
 
 
+def test_max_jobs_runs_and_commits_exactly_n(make_settings, start_worker) -> None:
+    settings = make_settings({"work": {"handler": "engine_jobs:record"}})
+    assert Dispatcher(settings).dispatch_many("work", [{"n": i} for i in range(100)]).ok
+    first = start_worker(settings, max_jobs=40)
+    wait_for(lambda: not first.thread.is_alive(), what="the worker to stop after 40 jobs")
+    first.stop()
+    assert len(engine_jobs.RUNS) == 40 and first.worker.counters.done == 40
+    assert committed_total(settings, "work") == 40  # every job it ran, and only those
+    second = start_worker(settings)  # the other 60 stayed queued: the next worker runs exactly them
+    wait_for(lambda: committed_equals_end(settings, "work"), what="the rest to run and commit")
+    second.stop()
+    assert sorted(r["n"] for r in engine_jobs.RUNS) == list(range(100))  # each ran once
+
+
 def test_uncommitted_window_is_bounded_behind_a_slow_job(make_settings, start_worker) -> None:
     settings = make_settings({"work": {"handler": "engine_jobs:record", "partitions": 1, "concurrency": 4}})
     assert Dispatcher(settings).dispatch_many("work", [{"n": 0, "hang": 60}] + [{"n": i} for i in range(1, 61)]).ok
@@ -372,7 +386,7 @@ def test_processes_option_runs_supervised_children(worker_config, tmp_path: Path
         assert proc.wait(30) == 0
 
 
-@pytest.mark.parametrize("flag, value", [("--max-uncommitted", "-5"), ("--commit-every", "x"),
+@pytest.mark.parametrize("flag, value", [("--max-jobs", "-1"), ("--max-uncommitted", "-5"), ("--commit-every", "x"),
                                          ("--max-hung", "-1"), ("--shutdown-timeout", "nan"),
                                          ("--shutdown-timeout", "-2")])
 def test_run_refuses_a_bad_limit(flag: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -186,9 +186,9 @@ class Jobs:
 
     @_either
     def work(self, queue: str = "default", max_jobs: int = 0, *, router: bool = True) -> Counters:
-        """Run a worker (and the delay router) for `queue` in this thread until stop(), or
-        `max_jobs` jobs finished (0: forever). In the main thread, SIGTERM/SIGINT stop it unless
-        the application installed its own handlers."""
+        """Run a worker (and the delay router) for `queue` in this thread until stop(), or until
+        exactly `max_jobs` jobs ran and were committed (0: forever; the rest stay queued). In the
+        main thread, SIGTERM/SIGINT stop it unless the application installed its own handlers."""
         from protojobs.engine.worker import Worker, WorkerOptions
         from protojobs.kafka import admin
 

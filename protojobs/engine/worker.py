@@ -10,7 +10,8 @@ synchronously on revoke and on shutdown; nothing is committed when partitions ar
 The uncommitted window is bounded: when a partition has `max_uncommitted` jobs started but not
 committable (running, waiting in its lane, or finished behind an unfinished one), the record
 that would exceed it is put back (the partition is paused and sought back to it) until the
-window drains to half.
+window drains to half. `max_jobs` is exact the same way: a record beyond the budget is put back,
+never started, never committed; it stays queued for the next worker.
 
 Rebalancing (cooperative-sticky): on revoke the loop stops starting the revoked partitions' jobs,
 waits (bounded) for their running ones, commits, and forgets them; their buffered jobs are
@@ -132,6 +133,7 @@ class Worker(Quiet):
         self.stopping = 0  # 1: graceful, 2: at once
         self.last_poll = time.monotonic()
         self.max_buffer = self.options.max_buffer or max(1000, 4 * sum(q.concurrency for q in self.queues.values()))
+        self.budget: int | None = None  # with max_jobs: how many more records may be taken
         self.uncommitted: dict[str, int] = {q.name: 0 for q in self.queues.values()}  # the window, per queue
         self.wedged_on: dict[str, int] = {}  # queue -> hung handlers, when a wedged queue stopped the worker
         self._reported_wedged: set[str] = set()
@@ -213,6 +215,9 @@ class Worker(Quiet):
         # the loop at once either way (fetch returns on the first one).
         if not self.stopping:
             batch = self.settings.kafka.batch_size if not self.partitions.paused else 1
+            if self.options.max_jobs:  # take at most the rest of the budget (records beyond it are put back)
+                self.budget = self.options.max_jobs - self.counters.finished - self.partitions.pending()
+                batch = max(1, min(batch, self.budget))
             for msg in fetch(self.partitions.consumer, batch, min(timeout, 0.02) if self._busy() else timeout):
                 self._take(msg)
         self.last_poll = time.monotonic()
@@ -238,8 +243,9 @@ class Worker(Quiet):
         assert topic is not None and partition is not None and offset is not None
         if (topic, partition) in self.partitions.withheld:
             return  # put back earlier in this fetch: fetched again from there after the release
+        over_budget = self.budget is not None and self.budget <= 0
         limit = self.options.max_uncommitted
-        if limit and self.partitions.window(topic, partition) >= limit and \
+        if (over_budget or (limit and self.partitions.window(topic, partition) >= limit)) and \
                 self.partitions.put_back(topic, partition, offset):
             return  # never started, never committed: it stays queued
         self.partitions.started(topic, partition, offset)
@@ -251,6 +257,9 @@ class Worker(Quiet):
             self._send(Sent(taken, None, topic, partition, offset, generation))
         else:
             self.partitions.finished(topic, partition, offset)  # its queue was cleared after dispatch
+            return
+        if self.budget is not None:
+            self.budget -= 1
 
     def _drain(self, wait: float) -> None:
         """Apply every finished job and acknowledged move waiting in `done`."""
@@ -332,15 +341,15 @@ class Worker(Quiet):
 
     def _flow_control(self) -> None:
         """Pause fetching while too many jobs wait; resume below half. Polling never stops. A
-        partition put back (its uncommitted window full) is released once its window drained
-        to half."""
+        partition put back (its uncommitted window full, or the max_jobs budget spent) is
+        released once its window drained to half (and the budget allows)."""
         buffered = sum(lane.buffered for lane in self.lanes.values())
         if not self.partitions.paused and buffered >= self.max_buffer and self.assigned:
             self.partitions.hold_all()
         elif self.partitions.paused and buffered < self.max_buffer // 2 and self.assigned:
             self.partitions.release_all()
         windows = self.partitions.windows()
-        if self.partitions.withheld:
+        if self.partitions.withheld and (self.budget is None or self.budget > 0):
             limit = self.options.max_uncommitted
             half = limit // 2 if limit else float("inf")
             self.partitions.release([key for key in self.partitions.withheld if windows.get(key, 0) <= half])
