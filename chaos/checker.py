@@ -9,6 +9,8 @@ every fault was healed and the workers were stopped. Checks (README.md explains 
 - phantom:   an execution, a stored record or a dead-letter record of a job never dispatched,
              or whose dispatch failed definitely;
 - duplicate: successful executions per job (a distribution); at_least_once may exceed 1;
+             executions of a job's attempt beyond its first, and per worker SIGKILL, are
+             reported (the cost of a crash: what was run but not committed runs again);
              exactly_once needs exactly one Kafka-side result per job (one record per job id
              and attempt in its queue topic, at most one dead-letter record);
 - order:     in `ordering = "key"` queues with blocking retries, the first successful
@@ -106,6 +108,8 @@ class Result:
     lost: int = 0
     phantom: int = 0
     duplicates: dict[int, int] = field(default_factory=dict)  # successful runs per job -> jobs
+    extra_executions: int = 0  # executions of a (job, attempt) beyond its first
+    crashes: int = 0  # worker processes SIGKILLed (`worker:kill` faults)
     dead_letter_duplicates: int = 0
     order_violations: int = 0
     early: int = 0
@@ -122,6 +126,11 @@ class Result:
     def max_duplicates(self) -> int:
         return max(self.duplicates, default=0)
 
+    @property
+    def duplicates_per_crash(self) -> float | None:
+        """Executions beyond the first per worker SIGKILL (None without one)."""
+        return round(self.extra_executions / self.crashes, 2) if self.crashes else None
+
     def flagged(self, check: str) -> list[Violation]:
         return [v for v in self.violations if v.check == check]
 
@@ -129,6 +138,7 @@ class Result:
         out = asdict(self)
         out["duplicates"] = {str(k): v for k, v in sorted(self.duplicates.items())}
         out["max_duplicates"] = self.max_duplicates
+        out["duplicates_per_crash"] = self.duplicates_per_crash
         out["violations"] = [str(v) for v in self.violations]
         return out
 
@@ -237,6 +247,9 @@ class _Check:
             if d.kind != "poison":
                 dist[sum(1 for e in self.runs.get(d.job_id, []) if e.ok)] += 1
         self.result.duplicates = dict(dist)
+        per_attempt = Counter((e.job_id, e.attempt) for e in self.h.executions)
+        self.result.extra_executions = sum(n - 1 for n in per_attempt.values())
+        self.result.crashes = sum(1 for f in self.h.faults if f.kind == "worker:kill")
         if self.h.mode != "exactly_once":
             return
         per_record = Counter((r.topic, r.job_id, r.attempt) for r in self.d.queue_records if r.job_id)

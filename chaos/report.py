@@ -1,8 +1,9 @@
 """The chaos report: `chaos/reports/latest.md` (a markdown table) and `latest.json`.
 
 One row per (scenario, mode, cluster): examples, jobs, faults injected, lost, phantom, duplicate
-executions (max and distribution), order violations, early runs, dead-letter problems, recovery
-time (max), plus the Kafka and librdkafka versions and the hypothesis seed of the run.
+executions (max and distribution, and executions beyond the first per worker SIGKILL), order
+violations, early runs, dead-letter problems, recovery time (max), plus the Kafka and librdkafka
+versions and the hypothesis seed of the run.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class Row:
     phantom: int = 0
     duplicates: Counter[int] = field(default_factory=Counter)
     dead_letter_duplicates: int = 0
+    extra_executions: int = 0
+    crashes: int = 0
     order_violations: int = 0
     early: int = 0
     dead_letter_violations: int = 0
@@ -57,6 +60,8 @@ class Row:
         self.phantom += result.phantom
         self.duplicates.update(result.duplicates)
         self.dead_letter_duplicates += result.dead_letter_duplicates
+        self.extra_executions += result.extra_executions
+        self.crashes += result.crashes
         self.order_violations += result.order_violations
         self.early += result.early
         self.dead_letter_violations += result.dead_letter_violations
@@ -75,6 +80,9 @@ class Row:
                 "lost": self.lost, "phantom": self.phantom,
                 "duplicate_executions": {"max": max(self.duplicates, default=0),
                                          "distribution": {str(k): v for k, v in sorted(self.duplicates.items())}},
+                "extra_executions": self.extra_executions, "worker_kills": self.crashes,
+                "duplicate_executions_per_crash": round(self.extra_executions / self.crashes, 2) if self.crashes
+                else None,
                 "dead_letter_duplicates": self.dead_letter_duplicates, "order_violations": self.order_violations,
                 "early_runs": self.early, "dead_letter_violations": self.dead_letter_violations,
                 "exactly_once_violations": self.exactly_once_violations, "drain_incomplete": self.other_violations,
@@ -124,25 +132,27 @@ def markdown(data: dict[str, Any]) -> str:
         f"(seed {v['hypothesis_seed']}: test i of single/cluster x at_least_once/exactly_once uses seed + i; "
         f"CHAOS_SEED={v['hypothesis_seed']} draws the same examples again); {data['duration_s']} s.", "",
         "| scenario | mode | cluster | examples | jobs (acked/indef./failed) | faults injected | lost | phantom "
-        "| dup. executions max (distribution) | order violations | early runs | dead-letter problems "
-        "| recovery max | result |",
-        "| --- | --- | --- | ---: | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |",
+        "| dup. executions max (distribution) | dup. executions per crash | order violations | early runs "
+        "| dead-letter problems | recovery max | result |",
+        "| --- | --- | --- | ---: | --- | --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in data["rows"]:
         if r["skipped"]:
             lines.append(f"| {r['scenario']} | {r['mode']} | {r['cluster']} | - | - | - | - | - | - | - | - | - | - "
-                         f"| skipped: {r['skipped']} |")
+                         f"| - | skipped: {r['skipped']} |")
             continue
         faults = ", ".join(f"{k} {n}" for k, n in r["faults"].items()) or "none"
         dist = ", ".join(f"{k}x: {n}" for k, n in r["duplicate_executions"]["distribution"].items())
         dead = r["dead_letter_violations"] + r["exactly_once_violations"]
         rec = "-" if r["recovery_max_s"] is None else f"{r['recovery_max_s']:.1f} s"
+        per_crash = "-" if r["duplicate_executions_per_crash"] is None else \
+            f"{r['duplicate_executions_per_crash']:g} ({r['extra_executions']} / {r['worker_kills']} kills)"
         verdict = "ok" if r["ok"] else "FAIL: " + ", ".join(Path(s).name for s in r["failing_schedules"])
         lines.append(f"| {r['scenario']} | {r['mode']} | {r['cluster']} | {r['examples']} | {r['jobs']} "
                      f"({r['acked']}/{r['indefinite']}/{r['failed']}) | {r['faults_injected']}: {faults} | {r['lost']} "
-                     f"| {r['phantom']} | {r['duplicate_executions']['max']} ({dist}) | {r['order_violations']} "
-                     f"| {r['early_runs']} | {dead} (dup. dead letters {r['dead_letter_duplicates']}) "
-                     f"| {rec} | {verdict} |")
+                     f"| {r['phantom']} | {r['duplicate_executions']['max']} ({dist}) | {per_crash} "
+                     f"| {r['order_violations']} | {r['early_runs']} "
+                     f"| {dead} (dup. dead letters {r['dead_letter_duplicates']}) | {rec} | {verdict} |")
     extra = [r for r in data["rows"] if r["unexpected_worker_exits"] or r["drain_incomplete"]]
     if extra:
         lines += ["", "Notes:"]

@@ -110,6 +110,27 @@ def test_duplicate_is_allowed_in_at_least_once_but_not_in_exactly_once() -> None
     assert result.exactly_once_violations == 2
 
 
+def test_duplicate_executions_per_crash_are_reported() -> None:
+    from chaos.report import Row, markdown
+
+    history, drain = clean()  # b and o1 ran twice (attempt 1): two executions beyond the first
+    result = check(history, drain)
+    assert result.ok and result.extra_executions == 2 and result.crashes == 0 and result.duplicates_per_crash is None
+    history.faults += [FaultEvent("worker:kill", "0", T0 + 2, T0 + 2), FaultEvent("worker:term", "1", T0 + 3, T0 + 3),
+                       FaultEvent("worker:kill", "1", T0 + 4, T0 + 4)]
+    result = check(history, drain)
+    assert result.crashes == 2 and result.duplicates_per_crash == 1.0
+    assert result.to_json()["duplicates_per_crash"] == 1.0
+    row = Row("random", "at_least_once", "single")
+    row.add(result, Path("1.json"), {"worker:kill": 2, "worker:term": 1}, 0)
+    row.add(check(*clean()), Path("2.json"), {}, 0)  # no kill: its re-runs count, over the same kills
+    data = row.to_json()
+    assert (data["extra_executions"], data["worker_kills"], data["duplicate_executions_per_crash"]) == (4, 2, 2.0)
+    versions = {"kafka": "4.1", "librdkafka": "2", "hypothesis": "6", "hypothesis_seed": 1}
+    table = markdown({"versions": versions, "duration_s": 1.0, "rows": [data]})
+    assert "| 2 (4 / 2 kills) |" in table
+
+
 def test_early_run_is_flagged() -> None:
     history, drain = clean()
     history.executions = [e for e in history.executions if e.job_id != "c"] + [run("c", T0 + 1.5, due=T0 + 2.03)]
