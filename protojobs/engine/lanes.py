@@ -12,10 +12,11 @@ declares it timed out at its deadline, the lane starts a fresh thread in its pla
 keeps `concurrency` threads working, however many are stuck), and whatever the old thread
 returns later is ignored. Handlers see the deadline in their context (`ctx.deadline`, epoch s).
 
-The hard limit (docs/architecture.md, "Threads"): lane threads are daemon threads the lane starts
-itself, so an abandoned one never keeps the process alive. `hung` counts abandoned threads still
-inside their handler; above `max_hung` (default 2 x concurrency) the lane is `wedged`: the
-worker reports it (/healthz 503 naming the queue) and a `--processes` child exits to be recycled.
+The hard limit (docs/architecture.md, "Threads of a worker process"): lane threads are daemon
+threads the lane starts itself, so an abandoned one never keeps the process alive. `hung`
+counts abandoned threads still inside their handler; above `max_hung` (default 2 x
+concurrency) the lane is `wedged`: the worker reports it (/healthz 503 naming the queue) and a
+`--processes` child exits to be recycled.
 
 Each attempt runs through `engine.attempt.Attempt` on the lane thread, failure decision
 included; a job declared timed out gets its failure decided on the thread that replaces it.
