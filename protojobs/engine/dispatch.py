@@ -83,6 +83,8 @@ class Dispatcher:
         self.producer = producer or Producer(producer_config(settings.kafka, self.watch, **producer_extra))
         self.outbox = Outbox(self.producer)
         self.hooks = hooks if isinstance(hooks, HookSet) else HookSet(hooks)
+        self._unreported = 0  # records sent whose delivery report has not arrived
+        self._count_lock = threading.Lock()
         self._ensure = ensure_topics
         self._lock = threading.Lock()
         self._queue_topics: dict[str, str] = {}
@@ -160,8 +162,12 @@ class Dispatcher:
         def delivered(err: KafkaError | None) -> None:
             outcome.error = None if err is None else delivery_error(err)
             outcome.done = True
+            with self._count_lock:
+                self._unreported -= 1
 
         key = env.key.encode() if env.key is not None else None
+        with self._count_lock:
+            self._unreported += 1
         self.outbox.send(topic or self.topic_for(env, now_ms()), envelope.encode(env), key, envelope.headers(env),
                          delivered)
 
@@ -221,7 +227,7 @@ class Dispatcher:
         """Flush what is still buffered; return how many records could not be delivered.
         A refused client cannot deliver anything: its buffer is dropped instead of waited out."""
         if self.watch.fatal is not None:
-            undelivered = len(self.producer)
+            undelivered = self._unreported  # records only (len(producer) also counts requests)
             self.producer.purge()
             self.producer.flush(1)  # serves the purged records' delivery reports
             return undelivered
