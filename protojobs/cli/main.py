@@ -50,7 +50,7 @@ def _cmd_health(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from protojobs.cli import config
-    return config.validate_command(args.config, cluster=args.cluster)
+    return config.validate_command(args.config, cluster=args.cluster, import_handlers=not args.no_import)
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -170,8 +170,11 @@ def _add_run(add: Add) -> None:
 
 
 def _add_config(add: Add) -> None:
-    validate = add("validate", _cmd_validate, "check jobs.toml, its payload schemas and handlers")
+    validate = add("validate", _cmd_validate, "check jobs.toml, its payload schemas and handlers (imports the "
+                   "handler modules, which runs their top-level code; --no-import skips that)")
     validate.add_argument("--cluster", action="store_true", help="also check against the live cluster")
+    validate.add_argument("--no-import", action="store_true",
+                          help="do not import the handler modules (nor check that they import)")
 
     show = add("config", _cmd_config, "print the effective configuration (secrets redacted)")
     show.add_argument("action", choices=["show"])
