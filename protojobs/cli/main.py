@@ -40,7 +40,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     router = "off" if args.no_router else "only" if args.router_only else "on"
     return runner.run(args.config, queues=args.queue or None, max_jobs=args.max_jobs, processes=args.processes,
                       router=router, slot=args.slot, metrics_port=args.metrics_port,
-                      scheduler=not args.no_scheduler)
+                      scheduler=not args.no_scheduler, metrics_host=args.metrics_host)
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
@@ -160,6 +160,9 @@ def _add_run(add: Add) -> None:
                      help="do not take part in leading the periodic schedules in this process")
     run.add_argument("--metrics-port", type=int,
                      help="serve /metrics, /healthz and /readyz for all processes on this port")
+    run.add_argument("--metrics-host", default="127.0.0.1",
+                     help="the address --metrics-port listens on (default %(default)s: this host only; "
+                          "0.0.0.0 for every interface)")
     run.add_argument("--log-format", choices=["text", "json"], default="text",
                      help="text, or one JSON object per line with the job's fields (default text)")
 

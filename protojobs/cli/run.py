@@ -2,7 +2,7 @@
 
 With `--processes 1` the worker runs in this process; with N > 1, `engine.supervisor` runs N
 spawned children. `--metrics-port` serves /metrics, /healthz and /readyz for all of them
-(`observe.health`). Exit codes: 0 stopped cleanly, 1 failed, 3 fenced (a newer worker owns
+(`observe.health`), on `--metrics-host` (default 127.0.0.1: this host only). Exit codes: 0 stopped cleanly, 1 failed, 3 fenced (a newer worker owns
 this process's exactly-once slot).
 """
 
@@ -106,7 +106,7 @@ def _restarted(slot: int, pid: int | None, code: int | None) -> None:
 
 def run(path: str | None, queues: Sequence[str] | None = None, max_jobs: int = 0, processes: int = 1,
         status: bool | None = None, router: str = "on", slot: int = 0, metrics_port: int | None = None,
-        scheduler: bool = True) -> int:
+        scheduler: bool = True, metrics_host: str = health.DEFAULT_HOST) -> int:
     try:
         settings = config.load(path)
     except config.ConfigError as err:
@@ -115,11 +115,11 @@ def run(path: str | None, queues: Sequence[str] | None = None, max_jobs: int = 0
     if metrics_port is not None:  # /metrics, /healthz, /readyz for every process of this command
         try:
             slots = () if router == "only" else range(processes) if processes > 1 else (slot,)
-            server = health.Server(settings, metrics_port, slots).start()
+            server = health.Server(settings, metrics_port, slots, host=metrics_host).start()
         except OSError as err:
-            print(f"protojobs: cannot serve metrics on port {metrics_port}: {err}", file=sys.stderr)
+            print(f"protojobs: cannot serve metrics on {metrics_host} port {metrics_port}: {err}", file=sys.stderr)
             return 1
-        say(f"protojobs: /metrics, /healthz and /readyz on port {server.port}")
+        say(f"protojobs: /metrics, /healthz and /readyz on {metrics_host} port {server.port}")
         try:
             return run(path, queues, max_jobs, processes, status, router, slot, scheduler=scheduler)
         finally:
