@@ -1,7 +1,7 @@
 """The seed's facade in Python's idiom: `Jobs`, a thin layer over the engine.
 
 Dispatch is `engine.dispatch.Dispatcher`, work is `engine.worker.Worker` (with the delay router
-beside it), stats is `ops.stats`, clear is `kafka.admin.clear`, failed_jobs / retry are
+beside it), stats is `ops.stats`, clear is `ops.clear` (as `protojobs clear`), failed_jobs / retry are
 `ops.dlq`. `Jobs.x(...)` runs on a process-wide default instance (the seed's static facade);
 `Jobs(config).x(...)` on an independent one. README "Python API" shows the seed's examples.
 """
@@ -232,12 +232,10 @@ class Jobs:
 
     @_either
     def clear(self, queue: str = "default") -> int:
-        """Delete every pending record of the queue's topic; return how many were deleted."""
-        from protojobs.kafka import admin
-        from protojobs.model import names
-        settings = self.settings
-        topic = names.queue_topic(settings.kafka.topic_prefix, _known(settings, queue))
-        return admin.clear(admin.client(settings), topic)
+        """Clear the queue as `protojobs clear` does (ops.clear: jobs dispatched before now are
+        deleted or dropped, later ones run); return how many records were deleted from its topic."""
+        from protojobs.ops import clear
+        return clear.clear(self.settings, queue).records
 
     @_either
     def failed_jobs(self, limit: int = 50, offset: int = 0) -> list[Entry]:
