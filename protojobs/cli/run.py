@@ -2,8 +2,9 @@
 
 With `--processes 1` the worker runs in this process; with N > 1, `engine.supervisor` runs N
 spawned children. `--metrics-port` serves /metrics, /healthz and /readyz for all of them
-(`observe.health`), on `--metrics-host` (default 127.0.0.1: this host only). Exit codes: 0 stopped cleanly, 1 failed, 3 fenced (a newer worker owns
-this process's exactly-once slot).
+(`observe.health`), on `--metrics-host` (default 127.0.0.1: this host only). Exit codes:
+0 stopped cleanly, 1 failed, 3 fenced (a newer worker owns this process's exactly-once slot,
+or a transaction's commit could not be settled: the next process of the slot settles it).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from protojobs.engine.router import Router, RouterThread
 from protojobs.engine.scheduler import Scheduler, SchedulerThread
 from protojobs.engine.supervisor import supervise
 from protojobs.engine.worker import Worker, WorkerOptions
-from protojobs.kafka.transactions import Fenced
+from protojobs.kafka.transactions import Fenced, Uncertain
 from protojobs.observe import health, logs
 
 
@@ -68,7 +69,9 @@ def _work(settings: config.Settings, options: WorkerOptions, router: str) -> int
         try:
             counters = worker.run()
         except Fenced as err:
-            say(f"protojobs: {err}; stopping (a newer worker owns this slot)")
+            why = "the next worker of this slot settles it" if isinstance(err, Uncertain) else \
+                "a newer worker owns this slot"
+            say(f"protojobs: {err}; stopping ({why})")
             _stop_router(routing)
             return 3
         finally:
