@@ -152,7 +152,9 @@ class Jobs:
 
     def _send(self, job: type[Job] | Job | str, data: Any, queue: str | None, delay_ms: int,
               key: str | None, job_id: str | None) -> str:
-        from protojobs.engine.dispatch import DispatchError, Outcome
+        """Inside a running exactly-once job the job joins its transaction (Dispatcher.joined):
+        "job.queued" then means buffered, published with the job's commit or never."""
+        from protojobs.engine.dispatch import DispatchError
 
         settings = self.settings
         if delay_ms > 0 and not settings.tiers_ms:
@@ -160,13 +162,10 @@ class Jobs:
                                 "(the job was not sent)")
         name, queue = _route(job, queue, settings)
         dispatcher = self._producer()
+        txn = dispatcher.joined()
         env, topic = dispatcher.prepare(queue, data, job=name, key=key, delay_ms=delay_ms or None, job_id=job_id)
         self._listeners.emit("job.queuing", job=env, queue=env.queue, id=env.id)
-        outcome = Outcome(env.id)
-        dispatcher.send(env, outcome, topic)
-        dispatcher.wait([outcome])
-        if outcome.error is not None:
-            raise outcome.error
+        dispatcher.deliver(env, topic, txn)
         self._listeners.emit("job.queued", job=env, queue=env.queue, id=env.id)
         return env.id
 
