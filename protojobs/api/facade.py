@@ -1,7 +1,7 @@
 """The seed's facade in Python's idiom: `Jobs`, a thin layer over the engine.
 
 Dispatch is `engine.dispatch.Dispatcher`, work is `engine.worker.Worker` (with the delay router
-beside it), stats is `ops.stats`, clear is `kafka.admin.clear`, failed_jobs / retry are
+beside it), stats is `ops.stats`, clear is `ops.clear` (as `protojobs clear`), failed_jobs / retry are
 `ops.dlq`. `Jobs.x(...)` runs on a process-wide default instance (the seed's static facade);
 `Jobs(config).x(...)` on an independent one. README "Python API" shows the seed's examples.
 """
@@ -152,7 +152,9 @@ class Jobs:
 
     def _send(self, job: type[Job] | Job | str, data: Any, queue: str | None, delay_ms: int,
               key: str | None, job_id: str | None) -> str:
-        from protojobs.engine.dispatch import DispatchError, Outcome
+        """Inside a running exactly-once job the job joins its transaction (Dispatcher.joined):
+        "job.queued" then means buffered, published with the job's commit or never."""
+        from protojobs.engine.dispatch import DispatchError
 
         settings = self.settings
         if delay_ms > 0 and not settings.tiers_ms:
@@ -160,13 +162,10 @@ class Jobs:
                                 "(the job was not sent)")
         name, queue = _route(job, queue, settings)
         dispatcher = self._producer()
+        txn = dispatcher.joined()
         env, topic = dispatcher.prepare(queue, data, job=name, key=key, delay_ms=delay_ms or None, job_id=job_id)
         self._listeners.emit("job.queuing", job=env, queue=env.queue, id=env.id)
-        outcome = Outcome(env.id)
-        dispatcher.send(env, outcome, topic)
-        dispatcher.wait([outcome])
-        if outcome.error is not None:
-            raise outcome.error
+        dispatcher.deliver(env, topic, txn)
         self._listeners.emit("job.queued", job=env, queue=env.queue, id=env.id)
         return env.id
 
@@ -232,12 +231,10 @@ class Jobs:
 
     @_either
     def clear(self, queue: str = "default") -> int:
-        """Delete every pending record of the queue's topic; return how many were deleted."""
-        from protojobs.kafka import admin
-        from protojobs.model import names
-        settings = self.settings
-        topic = names.queue_topic(settings.kafka.topic_prefix, _known(settings, queue))
-        return admin.clear(admin.client(settings), topic)
+        """Clear the queue as `protojobs clear` does (ops.clear: jobs dispatched before now are
+        deleted or dropped, later ones run); return how many records were deleted from its topic."""
+        from protojobs.ops import clear
+        return clear.clear(self.settings, queue).records
 
     @_either
     def failed_jobs(self, limit: int = 50, offset: int = 0) -> list[Entry]:

@@ -15,10 +15,10 @@ def _plural(n: int, word: str) -> str:
 
 
 def validate_command(config: str | None, cluster: bool = False, env: Mapping[str, str] | None = None,
-                     *, cluster_timeout: float = 5.0) -> int:
+                     *, cluster_timeout: float = 5.0, import_handlers: bool = True) -> int:
     """`protojobs validate`: 0 and a one-line summary, or 1 and every `path: message` on stderr."""
     try:
-        summary = validate(config, cluster, env, cluster_timeout=cluster_timeout)
+        summary = validate(config, cluster, env, cluster_timeout=cluster_timeout, import_handlers=import_handlers)
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)

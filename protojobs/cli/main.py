@@ -42,7 +42,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
               "max_hung": args.max_hung, "shutdown_timeout": args.shutdown_timeout}
     return runner.run(args.config, queues=args.queue or None, max_jobs=args.max_jobs, processes=args.processes,
                       router=router, slot=args.slot, metrics_port=args.metrics_port,
-                      scheduler=not args.no_scheduler, limits=limits)
+                      scheduler=not args.no_scheduler, limits=limits, metrics_host=args.metrics_host)
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
@@ -52,7 +52,7 @@ def _cmd_health(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from protojobs.cli import config
-    return config.validate_command(args.config, cluster=args.cluster)
+    return config.validate_command(args.config, cluster=args.cluster, import_handlers=not args.no_import)
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -183,6 +183,9 @@ def _add_run(add: Add) -> None:
                      help="do not take part in leading the periodic schedules in this process")
     run.add_argument("--metrics-port", type=int,
                      help="serve /metrics, /healthz and /readyz for all processes on this port")
+    run.add_argument("--metrics-host", default="127.0.0.1",
+                     help="the address --metrics-port listens on (default %(default)s: this host only; "
+                          "0.0.0.0 for every interface)")
     run.add_argument("--log-format", choices=["text", "json"], default="text",
                      help="text, or one JSON object per line with the job's fields (default text)")
     run.add_argument("--max-uncommitted", type=_count, default=5000, metavar="N",
@@ -205,8 +208,11 @@ def _add_run(add: Add) -> None:
 
 
 def _add_config(add: Add) -> None:
-    validate = add("validate", _cmd_validate, "check jobs.toml, its payload schemas and handlers")
+    validate = add("validate", _cmd_validate, "check jobs.toml, its payload schemas and handlers (imports the "
+                   "handler modules, which runs their top-level code; --no-import skips that)")
     validate.add_argument("--cluster", action="store_true", help="also check against the live cluster")
+    validate.add_argument("--no-import", action="store_true",
+                          help="do not import the handler modules (nor check that they import)")
 
     show = add("config", _cmd_config, "print the effective configuration (secrets redacted)")
     show.add_argument("action", choices=["show"])

@@ -2,12 +2,13 @@
 
 With `--processes 1` the worker runs in this process; with N > 1, `engine.supervisor` runs N
 spawned children. `--metrics-port` serves /metrics, /healthz and /readyz for all of them
-(`observe.health`). Exit codes: 0 stopped cleanly, 1 failed, 3 fenced (a newer worker owns
-this process's exactly-once slot), 4 wedged (a `--processes` child whose queue had more handlers
-hung past their timeout than `--max-hung`: it committed what finished and exited, and the
-supervisor starts it again; a single process stays up and /healthz reports the wedged queue).
-`limits` are `WorkerOptions` fields (`--max-uncommitted`, `--commit-every`, `--max-hung`,
-`--shutdown-timeout`).
+(`observe.health`), on `--metrics-host` (default 127.0.0.1: this host only). Exit codes:
+0 stopped cleanly, 1 failed, 3 fenced (a newer worker owns this process's exactly-once slot,
+or a transaction's commit could not be settled: the next process of the slot settles it),
+4 wedged (a `--processes` child whose queue had more handlers hung past their timeout than
+`--max-hung`: it committed what finished and exited, and the supervisor starts it again; a
+single process stays up and /healthz reports the wedged queue). `limits` are `WorkerOptions`
+fields (`--max-uncommitted`, `--commit-every`, `--max-hung`, `--shutdown-timeout`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from protojobs.engine.router import Router, RouterThread
 from protojobs.engine.scheduler import Scheduler, SchedulerThread
 from protojobs.engine.supervisor import supervise
 from protojobs.engine.worker import Worker, WorkerOptions
-from protojobs.kafka.transactions import Fenced
+from protojobs.kafka.transactions import Fenced, Uncertain
 from protojobs.observe import health, logs
 
 
@@ -72,7 +73,9 @@ def _work(settings: config.Settings, options: WorkerOptions, router: str) -> int
         try:
             counters = worker.run()
         except Fenced as err:
-            say(f"protojobs: {err}; stopping (a newer worker owns this slot)")
+            why = "the next worker of this slot settles it" if isinstance(err, Uncertain) else \
+                "a newer worker owns this slot"
+            say(f"protojobs: {err}; stopping ({why})")
             _stop_router(routing)
             return 3
         finally:
@@ -121,7 +124,8 @@ def _restarted(slot: int, pid: int | None, code: int | None) -> None:
 
 def run(path: str | None, queues: Sequence[str] | None = None, max_jobs: int = 0, processes: int = 1,
         status: bool | None = None, router: str = "on", slot: int = 0, metrics_port: int | None = None,
-        scheduler: bool = True, limits: Mapping[str, Any] | None = None) -> int:
+        scheduler: bool = True, limits: Mapping[str, Any] | None = None,
+        metrics_host: str = health.DEFAULT_HOST) -> int:
     try:
         settings = config.load(path)
     except config.ConfigError as err:
@@ -130,11 +134,11 @@ def run(path: str | None, queues: Sequence[str] | None = None, max_jobs: int = 0
     if metrics_port is not None:  # /metrics, /healthz, /readyz for every process of this command
         try:
             slots = () if router == "only" else range(processes) if processes > 1 else (slot,)
-            server = health.Server(settings, metrics_port, slots).start()
+            server = health.Server(settings, metrics_port, slots, host=metrics_host).start()
         except OSError as err:
-            print(f"protojobs: cannot serve metrics on port {metrics_port}: {err}", file=sys.stderr)
+            print(f"protojobs: cannot serve metrics on {metrics_host} port {metrics_port}: {err}", file=sys.stderr)
             return 1
-        say(f"protojobs: /metrics, /healthz and /readyz on port {server.port}")
+        say(f"protojobs: /metrics, /healthz and /readyz on {metrics_host} port {server.port}")
         try:
             return run(path, queues, max_jobs, processes, status, router, slot, scheduler=scheduler, limits=limits)
         finally:

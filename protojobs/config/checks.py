@@ -14,7 +14,11 @@ Settings, each problem a ConfigIssue at its key path.
   differs from an explicit `max_attempts` of its policy, is a conflict; attributes inherited
   from protojobs' own base classes are defaults, not declarations, and never conflict;
 - schedules: the queue exists, `job` is one of the queue's jobs, `data` passes the queue's
-  payload schema and has the ordering key, a jitter has delay tiers to wait in.
+  payload schema and has the ordering key, a jitter has delay tiers to wait in;
+- kafka.enable_auto_commit (the seed's key) is false; [kafka.consumer]: no property that the
+  commit rule or the engine depends on is overridden
+  (`enable.auto.commit`, `enable.auto.offset.store`, `isolation.level`, `group.id`,
+  `partition.assignment.strategy`: `CONSUMER_OWNED`).
 A key a queue inherits from [defaults] is reported once, at `defaults.<key>` (`origin`).
 `validate --cluster` compares replication factors with the live cluster (protojobs.ops.validate,
 which locates and finishes its issues with `queue_key_path` and `finish_loaded`).
@@ -57,7 +61,7 @@ def check(settings: Settings, data: Mapping[str, Any], *, import_handlers: bool)
         issues += _check_queue(queue, settings, data)
         if import_handlers:
             issues += _check_handlers(queue, settings, data)
-    return issues + _check_schedules(settings, data)
+    return issues + _check_schedules(settings, data) + _check_consumer(settings)
 
 
 def _check_tiers(settings: Settings, data: Mapping[str, Any]) -> list[ConfigIssue]:
@@ -165,6 +169,44 @@ def _conflicts(cls: type, q: QueueSettings, settings: Settings) -> list[str]:
                      f"{key_path(['retry', q.retry, 'max_attempts'])} = {policy.max_attempts} "
                      "(jobs.toml wins; remove one)")
     return found
+
+
+# ---------------------------------------------------------------- [kafka.consumer]
+
+# librdkafka consumer properties protojobs sets itself: property -> (the only value allowed, or
+# None for none, and why). librdkafka reads booleans written as true/false or "true"/"false".
+CONSUMER_OWNED: dict[str, tuple[str | None, str]] = {
+    "enable.auto.commit": ("false", "protojobs commits an offset only once its job and every earlier job of its "
+                                    "partition are finished (the commit rule); auto commit would commit jobs that "
+                                    "never ran"),
+    "enable.auto.offset.store": ("false", "protojobs stores offsets itself, only those of finished jobs "
+                                          "(the commit rule)"),
+    "isolation.level": ("read_committed", "exactly-once queues, the delay router and the scheduler publish in "
+                                          "Kafka transactions; read_uncommitted would run the jobs of aborted "
+                                          "transactions"),
+    "group.id": (None, "protojobs names its consumer groups after kafka.group_id (workers, delay router, "
+                       "scheduler): set kafka.group_id instead"),
+    "partition.assignment.strategy": ("cooperative-sticky", "the worker takes and gives up partitions "
+                                                            "incrementally (cooperative rebalancing)"),
+}
+
+
+def _check_consumer(settings: Settings) -> list[ConfigIssue]:
+    issues = []
+    if settings.kafka.enable_auto_commit:
+        issues.append(ConfigIssue("kafka.enable_auto_commit", (
+            "true is not supported: protojobs commits an offset only once its job is finished (the commit rule), "
+            "and auto commit would commit jobs that never ran; remove the key or set it to false")))
+    for prop, value in settings.kafka.consumer.items():
+        if prop not in CONSUMER_OWNED:
+            continue
+        allowed, why = CONSUMER_OWNED[prop]
+        written = str(value).lower() if isinstance(value, bool) else str(value).strip()
+        if allowed is not None and written == allowed:
+            continue
+        must = f"must be {allowed} (or left out)" if allowed is not None else "cannot be set here"
+        issues.append(ConfigIssue(key_path(["kafka", "consumer", prop]), f"{must}: {why}"))
+    return issues
 
 
 # ---------------------------------------------------------------- schedules

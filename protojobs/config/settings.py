@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from protojobs.config.payloads import compile_payload_schema
+from protojobs.config.secrets import redact
 from protojobs.model.schedules import Schedule
 
 __all__ = ["KafkaSettings", "QueueSettings", "RetryPolicy", "Settings"]
@@ -27,6 +28,16 @@ class _Frozen:
             value = getattr(self, f.name)
             if isinstance(value, dict):
                 object.__setattr__(self, f.name, MappingProxyType(dict(value)))
+
+
+def _redacted_repr(obj: Any) -> str:
+    """The dataclass repr with every secret of its mapping fields shown as "***"
+    (config.secrets): a logged or printed Settings never shows a password."""
+    parts = []
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        parts.append(f"{f.name}={redact(value) if isinstance(value, Mapping) else value!r}")
+    return f"{type(obj).__name__}({', '.join(parts)})"
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,8 @@ class KafkaSettings(_Frozen):
     dead_letter_topic: str
     producer: Mapping[str, Any]
     consumer: Mapping[str, Any]
+
+    __repr__ = _redacted_repr
 
 
 @dataclass(frozen=True)
@@ -106,3 +119,5 @@ class Settings(_Frozen):
     schedules: Mapping[str, Schedule]
     source: Path | None
     raw: Mapping[str, Any]
+
+    __repr__ = _redacted_repr

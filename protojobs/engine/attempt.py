@@ -3,7 +3,9 @@
 `Attempt.run` builds the handler's `Context`, calls the hooks and the handler, and turns the
 outcome into a `Result` the consume loop only has to apply:
 - success: `Result.move` is None; the loop marks the offset finished (exactly-once: with the
-  records the handler dispatched through `ctx.dispatch`);
+  records the handler dispatched through `ctx.dispatch`, or through any Dispatcher or the
+  `Jobs` facade: while an exactly-once handler runs, `dispatch.RUNNING_JOB` holds this job's
+  transaction, in the handler's thread and in its coroutine);
 - failure: `decide` applies the queue's retry policy (the Job's `max_retries` where jobs.toml
   sets no `max_attempts`), `RetryLater`, `PermanentError`, `dead_letter_on` / `retry_on` and the
   Job's `should_retry`. With `blocking_retries` a retry waits out its backoff right here (this
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from protojobs.config import QueueSettings, RetryPolicy, Settings
 from protojobs.config.handlers import import_target, is_job_class
+from protojobs.engine.dispatch import RUNNING_JOB, JobTransaction
 from protojobs.kafka.clock import now_ms
 from protojobs.kafka.transactions import Output
 from protojobs.model import delays, envelope, names, retry
@@ -222,9 +225,28 @@ class Attempt:
             return Result(job, None, value, duration)
 
     def _call(self, job: JobRun, handler: Handler, ctx: Context) -> Any:
+        txn = self._job_transaction(job)
         if handler.is_async:
-            return self.loop().run(handler(job.env.data, ctx), self.queues[job.topic].timeout_ms / 1000)
-        return handler(job.env.data, ctx)
+            coro = handler(job.env.data, ctx)
+            try:
+                return self.loop().run(coro if txn is None else _joining(txn, coro),
+                                       self.queues[job.topic].timeout_ms / 1000)
+            finally:
+                if txn is not None:
+                    txn.close()
+        token = RUNNING_JOB.set(txn)
+        try:
+            return handler(job.env.data, ctx)
+        finally:
+            RUNNING_JOB.reset(token)
+            if txn is not None:
+                txn.close()
+
+    def _job_transaction(self, job: JobRun) -> JobTransaction | None:
+        """What every dispatch made while this attempt runs joins (exactly-once queues only)."""
+        if not self.transactional(job.topic):
+            return None
+        return JobTransaction(self.settings.kafka.brokers, functools.partial(self._buffer, job), job.env.id)
 
     def _context(self, job: JobRun) -> Context:
         env = job.env
@@ -290,8 +312,20 @@ class Attempt:
         if not self.transactional(job.topic):
             return dispatcher.dispatch(queue, data, **options)
         env, target = dispatcher.prepare(queue, data, **options)
-        job.outputs.append(Output(job.offset, target, envelope.encode(env), _key(env), envelope.headers(env)))
+        self._buffer(job, env, target)
         return env.id
+
+    @staticmethod
+    def _buffer(job: JobRun, env: Envelope, target: str) -> None:
+        """A job dispatched by `job`'s handler, kept to publish with the transaction of its offset."""
+        job.outputs.append(Output(job.offset, target, envelope.encode(env), _key(env), envelope.headers(env)))
+
+
+async def _joining(txn: JobTransaction, coro: Any) -> Any:
+    """Run `coro` with `txn` as its RUNNING_JOB: set inside its own task, so it holds whichever
+    thread or loop runs the coroutine, and tasks the coroutine creates inherit it."""
+    RUNNING_JOB.set(txn)
+    return await coro
 
 
 def _key(env: Envelope) -> bytes | None:

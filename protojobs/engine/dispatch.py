@@ -14,13 +14,20 @@ Guarantees
   picks (model.delays); it never runs before its `available_at`.
 - Hooks (`engine.hooks`): `before_dispatch` may add options (tracing sets `trace`) before the
   job is built; `after_enqueue` sees every job handed to the producer.
+- Inside a running exactly-once job (`RUNNING_JOB`, set by `engine.attempt` while the handler
+  runs, in its thread or its coroutine), `dispatch` and `dispatch_many` (and so `Jobs.dispatch`)
+  do not produce: they buffer the job into that job's transaction, as `ctx.dispatch` does, and
+  return its id; it is published with the commit of the source offset, or never. A Dispatcher
+  whose settings name another cluster cannot join that transaction and raises DispatchError,
+  as does a dispatch after the job's attempt ended (a thread or task it left running).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +72,33 @@ class BulkResult:
     @property
     def ok(self) -> bool:
         return not self.errors
+
+
+class JobTransaction:
+    """The transaction of the exactly-once job running in this context: `add(envelope, topic)`
+    buffers a record to publish with the commit of the job's source offset."""
+
+    def __init__(self, brokers: str, add: Callable[[envelope.Envelope, str], None], job_id: str) -> None:
+        self.brokers = _bootstrap(brokers)
+        self._add = add
+        self.job_id = job_id
+        self.closed = False
+
+    def add(self, env: envelope.Envelope, topic: str) -> None:
+        if self.closed:
+            raise DispatchError(f"job {self.job_id} has finished: a dispatch made after it (from a thread or task it "
+                                "left running) can no longer join its exactly-once transaction; nothing was sent")
+        self._add(env, topic)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+RUNNING_JOB: ContextVar[JobTransaction | None] = ContextVar("protojobs_running_job", default=None)
+
+
+def _bootstrap(brokers: str) -> frozenset[str]:
+    return frozenset(b.strip() for b in brokers.split(",") if b.strip())
 
 
 def delivery_error(err: KafkaError) -> DispatchError:
@@ -149,15 +183,42 @@ class Dispatcher:
 
     # --- sending -----------------------------------------------------------------------------
 
-    def send(self, env: envelope.Envelope, outcome: Outcome, topic: str | None = None) -> None:
-        """Produce one envelope to `topic` (default: where `topic_for` routes it now); `outcome`
-        is filled by the delivery report (served by `wait`)."""
+    def joined(self) -> JobTransaction | None:
+        """The transaction of the exactly-once job this code runs in, if any (the module says
+        when); DispatchError when this Dispatcher cannot join it (another cluster)."""
+        txn = RUNNING_JOB.get()
+        if txn is not None and _bootstrap(self.settings.kafka.brokers) != txn.brokers:
+            raise DispatchError(
+                f"job {txn.job_id} runs in an exactly-once queue, and this dispatch goes to other brokers "
+                f"({self.settings.kafka.brokers}) than its transaction: it cannot be published atomically with "
+                "the job; nothing was sent (dispatch to the worker's cluster, or outside the job)")
+        return txn
+
+    def deliver(self, env: envelope.Envelope, topic: str, txn: JobTransaction | None) -> None:
+        """Send `env` to `topic` and wait for the broker's ack (raising its DispatchError); with
+        `txn` (see `joined`), buffer it in that job's transaction instead."""
+        if txn is not None:
+            self._ensure_topics()
+            txn.add(env, topic)
+            return
+        outcome = Outcome(env.id)
+        self.send(env, outcome, topic)
+        self.wait([outcome])
+        if outcome.error is not None:
+            raise outcome.error
+
+    def _ensure_topics(self) -> None:
         if self._ensure:
             try:
                 admin.ensure_topics(self.settings)
             except ClientError as err:
                 raise ClientRefused(str(err)) from None
             self._ensure = False
+
+    def send(self, env: envelope.Envelope, outcome: Outcome, topic: str | None = None) -> None:
+        """Produce one envelope to `topic` (default: where `topic_for` routes it now); `outcome`
+        is filled by the delivery report (served by `wait`)."""
+        self._ensure_topics()
 
         def delivered(err: KafkaError | None) -> None:
             outcome.error = None if err is None else delivery_error(err)
@@ -190,25 +251,29 @@ class Dispatcher:
         return float(conf.get("message.timeout.ms", 300_000)) / 1000 + 5
 
     def dispatch(self, queue: str, data: Any, **options: Any) -> str:
-        """Send one job and wait for the broker's ack; return its id."""
+        """Send one job and wait for the broker's ack (inside an exactly-once job: buffer it in
+        the job's transaction); return its id."""
+        txn = self.joined()
         env, topic = self.prepare(queue, data, **options)
-        outcome = Outcome(env.id)
-        self.send(env, outcome, topic)
-        self.wait([outcome])
-        if outcome.error is not None:
-            raise outcome.error
+        self.deliver(env, topic, txn)
         return env.id
 
     def dispatch_many(self, queue: str, items: Iterable[Any], **options: Any) -> BulkResult:
-        """Send many jobs at producer speed, then wait once. Invalid payloads are reported per
-        index and not sent; the others are sent."""
+        """Send many jobs at producer speed, then wait once (inside an exactly-once job: buffer
+        them in the job's transaction). Invalid payloads are reported per index and not sent;
+        the others are sent."""
         result = BulkResult()
         outcomes: list[tuple[int, Outcome]] = []
+        txn = self.joined()
         for index, data in enumerate(items):
             try:
                 env, topic = self.prepare(queue, data, **dict(options))
             except (PayloadError, DispatchError) as err:
                 result.errors[index] = err if isinstance(err, DispatchError) else DispatchError(str(err))
+                continue
+            if txn is not None:
+                self.deliver(env, topic, txn)
+                result.ids.append(env.id)
                 continue
             outcome = Outcome(env.id)
             self.send(env, outcome, topic)

@@ -30,7 +30,7 @@ from confluent_kafka import KafkaError, Message, Producer, TopicPartition
 
 from protojobs.config import Settings
 from protojobs.engine.background import Background
-from protojobs.kafka.clients import ErrorWatch, fetch, producer_config, until_reachable
+from protojobs.kafka.clients import ErrorWatch, fetch, idle_poll_s, producer_config, until_reachable
 from protojobs.kafka.clock import now_ms
 from protojobs.kafka.control import ClearEpochs
 from protojobs.kafka.outbox import Outbox
@@ -130,10 +130,11 @@ class Router:
             self.partitions.txn = Transactions(producer, self.consumer)
 
     def _wait_s(self) -> float:
-        """Poll no longer than until the earliest held record is due (at most 100 ms)."""
+        """Poll no longer than until the earliest held record is due (at most `idle_poll_s`)."""
+        idle = idle_poll_s(self.settings.kafka)
         if not self.held:
-            return 0.1
-        return max(0.0, min(0.1, (min(self.held.values()) - self.clock()) / 1000))
+            return idle
+        return max(0.0, min(idle, (min(self.held.values()) - self.clock()) / 1000))
 
     def _take(self, msg: Message) -> None:
         err = msg.error()

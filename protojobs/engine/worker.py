@@ -46,7 +46,7 @@ from protojobs.engine.dispatch import Dispatcher
 from protojobs.engine.hooks import Hooks, HookSet
 from protojobs.engine.lanes import EventLoop, Lane
 from protojobs.kafka import admin
-from protojobs.kafka.clients import ErrorWatch, fetch, producer_config, until_reachable
+from protojobs.kafka.clients import ErrorWatch, fetch, idle_poll_s, producer_config, until_reachable
 from protojobs.kafka.control import ClearEpochs
 from protojobs.kafka.outbox import Outbox
 from protojobs.kafka.partitions import Key, Partitions, Quiet
@@ -176,7 +176,7 @@ class Worker(Quiet):
         started = time.monotonic()
         try:
             while self.stopping == 0:
-                self._poll_once(0.1)
+                self._poll_once(idle_poll_s(self.settings.kafka))
                 now = time.monotonic()
                 every = self.options.commit_every
                 if now >= next_commit or (every and self.partitions.finished_count - committed_at >= every):

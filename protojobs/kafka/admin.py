@@ -277,9 +277,10 @@ def group_members(admin: AdminClient, group: str) -> list[dict[str, Any]]:
             for m in desc.members]
 
 
-def clear(admin: AdminClient, topic: str) -> int:
-    """Delete every record of `topic` up to its high watermark; return how many were deleted."""
-    marks = watermarks(admin, topic)
+def clear(admin: AdminClient, topic: str, marks: dict[int, tuple[int, int]] | None = None) -> int:
+    """Delete every record of `topic` below `marks` (partition -> (low, high) from `watermarks`;
+    default: read now, so up to the current high watermark); return how many were deleted."""
+    marks = watermarks(admin, topic) if marks is None else marks
     targets = [TopicPartition(topic, p, high) for p, (low, high) in marks.items() if high > low]
     if targets:
         settled(lambda: [f.result(TIMEOUT) for f in admin.delete_records(targets, request_timeout=TIMEOUT).values()])

@@ -5,7 +5,8 @@ own (`enable.auto.offset.store=false`, `enable.auto.commit=false`: the worker co
 contiguous finished prefix) and use the cooperative-sticky protocol, so a rebalance revokes
 only the partitions that move and keeps the pause state of the others.
 `[kafka.producer]` / `[kafka.consumer]` pass any librdkafka property through (SASL, SSL...) and
-win over these defaults.
+win over these defaults; a jobs.toml that overrides a consumer property the commit rule depends
+on is refused when loaded (`config.checks.CONSUMER_OWNED`).
 """
 
 from __future__ import annotations
@@ -83,6 +84,15 @@ def consumer_config(kafka: KafkaSettings, watch: ErrorWatch, group: str | None =
         "enable.partition.eof": False,
     }
     return conf | dict(kafka.consumer) | extra
+
+
+IDLE_POLL_MAX_MS = 100  # an idle loop wakes at least this often: stop, commits, timeouts stay prompt
+
+
+def idle_poll_s(kafka: KafkaSettings) -> float:
+    """How long one poll of an idle worker or delay router waits for a record: `[kafka]
+    timeout_ms` (the seed's poll timeout), at most IDLE_POLL_MAX_MS."""
+    return min(kafka.timeout_ms, IDLE_POLL_MAX_MS) / 1000
 
 
 def until_reachable(action: Callable[[], Any], stopped: Callable[[], bool], what: str,

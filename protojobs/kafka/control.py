@@ -1,10 +1,11 @@
 """Per-queue clear epochs on the compacted `{prefix}control` topic.
 
-`protojobs clear Q --yes` first records "queue Q was cleared at T" here, then deletes the
-queue topic's records. Jobs of Q dispatched before T that are still on their way (waiting in a
-shared delay tier, or a retry) are dropped by the delay router and by workers when they meet
-them, so clear empties the queue everywhere, not just its own topic. Times are the dispatching
-and clearing hosts' clocks: keep them in sync (NTP) for a sharp cut-off.
+`protojobs clear Q --yes` and `Jobs.clear` (`ops.clear`, which defines the cut-off) record
+"queue Q was cleared at T" here, then delete the queue topic's records that existed before T.
+Jobs of Q dispatched before T that are still on their way (waiting in a shared delay tier, a
+retry, a record produced meanwhile) are dropped by the delay router and by workers when they
+meet them, so clear empties the queue everywhere, not just its own topic. Times are the
+dispatching and clearing hosts' clocks: keep them in sync (NTP) for a sharp cut-off.
 """
 
 from __future__ import annotations

@@ -7,7 +7,21 @@ zombie whose partitions moved is fenced by the group generation too.
 
 `TransactionalProducer.commit` is the one transactional commit (worker, delay router and
 scheduler): it raises `Fenced` when the producer can never commit again (fatal error, fenced
-epoch) and `Aborted` after aborting a transaction that failed for a passing reason.
+epoch), `Uncertain` (a `Fenced`) when a commit could be neither completed nor known to have
+failed, and `Aborted` after aborting a transaction that failed for a passing reason.
+
+Errors of `send_offsets_to_transaction` and `commit_transaction` follow librdkafka's
+classification (rdkafka.h, "Transactional producer API"):
+- retriable (`err.retriable()`: a timeout, a broker transport failure...): the same call again,
+  until `retry_for` (the producer's transaction.timeout.ms) has passed. A timed-out commit may
+  still complete in the background, so it is never aborted: aborting and re-running its jobs
+  would publish their outputs twice;
+- abortable (`err.txn_requires_abort()`): abort, `Aborted` (the caller rewinds);
+- fatal (`err.fatal()`, a fencing code): `Fenced`;
+- anything else, or a retriable commit still failing after `retry_for`: after
+  `send_offsets_to_transaction` (nothing committed yet) abort; after `commit_transaction` the
+  outcome is unknown: `Uncertain`. The process stops; the `init_transactions` of its successor
+  (same transactional.id) completes or aborts that transaction before anything else runs.
 
 No transaction is open while handlers run: a finished job's outputs (retry or dead-letter
 copy, jobs it dispatched through `ctx.dispatch`) are buffered by source offset. Every
@@ -15,18 +29,20 @@ copy, jobs it dispatched through `ctx.dispatch`) are buffered by source offset. 
 begin, produce the prefix's outputs, send the offsets, commit. Outputs of jobs beyond the prefix
 wait for the next transaction, so a crash can never publish a job's outputs without its offset.
 
-A failed commit aborts, and the partitions are rewound to their last committed offsets: their
-jobs run again (their earlier outputs were never visible to read_committed consumers). A fenced
-producer raises `Fenced`: the process stops and its supervisor starts a fresh one.
+An aborted transaction rewinds the partitions to their last committed offsets: their jobs run
+again (their earlier outputs were never visible to read_committed consumers). A fenced producer
+raises `Fenced`, an uncertain commit `Uncertain`: the process stops and its supervisor starts
+a fresh one.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -50,6 +66,11 @@ Record = tuple[str, bytes | None, bytes | None, Headers]  # topic, value, key, h
 
 class Fenced(RuntimeError):
     """Another producer with our transactional.id (or a newer group generation) took over."""
+
+
+class Uncertain(Fenced):
+    """A commit kept failing without saying whether it happened: only the successor's
+    `init_transactions` (same transactional.id) can settle it, so the owner stops as if fenced."""
 
 
 class Aborted(RuntimeError):
@@ -78,29 +99,61 @@ class TransactionalProducer:
                  **producer_extra: Any) -> None:
         conf = producer_config(kafka, watch, **producer_extra)
         conf["transactional.id"] = self.transactional_id = transactional_id(kafka, slot, role)
+        self.retry_for = float(conf.get("transaction.timeout.ms", 60_000)) / 1000  # then the broker decided
+        self.call_timeout = TIMEOUT  # one librdkafka call; a timed-out one is retried within retry_for
+        self.backoff = 0.2  # between retries of a call that failed at once
+        self.retried = 0  # retriable failures that were retried (all calls, all transactions)
         self.producer = Producer(conf)
         self.producer.init_transactions(TIMEOUT)
 
     def commit(self, records: Iterable[Record], offsets: list[TopicPartition], group_metadata: Any) -> None:
-        """One transaction: `records`, then `offsets` for the consumer group. Raises Fenced or Aborted."""
+        """One transaction: `records`, then `offsets` for the consumer group. Raises Fenced,
+        Uncertain (a Fenced) or Aborted (the module says which when)."""
         try:
             self.producer.begin_transaction()
             produce_all(self.producer, records)
-            if offsets:
-                self.producer.send_offsets_to_transaction(offsets, group_metadata, TIMEOUT)
-            self.producer.commit_transaction(TIMEOUT)
         except KafkaException as exc:
             self._abort(exc.args[0])
+        deadline = time.monotonic() + self.retry_for
+        if offsets:
+            err = self._until_done(lambda t: self.producer.send_offsets_to_transaction(offsets, group_metadata, t),
+                                   "sending the offsets", deadline)
+            if err is not None:
+                self._abort(err)  # nothing is committed yet: aborting is safe
+        err = self._until_done(self.producer.commit_transaction, "committing", deadline)
+        if err is not None:
+            raise Uncertain(f"the transaction's commit failed and may or may not have happened: {err.str()}")
 
-    def _abort(self, err: KafkaError) -> None:
+    def _until_done(self, call: Callable[[float], Any], what: str, deadline: float,
+                    abortable: bool = True) -> KafkaError | None:
+        """Run `call(timeout)`, again while it fails with a retriable error and `deadline` is not
+        past. None when done; raises Fenced (fatal) or Aborted (abortable); else the last error."""
+        while True:
+            started = time.monotonic()
+            try:
+                call(self.call_timeout)
+                return None
+            except KafkaException as exc:
+                err: KafkaError = exc.args[0]
+            if err.fatal() or err.code() in FENCING:
+                raise Fenced(f"transactional producer fenced: {err.str()}")
+            if err.txn_requires_abort() and abortable:
+                self._abort(err)
+            if not err.retriable() or time.monotonic() >= deadline:
+                return err
+            self.retried += 1
+            log.warning("transaction: %s failed with a retriable error, retrying: %s", what, err.str())
+            if time.monotonic() - started < self.backoff:  # failed at once: do not spin
+                time.sleep(self.backoff)
+
+    def _abort(self, err: KafkaError) -> NoReturn:
         if err.fatal() or err.code() in FENCING:
             raise Fenced(f"transactional producer fenced: {err.str()}")
         log.warning("transaction failed, aborting: %s", err.str())
-        try:
-            self.producer.abort_transaction(TIMEOUT)
-        except KafkaException as abort_exc:
-            if abort_exc.args[0].fatal():
-                raise Fenced(f"abort failed: {abort_exc.args[0].str()}") from abort_exc
+        failed = self._until_done(self.producer.abort_transaction, "aborting", time.monotonic() + self.retry_for,
+                                  abortable=False)
+        if failed is not None:  # the transaction may still be open: a new producer settles it
+            raise Fenced(f"abort failed: {failed.str()}")
         raise Aborted(err.str())
 
     def flush(self, timeout: float) -> int:

@@ -1,7 +1,8 @@
 """Health probes and the metrics endpoint of `protojobs run --metrics-port PORT`.
 
 The process that runs the command (the supervisor with `--processes N`, else the worker
-itself) serves on PORT:
+itself) serves on PORT, at `--metrics-host` (default `DEFAULT_HOST`, 127.0.0.1: reachable from
+this host only; 0.0.0.0 opens it to every interface):
 
 - `/metrics`: Prometheus text format, summed over every worker process of the command
   (prometheus_client multiprocess mode, see protojobs.metrics).
@@ -48,6 +49,7 @@ from protojobs.observe.process import pid_alive
 log = logging.getLogger(__name__)
 
 ENV_DIR = "PROTOJOBS_OBS_DIR"
+DEFAULT_HOST = "127.0.0.1"
 HEARTBEAT_S = 1.0
 HEARTBEAT_STALE_S = 10.0
 POLL_STALL_S = 30.0
@@ -226,7 +228,7 @@ def _admin_client(settings: Settings) -> Any:
 class Server:
     """The HTTP endpoint of one `protojobs run`: /metrics, /healthz, /readyz."""
 
-    def __init__(self, settings: Settings, port: int, slots: Iterable[int], host: str = "",
+    def __init__(self, settings: Settings, port: int, slots: Iterable[int], host: str = DEFAULT_HOST,
                  refresh: float | None = None) -> None:
         self.httpd = ThreadingHTTPServer((host, port), _handler(self))  # first: fails when the port is taken
         self.httpd.daemon_threads = True

@@ -29,11 +29,12 @@ class Summary:
 
 
 def validate(config: str | None, cluster: bool = False, env: Mapping[str, str] | None = None,
-             *, cluster_timeout: float = 5.0) -> Summary:
-    """Load and check the configuration (import its handlers; `cluster`: also check it against
-    the live cluster); ConfigError lists every issue, secrets scrubbed."""
+             *, cluster_timeout: float = 5.0, import_handlers: bool = True) -> Summary:
+    """Load and check the configuration (`import_handlers`: import every handler module, which
+    runs its top-level code; `cluster`: also check it against the live cluster); ConfigError
+    lists every issue, secrets scrubbed."""
     shown = str(config_path(config, env))
-    settings = load(config, env)
+    settings = load(config, env, import_handlers=import_handlers)
     if cluster:
         problems = check_cluster(settings, timeout=cluster_timeout)
         if problems:
