@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -109,3 +110,17 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             except ValueError as err:
                 raise ValueError(f"{path}:{number}: not a JSON line: {line[:200]!r}") from err
     return rows
+
+
+Write = Callable[..., Path]
+
+
+@pytest.fixture
+def write(tmp_path: Path) -> Write:
+    """`write(text, name="jobs.toml")`: a dedented file in the test's tmp_path (its path)."""
+    def _write(text: str, name: str = "jobs.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+        return path
+
+    return _write

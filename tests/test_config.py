@@ -6,7 +6,6 @@ import dataclasses
 import json
 import re
 import shutil
-import textwrap
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -70,16 +69,6 @@ schema = "{SCHEMAS}/report.json"
 @pytest.fixture(autouse=True)
 def _demo_handlers_importable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(TESTS))
-
-
-@pytest.fixture
-def write(tmp_path: Path) -> Write:
-    def _write(text: str, name: str = "jobs.toml") -> Path:
-        path = tmp_path / name
-        path.write_text(textwrap.dedent(text), encoding="utf-8")
-        return path
-
-    return _write
 
 
 def errors(path: Path, env: dict[str, str] | None = None, **kwargs: bool) -> list[str]:

@@ -5,7 +5,6 @@ No broker: everything here fails before a client is made."""
 from __future__ import annotations
 
 import sys
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,16 +19,6 @@ from protojobs.config import ConfigError, load
 Write = Callable[..., Path]
 BASE = '[kafka]\nbrokers = "127.0.0.1:1"\n'  # nothing listens there: a test that reached Kafka would hang
 QUEUE = '[queues.q]\nhandler = "json:dumps"\n'
-
-
-@pytest.fixture
-def write(tmp_path: Path) -> Write:
-    def _write(text: str, name: str = "jobs.toml") -> Path:
-        path = tmp_path / name
-        path.write_text(textwrap.dedent(text), encoding="utf-8")
-        return path
-
-    return _write
 
 
 def issues(path: Path) -> list[str]:

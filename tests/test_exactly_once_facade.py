@@ -4,9 +4,7 @@ that cannot join refuses loudly. tests/test_exactly_once.py proves the same for 
 
 from __future__ import annotations
 
-import signal
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +13,8 @@ import engine_jobs
 import pytest
 from confluent_kafka import Consumer
 from conftest import settings_tree, wait_for, write_config
-from test_engine import committed_equals_end, runs, spawn_worker
-from test_exactly_once import committed_followups
+from test_engine import committed_equals_end
+from test_exactly_once import kill_once_then_settle
 
 from protojobs import Jobs, config
 from protojobs.engine import dispatch
@@ -49,24 +47,7 @@ def test_facade_dispatch_in_an_exactly_once_job_survives_sigkill_once(kafka: Clu
     n = 120
     assert Dispatcher(settings).dispatch_many("work", [{"n": i, "sleep": 0.03} for i in range(n)],
                                               job="FacadeChain").ok
-    proc = spawn_worker(path, record, "--queue", "work")
-    try:
-        wait_for(lambda: len(runs(record)) >= 40, timeout=40, what="progress")
-        proc.send_signal(signal.SIGKILL)  # jobs run, their follow-ups dispatched, offsets not committed
-        proc.wait(10)
-    finally:
-        proc.kill()
-    proc = spawn_worker(path, record, "--queue", "work")
-    try:
-        wait_for(lambda: {r["n"] for r in runs(record)} >= set(range(n)), timeout=60, what="every source job")
-        wait_for(lambda: committed_equals_end(settings, "work"), timeout=30, what="source offsets committed")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-    seen = committed_followups(settings, n)
-    assert set(seen) == set(range(n))
-    assert max(seen.values()) == 1, {k: v for k, v in seen.items() if v > 1}
-    executions = Counter(r["n"] for r in runs(record))
+    _seen, _first_runs, executions = kill_once_then_settle(settings, path, record, n)
     assert sum(executions.values()) > n  # jobs did run twice: only their follow-ups are once
 
 
