@@ -30,7 +30,7 @@ from confluent_kafka import KafkaError, Message, Producer, TopicPartition
 
 from protojobs.config import Settings
 from protojobs.engine.background import Background
-from protojobs.kafka.clients import ErrorWatch, fetch, idle_poll_s, producer_config, until_reachable
+from protojobs.kafka.clients import ErrorWatch, fetch, idle_poll_s, is_error, producer_config, until_reachable
 from protojobs.kafka.clock import now_ms
 from protojobs.kafka.control import ClearEpochs
 from protojobs.kafka.outbox import Outbox
@@ -137,10 +137,7 @@ class Router:
         return max(0.0, min(idle, (min(self.held.values()) - self.clock()) / 1000))
 
     def _take(self, msg: Message) -> None:
-        err = msg.error()
-        if err is not None:
-            if err.code() != KafkaError._PARTITION_EOF:
-                log.warning("delay tier consume error: %s", err.str())
+        if is_error(msg, "delay tier"):
             return
         topic, partition, offset = cast(str, msg.topic()), cast(int, msg.partition()), cast(int, msg.offset())
         key = (topic, partition)

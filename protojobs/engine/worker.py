@@ -46,7 +46,7 @@ from protojobs.engine.dispatch import Dispatcher
 from protojobs.engine.hooks import Hooks, HookSet
 from protojobs.engine.lanes import EventLoop, Lane
 from protojobs.kafka import admin
-from protojobs.kafka.clients import ErrorWatch, fetch, idle_poll_s, producer_config, until_reachable
+from protojobs.kafka.clients import ErrorWatch, fetch, idle_poll_s, is_error, producer_config, until_reachable
 from protojobs.kafka.control import ClearEpochs
 from protojobs.kafka.outbox import Outbox
 from protojobs.kafka.partitions import Key, Partitions, Quiet
@@ -234,10 +234,7 @@ class Worker(Quiet):
         return any(lane.running or lane.buffered for lane in self.lanes.values()) or self.partitions.pending() > 0
 
     def _take(self, msg: Message) -> None:
-        err = msg.error()
-        if err is not None:
-            if err.code() != KafkaError._PARTITION_EOF:
-                log.warning("consume error: %s", err.str())
+        if is_error(msg, "queue"):
             return
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
         assert topic is not None and partition is not None and offset is not None

@@ -125,3 +125,13 @@ def fetch(consumer: Any, max_messages: int, timeout: float) -> list[Any]:
     if first is None:
         return []
     return [first, *consumer.consume(max(1, max_messages - 1), 0)]
+
+
+def is_error(msg: Any, what: str) -> bool:
+    """True when a polled `msg` is an error event, not a record (logged, except end-of-partition)."""
+    err = msg.error()
+    if err is None:
+        return False
+    if err.code() != KafkaError._PARTITION_EOF:
+        log.warning("%s consume error: %s", what, err.str())
+    return True
