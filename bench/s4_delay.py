@@ -1,4 +1,4 @@
-"""Scenario 4: delay accuracy through the delay tiers (protojobs.router).
+"""Scenario 4: delay accuracy through the delay tiers (protojobs.engine.router).
 
 1,000 jobs per delay are dispatched with `delay_ms` (`dispatch_many`); one `protojobs run`
 subprocess runs the worker and the delay router beside it (the default). The `due` handler
