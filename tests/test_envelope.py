@@ -305,6 +305,7 @@ def test_for_replay_restarts_the_job_and_counts_replays() -> None:
     failed = E.with_attempt(sample(replays=1), 5, NOW, failed_at=NOW)
     again = E.for_replay(failed, NOW + 99)
     assert (again.attempt, again.available_at, again.replays) == (1, NOW + 99, 2)
+    assert again.dispatched_at == NOW + 99  # a replay is a new dispatch: a clear before it keeps it
     assert again.first_failed_at is None and again.id == failed.id and again.data == failed.data
 
 

@@ -121,11 +121,16 @@ def with_attempt(
 
 
 def for_replay(env: Envelope, now_ms: int) -> Envelope:
-    """A dead-lettered job sent again: attempt 1, due now, `replays` + 1, id kept."""
+    """A dead-lettered job sent again: attempt 1, dispatched and due now, `replays` + 1, id kept.
+
+    A replay is a new dispatch: a clear of its queue before the replay must not drop it
+    (clear epochs compare `dispatched_at`).
+    """
     replays = env.replays + 1
     return replace(
-        env, v=VERSION, attempt=1, available_at=now_ms, replays=replays, first_failed_at=None
-    )
+        env, v=VERSION, attempt=1, dispatched_at=now_ms, available_at=now_ms, replays=replays,
+        first_failed_at=None,
+    )  # fmt: skip
 
 
 # --- value: encode / decode -----------------------------------------------------------------
