@@ -463,6 +463,46 @@ def test_decode_dead_letter_rejects_malformed_records(change: dict[str, Any], re
         D.decode_dead_letter(b"[]")
 
 
+def _nested(depth: int) -> Any:
+    out: Any = 0
+    for _ in range(depth):
+        out = [out]
+    return out
+
+
+@pytest.mark.parametrize("limit", [4_000, 20_000, 200_000])
+@pytest.mark.parametrize(
+    "original",
+    [b"\x00\xff" * 150_000, sample(data={"blob": "x" * 300_000}), sample(data={"q": '"' * 100_000}),
+     sample(data=_nested(5000)), sample(data={"s": "\ud800" * 50_000})],
+    ids=["raw-900k-as-json", "big-payload", "escaped-payload", "too-deep", "lone-surrogates"],
+)  # fmt: skip
+def test_dead_letter_record_always_fits_its_limit(original: Any, limit: int) -> None:
+    value = D.dead_letter_record(original, **{**FAILURE, "traceback": "t" * 20_000}, limit=limit)
+    dead = D.decode_dead_letter(value)
+    assert len(value) <= limit and dead.truncated
+    if isinstance(original, Envelope):  # the metadata stays; the payload is its cut JSON text
+        assert dead.envelope is not None and dead.envelope.id == original.id
+        assert isinstance(dead.envelope.data, str)
+        assert "cut" in dead.envelope.data or dead.envelope.data.startswith("[payload not encodable")
+    else:
+        assert dead.raw is not None and dead.raw.startswith("\x00\ufffd")
+
+
+def test_dead_letter_record_that_fits_is_not_cut() -> None:
+    dead = D.decode_dead_letter(D.dead_letter_record(sample(), **FAILURE, limit=10_000))
+    assert not dead.truncated and dead.envelope == sample()
+
+
+def test_shrink_cuts_a_dead_letter_record_down() -> None:
+    value = D.dead_letter_record(sample(data={"blob": "y" * 50_000}), **FAILURE)
+    small = D.shrink(value, 4096)
+    assert small is not None and len(small) <= 4096
+    dead = D.decode_dead_letter(small)
+    assert dead.truncated and dead.envelope is not None and dead.envelope.id == "job-1"
+    assert D.shrink(b"not json", 4096) is None
+
+
 def test_dead_letter_unknown_origin_is_minus_one() -> None:
     value = D.dead_letter_record(b"\x00", **{**FAILURE, "partition": -1, "offset": -1})
     dead = D.decode_dead_letter(value)
