@@ -150,12 +150,22 @@ def test_optional_fields_are_written_only_when_set() -> None:
 
 
 @pytest.mark.parametrize(
-    "data", [float("nan"), {1, 2}, object(), "\ud800", {"x": float("inf")}],
-    ids=["nan", "set", "object", "lone-surrogate", "inf"],
+    "data", [float("nan"), {1, 2}, object(), {"x": float("inf")}],
+    ids=["nan", "set", "object", "inf"],
 )  # fmt: skip
 def test_encode_rejects_data_that_is_not_plain_json(data: Any) -> None:
     with pytest.raises(EnvelopeError, match="not encodable"):
         E.encode(sample(data=data))
+
+
+def test_lone_surrogates_are_escaped_and_round_trip() -> None:
+    """Valid JSON from a JavaScript producer ("\\ud800") decodes to a lone surrogate, which has
+    no UTF-8 form: encoding escapes it, so copies of such a job never fail to encode."""
+    env = sample(data={"s": "a\ud800b", "\udcff": "é"}, id="id-\ud800", key="k\udc00")
+    value = E.encode(env)
+    assert b"\\ud800" in value and "é".encode() in value
+    assert E.decode(value) == env
+    assert dict(E.headers(env))["pj-id"] == b"id-\\ud800"
 
 
 def test_decode_ignores_unknown_fields() -> None:
@@ -305,6 +315,7 @@ def test_for_replay_restarts_the_job_and_counts_replays() -> None:
     failed = E.with_attempt(sample(replays=1), 5, NOW, failed_at=NOW)
     again = E.for_replay(failed, NOW + 99)
     assert (again.attempt, again.available_at, again.replays) == (1, NOW + 99, 2)
+    assert again.dispatched_at == NOW + 99  # a replay is a new dispatch: a clear before it keeps it
     assert again.first_failed_at is None and again.id == failed.id and again.data == failed.data
 
 
@@ -450,6 +461,46 @@ def test_decode_dead_letter_rejects_malformed_records(change: dict[str, Any], re
         D.decode_dead_letter(raw(obj))
     with pytest.raises(EnvelopeError, match="dead-letter record"):
         D.decode_dead_letter(b"[]")
+
+
+def _nested(depth: int) -> Any:
+    out: Any = 0
+    for _ in range(depth):
+        out = [out]
+    return out
+
+
+@pytest.mark.parametrize("limit", [4_000, 20_000, 200_000])
+@pytest.mark.parametrize(
+    "original",
+    [b"\x00\xff" * 150_000, sample(data={"blob": "x" * 300_000}), sample(data={"q": '"' * 100_000}),
+     sample(data=_nested(5000)), sample(data={"s": "\ud800" * 50_000})],
+    ids=["raw-900k-as-json", "big-payload", "escaped-payload", "too-deep", "lone-surrogates"],
+)  # fmt: skip
+def test_dead_letter_record_always_fits_its_limit(original: Any, limit: int) -> None:
+    value = D.dead_letter_record(original, **{**FAILURE, "traceback": "t" * 20_000}, limit=limit)
+    dead = D.decode_dead_letter(value)
+    assert len(value) <= limit and dead.truncated
+    if isinstance(original, Envelope):  # the metadata stays; the payload is its cut JSON text
+        assert dead.envelope is not None and dead.envelope.id == original.id
+        assert isinstance(dead.envelope.data, str)
+        assert "cut" in dead.envelope.data or dead.envelope.data.startswith("[payload not encodable")
+    else:
+        assert dead.raw is not None and dead.raw.startswith("\x00\ufffd")
+
+
+def test_dead_letter_record_that_fits_is_not_cut() -> None:
+    dead = D.decode_dead_letter(D.dead_letter_record(sample(), **FAILURE, limit=10_000))
+    assert not dead.truncated and dead.envelope == sample()
+
+
+def test_shrink_cuts_a_dead_letter_record_down() -> None:
+    value = D.dead_letter_record(sample(data={"blob": "y" * 50_000}), **FAILURE)
+    small = D.shrink(value, 4096)
+    assert small is not None and len(small) <= 4096
+    dead = D.decode_dead_letter(small)
+    assert dead.truncated and dead.envelope is not None and dead.envelope.id == "job-1"
+    assert D.shrink(b"not json", 4096) is None
 
 
 def test_dead_letter_unknown_origin_is_minus_one() -> None:

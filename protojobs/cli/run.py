@@ -34,22 +34,30 @@ def say(text: str) -> None:
 
 def work(settings: config.Settings, options: WorkerOptions, router: str = "on", scheduler: bool = True) -> int:
     """One process: the worker (unless `router="only"`), the delay router (unless "off") and the
-    scheduler (unless False) until stopped. Installs SIGTERM/SIGINT handlers."""
-    scheduling = SchedulerThread(Scheduler(settings, options.slot)).start() if scheduler else None
+    scheduler (unless False) until stopped. Installs SIGTERM/SIGINT handlers. A router or
+    scheduler thread that dies stops the process (exit 1; /healthz names it meanwhile), so that
+    its supervisor restarts it instead of letting retries, delays and schedules stall."""
+    stop = threading.Event()
+    observed = health.Observed(options.slot) if router != "only" else None
+    worker = Worker(settings, options, hooks=observed.hooks) if observed is not None else None
+    on_exit = worker.stop if worker is not None else stop.set
+    scheduling = SchedulerThread(Scheduler(settings, options.slot), on_exit=on_exit) if scheduler else None
+    if scheduling is not None:
+        scheduling.start()
     try:
-        return _work(settings, options, router)
+        return _work(settings, worker, observed, stop, router, scheduling)
     finally:
         if scheduling is not None:
             scheduling.stop()
 
 
-def _work(settings: config.Settings, options: WorkerOptions, router: str) -> int:
-    stop = threading.Event()
-    observed = health.Observed(options.slot) if router != "only" else None
-    worker = Worker(settings, options, hooks=observed.hooks) if observed is not None else None
+def _work(settings: config.Settings, worker: Worker | None, observed: health.Observed | None, stop: threading.Event,
+          router: str, scheduling: SchedulerThread | None) -> int:
+    options = worker.options if worker is not None else WorkerOptions()
     routing = None
     if router != "off" and settings.tiers_ms:  # a router that dies stops the worker: the process restarts
-        routing = RouterThread(Router(settings, slot=options.slot), on_exit=worker.stop if worker else stop.set)
+        routing = RouterThread(Router(settings, slot=options.slot, hooks=observed.hooks if observed else ()),
+                               on_exit=worker.stop if worker else stop.set)
         routing.start()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -65,9 +73,9 @@ def _work(settings: config.Settings, options: WorkerOptions, router: str) -> int
             while not stop.wait(0.2):
                 if routing is not None and not routing.thread.is_alive():
                     return 1
-            return _stop_router(routing)
+            return _stop_router(routing) or _died(scheduling)
         assert observed is not None
-        observed.start(worker)
+        observed.start(worker, (routing, scheduling))
         say(f"protojobs: worker started for {', '.join(q.name for q in worker.queues.values())} "
             f"(group {settings.kafka.group_id})" + (", delay router on" if routing else ""))
         try:
@@ -81,8 +89,8 @@ def _work(settings: config.Settings, options: WorkerOptions, router: str) -> int
         finally:
             observed.stop()
         say(f"\nprotojobs: worker stopped: {counters.done} done, {counters.retried} retried, "
-            f"{counters.dead} dead-lettered")
-        code = _stop_router(routing)
+            f"{counters.dead} dead-lettered" + (f", {counters.parked} parked" if counters.parked else ""))
+        code = _stop_router(routing) or _died(scheduling)
         if worker.wedged_on:
             say(f"protojobs: worker {options.slot} stopped wedged ("
                 + "; ".join(f"queue {q}: {n} handlers hung past their timeout" for q, n in worker.wedged_on.items())
@@ -105,6 +113,15 @@ def _stop_router(routing: RouterThread | None) -> int:
         say(f"protojobs: the delay router stopped: {routing.error}")
         return 1
     return 0
+
+
+def _died(scheduling: SchedulerThread | None) -> int:
+    """1 when the scheduler thread died (it stopped the worker), else 0."""
+    why = scheduling.failure() if scheduling is not None else None
+    if why is None:
+        return 0
+    say(f"protojobs: the scheduler stopped: {why}")
+    return 1
 
 
 def _child(path: str | None, queues: Sequence[str] | None, max_jobs: int, router: str, scheduler: bool,

@@ -14,6 +14,10 @@ outcome into a `Result` the consume loop only has to apply:
   rule picks, or the dead-letter copy (after the Job's `failed` hook). The loop publishes the
   move and marks the offset finished once the broker acknowledged it.
 
+Every copy fits the producer's `message.max.bytes`: a retry copy that would not (a job just
+under the limit grows by a few bytes) becomes a dead-letter copy, and a dead-letter copy is
+cut to fit (`model.dead_letter`: metadata kept, payload truncated with a marker).
+
 User code (handler, `should_retry`, `failed`, hooks) therefore runs on lane threads, never on
 the thread that polls Kafka.
 """
@@ -35,10 +39,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 from protojobs.config import QueueSettings, RetryPolicy, Settings
 from protojobs.config.handlers import import_target, is_job_class
 from protojobs.engine.dispatch import RUNNING_JOB, JobTransaction
+from protojobs.kafka.clients import max_message_bytes
 from protojobs.kafka.clock import now_ms
+from protojobs.kafka.outbox import record_size
 from protojobs.kafka.transactions import Output
 from protojobs.model import delays, envelope, names, retry
-from protojobs.model.dead_letter import dead_letter_record
+from protojobs.model.dead_letter import MAX_RECORD, bound_text, dead_letter_record
 from protojobs.model.envelope import Envelope
 
 if TYPE_CHECKING:
@@ -194,7 +200,7 @@ class Attempt:
 
     def __init__(self, settings: Settings, queues: dict[str, QueueSettings], hooks: HookSet,
                  loop: Callable[[], EventLoop], dispatcher: Callable[[], Dispatcher],
-                 transactional: Callable[[str], bool]) -> None:
+                 transactional: Callable[[str], bool], max_bytes: int | None = None) -> None:
         self.settings = settings
         self.queues = queues  # topic -> queue
         self.hooks = hooks
@@ -203,6 +209,7 @@ class Attempt:
         self.transactional = transactional
         self.rng = random.Random()
         self.prefix = settings.kafka.topic_prefix
+        self.max_bytes = max_bytes or max_message_bytes(settings.kafka)  # every copy fits in it
 
     def run(self, job: JobRun, handler: Handler | None, timer: Timer) -> Result:
         started = time.perf_counter()
@@ -290,18 +297,26 @@ class Attempt:
             "queue": q.name, "topic": job.topic, "partition": job.partition, "offset": job.offset,
             "job_id": job.env.id, "attempt": job.env.attempt})
         duration = time.perf_counter() - started
+        reason = decision.reason if isinstance(decision, retry.DeadLetter) else "no delay tiers to retry through"
         if isinstance(decision, retry.Retry) and tiers:
             now = now_ms()
             nxt = envelope.with_attempt(job.env, job.env.attempt + 1, decision.available_at, failed_at=now)
             tier = delays.next_hop(nxt.available_at, now, tiers)
             target = names.queue_topic(self.prefix, q.name) if tier is None else names.delay_topic(self.prefix, tier)
-            move = Move(target, envelope.encode(nxt), _key(job.env), envelope.headers(nxt), dead=False)
-            return Result(job, error, None, duration, move)
-        reason = decision.reason if isinstance(decision, retry.DeadLetter) else "no delay tiers to retry through"
+            try:
+                move = Move(target, envelope.encode(nxt), _key(job.env), envelope.headers(nxt), dead=False)
+            except envelope.EnvelopeError as exc:  # e.g. a payload nested too deep to encode again
+                reason = f"retry copy not encodable: {exc}"
+            else:
+                size = record_size(move.value, move.key, move.headers)
+                if size <= self.max_bytes:
+                    return Result(job, error, None, duration, move)
+                reason = (f"retry copy refused: MSG_SIZE_TOO_LARGE (the copy is {size} bytes, "
+                          f"message.max.bytes is {self.max_bytes})")
         if handler is not None:
             handler.failed(error, job.env.data, self.loop)
         move = dead_letter(job.env, error, reason, job.topic, job.partition, job.offset, job.env.attempt,
-                           q.dead_letter_topic)
+                           q.dead_letter_topic, self.max_bytes)
         return Result(job, error, None, duration, move)
 
     def _dispatch_from(self, job: JobRun, queue: str, data: Any, **options: Any) -> str:
@@ -329,19 +344,27 @@ async def _joining(txn: JobTransaction, coro: Any) -> Any:
 
 
 def _key(env: Envelope) -> bytes | None:
-    return env.key.encode() if env.key is not None else None
+    return envelope.text_bytes(env.key) if env.key is not None else None
 
 
 def dead_letter(original: Envelope | bytes | None, error: BaseException, reason: str, topic: str,
-                partition: int, offset: int, attempts: int, target: str) -> Move:
-    """The dead-letter copy of a record (its envelope, or its raw value when it did not decode)."""
+                partition: int, offset: int, attempts: int, target: str, max_bytes: int = MAX_RECORD) -> Move:
+    """The dead-letter copy of a record (its envelope, or its raw value when it did not decode),
+    cut to fit `max_bytes` with its key and headers (`model.dead_letter`). Never raises."""
     now = now_ms()
     env = original if isinstance(original, Envelope) else None
+    reason = bound_text(reason, 1024)
+    key = _key(env) if env is not None and env.key else None
+    hdrs = (envelope.headers(env) if env is not None else []) + [("pj-reason", envelope.text_bytes(reason))]
+    try:
+        text = "".join(traceback.format_exception(error))
+        message = str(error)
+    except Exception as exc:  # noqa: BLE001 - an exception whose __str__ raises
+        text, message = "", f"<{type(error).__qualname__}: str() raised {exc!r}>"
     value = dead_letter_record(
-        original, error_type=type(error).__qualname__, error_message=str(error),
-        traceback="".join(traceback.format_exception(error)), attempts=attempts,
+        original, error_type=type(error).__qualname__, error_message=message,
+        traceback=text, attempts=attempts,
         first_failed_at=(env.first_failed_at if env and env.first_failed_at else now), failed_at=now,
-        topic=topic, partition=partition, offset=offset, host=HOST, reason=reason)
-    key = env.key.encode() if env is not None and env.key else None
-    hdrs = envelope.headers(env) if env is not None else []
-    return Move(target, value, key, hdrs + [("pj-reason", reason.encode())], dead=True, reason=reason)
+        topic=topic, partition=partition, offset=offset, host=HOST, reason=reason,
+        limit=max_bytes - record_size(None, key, hdrs))
+    return Move(target, value, key, hdrs, dead=True, reason=reason)

@@ -12,6 +12,8 @@ Where each method runs (never on the thread that polls Kafka, unless the hook sa
 - `after_retry`, `after_dead_letter`: once the retry / dead-letter copy was acknowledged. The
   acknowledgement arrives on the polling thread: a hook with `inline = False` (the default) is
   called from the hook thread instead, in order; protojobs' own cheap hooks set `inline = True`.
+- `after_park`: like `after_retry`: a record that could be neither run, retried nor
+  dead-lettered (or a malformed control record) was parked: logged, its offset finished.
 - `worker_started`, `worker_stopped`: the thread that runs `Worker.run`, before the first
   poll and after the consumer closed.
 
@@ -62,8 +64,12 @@ class Hooks:
     def after_dead_letter(self, job: Envelope | None, queue: str, target: str, reason: str) -> None:
         """The dead-letter copy was acknowledged on `target` (`job` is None for an undecodable record)."""
 
+    def after_park(self, topic: str, partition: int, offset: int, reason: str) -> None:
+        """The record at `topic`[`partition`]@`offset` was parked: it could not even be
+        dead-lettered (or it is a malformed control record); its offset is finished anyway."""
+
     def worker_stopped(self, counters: Any) -> None:
-        """The worker left the group; `counters` has done / failed / retried / dead."""
+        """The worker left the group; `counters` has done / failed / retried / dead / parked."""
 
 
 _METHODS = tuple(name for name in vars(Hooks) if not name.startswith("_") and name != "inline")
@@ -156,6 +162,9 @@ class HookSet(Hooks):
 
     def after_dead_letter(self, job: Envelope | None, queue: str, target: str, reason: str) -> None:
         self._acknowledged("after_dead_letter", job, queue, target, reason)
+
+    def after_park(self, topic: str, partition: int, offset: int, reason: str) -> None:
+        self._acknowledged("after_park", topic, partition, offset, reason)
 
     def worker_stopped(self, counters: Any) -> None:
         self._call("worker_stopped", counters)

@@ -15,28 +15,45 @@ Moves are safe: a tier offset is committed only after its forwarded copy is ackn
 (at-least-once: a crash between the two forwards the record again; the job id is unchanged).
 Pause state is rebuilt after a rebalance: a newly assigned partition starts unpaused at its
 committed offset and is paused again when its head is not due.
+
+No record stops the router (README "Failure model"): headers are read strictly (ASCII digits);
+a record without a routable queue or due time is dead-lettered (its raw text cut to fit
+message.max.bytes); a forward whose delivery failed for a passing reason is sent again with
+backoff; one refused for good (too large for the target, not authorized) is dead-lettered
+instead, then cut down once more, then parked (an error log line, `after_park`, and its
+offset finished).
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from confluent_kafka import KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from protojobs.config import Settings
 from protojobs.engine.background import Background
-from protojobs.kafka.clients import ErrorWatch, fetch, idle_poll_s, is_error, producer_config, until_reachable
+from protojobs.engine.hooks import Hooks, HookSet
+from protojobs.kafka.clients import (
+    ErrorWatch,
+    idle_poll_s,
+    is_error,
+    max_message_bytes,
+    producer_config,
+    until_reachable,
+)
 from protojobs.kafka.clock import now_ms
 from protojobs.kafka.control import ClearEpochs
-from protojobs.kafka.outbox import Outbox
+from protojobs.kafka.outbox import Outbox, describe, permanent, record_size, resend_delay
 from protojobs.kafka.partitions import Key, Partitions
 from protojobs.kafka.transactions import Fenced, Output, TransactionalProducer, Transactions
-from protojobs.model import delays, envelope, names
+from protojobs.model import dead_letter, delays, envelope, names
 from protojobs.model.dead_letter import dead_letter_record
 
 log = logging.getLogger(__name__)
@@ -56,6 +73,13 @@ class Forward:
     headers: list[tuple[str, bytes]]
     acked: bool = False
     error: str | None = None
+    code: int | None = None  # the delivery error's code (None: not a Kafka error)
+    dead: bool = False  # a dead-letter copy, not the tier record itself
+    shrunk: bool = False  # a cut-down dead-letter copy: the last resort before parking
+    tries: int = 0  # failed deliveries that were retried
+
+
+SMALL_COPY = 16_384  # bytes of the cut-down dead-letter copy sent when a topic refused the first one
 
 
 class Router:
@@ -63,7 +87,7 @@ class Router:
 
     def __init__(self, settings: Settings, *, clock: Callable[[], int] = now_ms, commit_interval: float = 0.5,
                  consumer_extra: dict[str, Any] | None = None, producer_extra: dict[str, Any] | None = None,
-                 slot: int = 0) -> None:
+                 slot: int = 0, hooks: Iterable[Hooks] = ()) -> None:
         self.settings = settings
         self.clock = clock
         self.slot = slot
@@ -78,8 +102,13 @@ class Router:
         self.partitions = Partitions(settings.kafka, self.watch, group=self.group, owner=self,
                                      transactional=lambda _topic: True, **(consumer_extra or {}))
         self.outbox = Outbox(Producer(producer_config(settings.kafka, self.watch, **self.producer_extra)))
+        self.max_bytes = max_message_bytes(settings.kafka, **self.producer_extra)
+        self.hooks = HookSet(hooks)  # after_park
         self.held: dict[Key, int] = {}  # paused partition -> due time (epoch ms)
+        self._resend: list[tuple[float, int, Forward]] = []  # (due, seq, forward): deliveries to try again
+        self._seq = itertools.count()
         self.forwarded = 0
+        self.parked = 0
         self.epochs: ClearEpochs | None = None
         self._stop = threading.Event()
 
@@ -100,15 +129,16 @@ class Router:
         if not until_reachable(self._start, self._stop.is_set, "delay router start-up"):
             return
         self.partitions.subscribe(list(self.tiers))
-        self.epochs = ClearEpochs(self.settings, self.watch)
+        self.epochs = ClearEpochs(self.settings, self.watch, on_malformed=self.hooks.after_park)
         self.epochs.catch_up()
         next_commit = time.monotonic() + self.commit_interval
         try:
             while not self._stop.is_set():
                 self.watch.check()
                 self.epochs.refresh()
-                for msg in fetch(self.consumer, self.settings.kafka.batch_size, self._wait_s()):
+                for msg in self.partitions.fetch(self.settings.kafka.batch_size, self._wait_s()):
                     self._take(msg)
+                self._resend_due()
                 self.outbox.poll(0)
                 self._release_due()
                 if time.monotonic() >= next_commit:
@@ -155,7 +185,8 @@ class Router:
             self.consumer.seek(TopicPartition(topic, partition, offset))
             self.held[key] = due
             return
-        self.partitions.started(topic, partition, offset)
+        if not self.partitions.started(topic, partition, offset):
+            return  # not ours (any more): never forwarded, never committed
         if self._cleared(msg):
             self.partitions.finished(topic, partition, offset)  # its queue was cleared after dispatch
             return
@@ -164,56 +195,129 @@ class Router:
     def _cleared(self, msg: Message) -> bool:
         hdrs = cast(Any, msg.headers())
         queue = envelope.header_value(hdrs, envelope.H_QUEUE)
-        dispatched = envelope.header_value(hdrs, envelope.H_DISPATCHED_AT)
-        return queue is not None and dispatched is not None and dispatched.isdigit() and \
-            self.epochs is not None and self.epochs.cleared(queue, int(dispatched))
+        dispatched = envelope.header_int(hdrs, envelope.H_DISPATCHED_AT)  # unreadable: the worker decides
+        return queue is not None and dispatched is not None and \
+            self.epochs is not None and self.epochs.cleared(queue, dispatched)
 
     def _available_at(self, msg: Message) -> int | None:
-        text = envelope.header_value(cast(Any, msg.headers()), envelope.H_AVAILABLE_AT)
-        try:
-            return int(text) if text is not None else None
-        except ValueError:
-            return None
+        return envelope.header_int(cast(Any, msg.headers()), envelope.H_AVAILABLE_AT)
 
     def _forward(self, msg: Message, available: int | None, now: int) -> None:
         topic, partition, offset = cast(str, msg.topic()), cast(int, msg.partition()), cast(int, msg.offset())
         queue = envelope.header_value(cast(Any, msg.headers()), envelope.H_QUEUE)
         prefix = self.settings.kafka.topic_prefix
         value: bytes | None
+        dead = available is None or queue is None or queue not in self.settings.queues
         if available is None or queue is None or queue not in self.settings.queues:
             target = self.settings.kafka.dead_letter_topic
-            value = dead_letter_record(
-                msg.value(), error_type="RoutingError", error_message=f"no due time or unknown queue {queue!r}",
-                traceback="", attempts=0, first_failed_at=now, failed_at=now, topic=topic, partition=partition,
-                offset=offset, host="router", reason="delay-tier record without a routable queue")
+            value = self._dead_letter(msg, f"no due time or unknown queue {queue!r}",
+                                      "delay-tier record without a routable queue", [])
         else:
             hop = delays.next_hop(available, now, self.settings.tiers_ms)
             target = names.queue_topic(prefix, queue) if hop is None else names.delay_topic(prefix, hop)
             value = msg.value()
         headers = cast(Any, list(msg.headers() or []))
-        if self.partitions.txn is not None:
-            self.partitions.publish_with_offset(topic, partition, Output(offset, target, cast(bytes, value),
-                                                                         msg.key(), headers))
-            self.partitions.finished(topic, partition, offset)
-            self.forwarded += 1
-            return
         self._send(Forward(topic, partition, offset, self.partitions.generation_of(topic, partition), target,
-                           value, msg.key(), headers))
+                           value, msg.key(), headers, dead=dead))
+
+    def _dead_letter(self, msg: Message | Forward, message: str, reason: str,
+                     headers: list[tuple[str, bytes]]) -> bytes:
+        now = self.clock()
+        if isinstance(msg, Forward):
+            value, topic, partition, offset = msg.value, msg.topic, msg.partition, msg.offset
+        else:
+            value, topic, partition, offset = msg.value(), cast(str, msg.topic()), cast(int, msg.partition()), \
+                cast(int, msg.offset())
+        return dead_letter_record(
+            value, error_type="RoutingError", error_message=message, traceback="", attempts=0,
+            first_failed_at=now, failed_at=now, topic=topic, partition=partition, offset=offset, host="router",
+            reason=reason, limit=self.max_bytes - record_size(None, None, headers))
 
     def _send(self, move: Forward) -> None:
+        """Forward (with the tier offset's transaction, or acknowledged first); a forward that
+        cannot be produced at all fails like a refused delivery (`_undelivered`)."""
+        size = record_size(move.value, move.key, move.headers)
+        if size > self.max_bytes:
+            self._failed(move, KafkaError.MSG_SIZE_TOO_LARGE,
+                         f"MSG_SIZE_TOO_LARGE ({size} bytes, message.max.bytes is {self.max_bytes})")
+            return
+        if self.partitions.txn is not None:
+            if self.partitions.owns(move.topic, move.partition, move.generation):
+                self.partitions.publish_with_offset(move.topic, move.partition, Output(
+                    move.offset, move.target, cast(bytes, move.value), move.key, move.headers))
+                if self.partitions.finished(move.topic, move.partition, move.offset, move.generation):
+                    self.forwarded += 1
+            return
+
         def delivered(err: KafkaError | None) -> None:
-            move.acked, move.error = err is None, None if err is None else err.str()
+            move.acked, move.error = err is None, None if err is None else describe(err)
+            move.code = None if err is None else err.code()
             self._forwarded(move)
 
-        self.outbox.send(move.target, move.value, move.key, move.headers, delivered)
+        try:
+            self.outbox.send(move.target, move.value, move.key, move.headers, delivered)
+        except KafkaException as exc:
+            self._failed(move, exc.args[0].code(), describe(exc.args[0]))
+        except Exception as exc:  # noqa: BLE001 - e.g. a value librdkafka will not take
+            self._failed(move, None, repr(exc))
+
+    def _failed(self, move: Forward, code: int | None, error: str) -> None:
+        move.acked, move.code, move.error = False, code, error
+        self._undelivered(move)
 
     def _forwarded(self, move: Forward) -> None:
         if not move.acked:
-            log.warning("re-forwarding to %s after a failed delivery: %s", move.target, move.error)
-            self._send(move)
+            self._undelivered(move)
             return
         if self.partitions.finished(move.topic, move.partition, move.offset, move.generation):
             self.forwarded += 1
+
+    def _undelivered(self, move: Forward) -> None:
+        """Send it again later (a passing error); else dead-letter the tier record, then cut the
+        dead-letter copy down, then park the record (a permanent error)."""
+        if not self.partitions.owns(move.topic, move.partition, move.generation):
+            return  # revoked meanwhile: the next owner forwards it
+        if not permanent(move.code):
+            move.tries += 1
+            delay = resend_delay(move.tries)
+            log.warning("forward to %s failed (%s); sending it again in %.1fs", move.target, move.error, delay)
+            heapq.heappush(self._resend, (time.monotonic() + delay, next(self._seq), move))
+            return
+        where = f"{move.topic}[{move.partition}]@{move.offset}"
+        queue = envelope.header_value(move.headers, envelope.H_QUEUE)
+        if not move.dead:
+            reason = f"could not be forwarded to {move.target}: {move.error}"
+            log.error("%s %s; dead-lettering it instead", where, reason)
+            q = self.settings.queues.get(queue or "")
+            target = q.dead_letter_topic if q is not None else self.settings.kafka.dead_letter_topic
+            value = self._dead_letter(move, move.error or "", reason, move.headers)
+            self._send(Forward(move.topic, move.partition, move.offset, move.generation, target, value, move.key,
+                               move.headers, dead=True))
+            return
+        smaller = None if move.shrunk or move.value is None else dead_letter.shrink(move.value, SMALL_COPY)
+        if smaller is not None:
+            log.error("%s: dead-letter copy refused by %s (%s); sending a cut-down copy", where, move.target,
+                      move.error)
+            self._send(Forward(move.topic, move.partition, move.offset, move.generation, move.target, smaller,
+                               move.key, move.headers, dead=True, shrunk=True))
+            return
+        self._park(move, f"its dead-letter copy was refused by {move.target}: {move.error}")
+
+    def _park(self, move: Forward, reason: str) -> None:
+        if not self.partitions.finished(move.topic, move.partition, move.offset, move.generation):
+            return
+        self.parked += 1
+        log.error("delay-tier record %s[%d]@%d parked (not forwarded, not dead-lettered; its offset is committed): %s",
+                  move.topic, move.partition, move.offset, reason,
+                  extra={"topic": move.topic, "partition": move.partition, "offset": move.offset})
+        self.hooks.after_park(move.topic, move.partition, move.offset, reason)
+
+    def _resend_due(self) -> None:
+        now = time.monotonic()
+        while self._resend and self._resend[0][0] <= now:
+            move = heapq.heappop(self._resend)[2]
+            if self.partitions.owns(move.topic, move.partition, move.generation):
+                self._send(move)
 
     def _release_due(self) -> None:
         now = self.clock()

@@ -138,7 +138,7 @@ class Scheduler:
                 self.watch.check()
                 for msg in self.consumer.consume(500, self._wait_s()):
                     if msg.error() is None:
-                        self.book.apply(msg.key(), msg.value(), cast(int, msg.offset()))
+                        apply(self.book, msg)
                 if self.leading and not self.loaded:
                     self._load()
                 elif self.leading:
@@ -195,7 +195,7 @@ class Scheduler:
             return
         for msg in self.consumer.consume(500, 0):  # what the group consumer got meanwhile
             if msg.error() is None:
-                book.apply(msg.key(), msg.value(), cast(int, msg.offset()))
+                apply(book, msg)
         self.book, self._due = book, {}
         if self.producer is None:
             conf = {**self.settings.kafka.producer, **self._producer_extra}
@@ -299,9 +299,18 @@ class Scheduler:
 class SchedulerThread(Background):
     """A Scheduler beside the worker in the same process (the default of `protojobs run`)."""
 
-    def __init__(self, scheduler: Scheduler) -> None:
-        super().__init__(scheduler, "scheduler")
+    def __init__(self, scheduler: Scheduler, on_exit: Callable[[], None] | None = None) -> None:
+        super().__init__(scheduler, "scheduler", on_exit)
         self.scheduler = scheduler
+
+
+def apply(book: Book, msg: Any) -> None:
+    """Fold one record of the schedules topic into `book`; a malformed one (anyone can write to
+    the topic) is skipped with a warning, never stops the scheduler."""
+    offset = cast(int, msg.offset())
+    if not book.apply(msg.key(), msg.value(), offset):
+        log.warning("scheduler: record %s@%d skipped: not a schedules record (key %r, value %r)",
+                    msg.topic(), offset, msg.key(), (msg.value() or b"")[:200])
 
 
 # --- reading the topic (the leader; the schedules admin in protojobs.ops.schedules) -----------------
@@ -328,7 +337,7 @@ def read_book(settings: Settings, watch: ErrorWatch | None = None, timeout: floa
             for msg in consumer.consume(500, 0.2):
                 err = msg.error()
                 if err is None:
-                    book.apply(msg.key(), msg.value(), cast(int, msg.offset()))
+                    apply(book, msg)
                 elif err.code() == KafkaError._PARTITION_EOF:
                     return book
         raise TimeoutError(f"could not read {topic} to its end within {timeout:g}s")

@@ -26,10 +26,20 @@ handlers (`engine.lanes`) stops the worker the same way, and `wedged_on` says wh
 
 The loop's thread runs no user code: handlers, their hooks and failure decisions run on lane
 threads (`engine.lanes`, `engine.attempt`).
+
+No record stops the loop (README "Failure model"): one that does not decode, fails its schema
+on consume, or breaks decoding or validation in any other way (a RecursionError...) is
+dead-lettered; a copy whose delivery failed for a passing reason is sent again with backoff; a
+retry copy refused for good (too large, not authorized) is dead-lettered instead, a refused
+dead-letter copy is cut down once more, and a record whose smallest copy is refused too is
+parked: an error log line, `after_park` (the `protojobs_parked_total` metric), and its offset
+finished so the partition moves on.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import sys
 import time
@@ -38,7 +48,7 @@ from dataclasses import dataclass, field
 from queue import Empty, SimpleQueue
 from typing import Any, cast
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from protojobs.config import PayloadError, QueueSettings, Settings, payload_validator
 from protojobs.engine.attempt import Attempt, Handler, JobRun, Move, Result, dead_letter
@@ -46,14 +56,23 @@ from protojobs.engine.dispatch import Dispatcher
 from protojobs.engine.hooks import Hooks, HookSet
 from protojobs.engine.lanes import EventLoop, Lane
 from protojobs.kafka import admin
-from protojobs.kafka.clients import ErrorWatch, fetch, idle_poll_s, is_error, producer_config, until_reachable
+from protojobs.kafka.clients import (
+    ErrorWatch,
+    idle_poll_s,
+    is_error,
+    max_message_bytes,
+    producer_config,
+    until_reachable,
+)
 from protojobs.kafka.control import ClearEpochs
-from protojobs.kafka.outbox import Outbox
+from protojobs.kafka.outbox import Outbox, describe, permanent, record_size, resend_delay
 from protojobs.kafka.partitions import Key, Partitions, Quiet
 from protojobs.kafka.transactions import Fenced, Output, TransactionalProducer, Transactions
+from protojobs.model import dead_letter as dead_letters
 from protojobs.model import envelope, names
 
 log = logging.getLogger(__name__)
+SMALL_COPY = 16_384  # bytes of the cut-down dead-letter copy sent when a topic refused the first one
 
 
 @dataclass
@@ -62,10 +81,11 @@ class Counters:
     failed: int = 0
     retried: int = 0
     dead: int = 0
+    parked: int = 0
 
     @property
     def finished(self) -> int:
-        return self.done + self.dead + self.retried
+        return self.done + self.dead + self.retried + self.parked
 
 
 @dataclass(slots=True)
@@ -80,6 +100,10 @@ class Sent:
     generation: int
     acked: bool = False
     error: str | None = None
+    code: int | None = None  # the delivery error's code (None: not a Kafka error)
+    cause: BaseException | None = None  # the handler's error, for a dead-letter copy made later
+    tries: int = 0  # failed deliveries that were retried
+    shrunk: bool = False  # a cut-down dead-letter copy: the last resort before parking
 
 
 @dataclass
@@ -122,8 +146,9 @@ class Worker(Quiet):
         self.done: SimpleQueue[Result | Sent] = SimpleQueue()
         self._loop: EventLoop | None = None
         self._dispatcher: Dispatcher | None = None
+        self.max_bytes = max_message_bytes(settings.kafka, **self.options.producer_extra)
         self.attempt = Attempt(settings, self.queues, self.hooks, self._event_loop, self.dispatcher,
-                               self.eo.__contains__)
+                               self.eo.__contains__, self.max_bytes)
         extra = handlers or {}
         self.lanes = {t: Lane(q, {**_handlers(q), **extra.get(q.name, {})}, self.done, self._startable, self.attempt,
                               self.options.max_hung)
@@ -138,6 +163,8 @@ class Worker(Quiet):
         self.wedged_on: dict[str, int] = {}  # queue -> hung handlers, when a wedged queue stopped the worker
         self._reported_wedged: set[str] = set()
         self._shutdown_by: float | None = None  # monotonic: when shutdown stops waiting for running jobs
+        self._resend: list[tuple[float, int, Sent]] = []  # (due, seq, move): deliveries to try again
+        self._seq = itertools.count()
 
     @property
     def assigned(self) -> set[Key]:
@@ -167,7 +194,7 @@ class Worker(Quiet):
         if not until_reachable(self._start, lambda: self.stopping > 0, "worker start-up"):
             self._close()
             return self.counters
-        self.epochs = ClearEpochs(self.settings, self.watch)
+        self.epochs = ClearEpochs(self.settings, self.watch, on_malformed=self.hooks.after_park)
         self.epochs.catch_up()
         self.partitions.subscribe(list(self.queues))
         self.hooks.worker_started([q.name for q in self.queues.values()])
@@ -218,11 +245,12 @@ class Worker(Quiet):
             if self.options.max_jobs:  # take at most the rest of the budget (records beyond it are put back)
                 self.budget = self.options.max_jobs - self.counters.finished - self.partitions.pending()
                 batch = max(1, min(batch, self.budget))
-            for msg in fetch(self.partitions.consumer, batch, min(timeout, 0.02) if self._busy() else timeout):
+            for msg in self.partitions.fetch(batch, min(timeout, 0.02) if self._busy() else timeout):
                 self._take(msg)
         self.last_poll = time.monotonic()
         if self.epochs is not None:
             self.epochs.refresh()
+        self._resend_due()
         self.outbox.poll(0)
         self._drain(0.0)
         self._expire()
@@ -245,12 +273,20 @@ class Worker(Quiet):
         if (over_budget or (limit and self.partitions.window(topic, partition) >= limit)) and \
                 self.partitions.put_back(topic, partition, offset):
             return  # never started, never committed: it stays queued
-        self.partitions.started(topic, partition, offset)
+        if not self.partitions.started(topic, partition, offset):
+            return  # not ours (any more): never run, never committed
         generation = self.partitions.generation_of(topic, partition)
-        taken = admit(msg, self.queues[topic], generation, self.epochs)
+        try:
+            taken = admit(msg, self.queues[topic], generation, self.epochs, self.max_bytes)
+        except Exception as exc:  # noqa: BLE001 - the record's failure, never the loop's
+            log.exception("record %s[%d]@%d could not be admitted", topic, partition, offset)
+            self._park(topic, partition, offset, generation, f"could not be admitted: {exc!r}")
+            return
         if isinstance(taken, JobRun):
             self.lanes[topic].submit(taken)
         elif isinstance(taken, Move):
+            log.warning("record %s[%d]@%d dead-lettered: %s", topic, partition, offset, taken.reason,
+                        extra={"topic": topic, "partition": partition, "offset": offset})
             self._send(Sent(taken, None, topic, partition, offset, generation))
         else:
             self.partitions.finished(topic, partition, offset)  # its queue was cleared after dispatch
@@ -280,10 +316,16 @@ class Worker(Quiet):
             return  # revoked meanwhile: the next owner runs it again
         if result.move is not None:
             self.counters.failed += 1
-            self._send(Sent(result.move, job.env, job.topic, job.partition, job.offset, job.generation))
+            self._send(Sent(result.move, job.env, job.topic, job.partition, job.offset, job.generation,
+                            cause=result.error))
             return
-        if result.error is not None:  # a bug of ours, not the handler's: never lose the job
-            log.error("job %s could not be settled: %r; it runs again after a restart", job.env.id, result.error)
+        if result.error is not None:  # a bug of ours, not the handler's: dead-letter it, never loop
+            log.error("job %s could not be settled: %r; dead-lettering it", job.env.id, result.error)
+            self.counters.failed += 1
+            move = dead_letter(job.env, result.error, f"the job could not be settled: {result.error!r}", job.topic,
+                               job.partition, job.offset, job.env.attempt, self.queues[job.topic].dead_letter_topic,
+                               self.max_bytes)
+            self._send(Sent(move, job.env, job.topic, job.partition, job.offset, job.generation, cause=result.error))
             return
         self.counters.done += 1
         if job.topic in self.eo and self.partitions.txn is not None:
@@ -292,8 +334,14 @@ class Worker(Quiet):
         self.partitions.finished(job.topic, job.partition, job.offset)
 
     def _send(self, sent: Sent) -> None:
-        """Publish a move: with the offset's transaction (exactly-once), else acknowledged first."""
+        """Publish a move: with the offset's transaction (exactly-once), else acknowledged first.
+        A move that cannot be produced at all fails like a refused delivery (`_undelivered`)."""
         move = sent.move
+        size = record_size(move.value, move.key, move.headers)
+        if size > self.max_bytes:  # librdkafka would refuse it (in a transaction: abort it)
+            self._failed(sent, KafkaError.MSG_SIZE_TOO_LARGE,
+                         f"MSG_SIZE_TOO_LARGE ({size} bytes, message.max.bytes is {self.max_bytes})")
+            return
         if sent.topic in self.eo and self.partitions.txn is not None:
             self.partitions.publish_with_offset(sent.topic, sent.partition,
                                                 Output(sent.offset, move.target, move.value, move.key, move.headers))
@@ -302,16 +350,25 @@ class Worker(Quiet):
             return
 
         def delivered(err: KafkaError | None) -> None:
-            sent.acked, sent.error = err is None, None if err is None else err.str()
+            sent.acked, sent.error = err is None, None if err is None else describe(err)
+            sent.code = None if err is None else err.code()
             self.done.put(sent)
 
-        self.outbox.send(move.target, move.value, move.key, move.headers, delivered)
+        try:
+            self.outbox.send(move.target, move.value, move.key, move.headers, delivered)
+        except KafkaException as exc:  # refused before it left: too large, unknown partition...
+            self._failed(sent, exc.args[0].code(), describe(exc.args[0]))
+        except Exception as exc:  # noqa: BLE001 - e.g. a value librdkafka will not take
+            self._failed(sent, None, repr(exc))
+
+    def _failed(self, sent: Sent, code: int | None, error: str) -> None:
+        sent.acked, sent.code, sent.error = False, code, error
+        self.done.put(sent)  # handled by `_undelivered` on the next drain, like a delivery report
 
     def _acknowledged(self, sent: Sent) -> None:
-        """A retry or dead-letter copy was acknowledged (or failed: send it again)."""
+        """A retry or dead-letter copy was acknowledged (or failed: `_undelivered`)."""
         if not sent.acked:
-            log.warning("re-sending to %s after a failed delivery: %s", sent.move.target, sent.error)
-            self._send(sent)
+            self._undelivered(sent)
             return
         if not self.partitions.finished(sent.topic, sent.partition, sent.offset, sent.generation):
             return
@@ -322,6 +379,54 @@ class Worker(Quiet):
         else:
             self.counters.retried += 1
             self.hooks.after_retry(sent.env, queue, sent.move.target)  # type: ignore[arg-type]
+
+    def _undelivered(self, sent: Sent) -> None:
+        """A copy was not delivered: send it again later (a passing error), or fall back to a
+        dead-letter copy, then to a cut-down one, then park the record (a permanent error)."""
+        if not self.partitions.owns(sent.topic, sent.partition, sent.generation):
+            return  # revoked meanwhile: the next owner runs it again
+        move = sent.move
+        if not permanent(sent.code):
+            sent.tries += 1
+            delay = resend_delay(sent.tries)
+            log.warning("delivery to %s failed (%s); sending it again in %.1fs", move.target, sent.error, delay)
+            heapq.heappush(self._resend, (time.monotonic() + delay, next(self._seq), sent))
+            return
+        where = f"{sent.topic}[{sent.partition}]@{sent.offset}"
+        if not move.dead and sent.env is not None:
+            reason = f"retry copy refused by {move.target}: {sent.error}"
+            log.error("%s: %s; dead-lettering the job instead", where, reason)
+            error = sent.cause if sent.cause is not None else RuntimeError(sent.error)
+            copy = dead_letter(sent.env, error, reason, sent.topic, sent.partition, sent.offset, sent.env.attempt,
+                               self.queues[sent.topic].dead_letter_topic, self.max_bytes)
+            self._send(Sent(copy, sent.env, sent.topic, sent.partition, sent.offset, sent.generation, cause=error))
+            return
+        value = None if sent.shrunk else dead_letters.shrink(move.value, SMALL_COPY)
+        if move.dead and value is not None:
+            log.error("%s: dead-letter copy refused by %s (%s); sending a cut-down copy", where, move.target,
+                      sent.error)
+            smaller = Move(move.target, value, move.key, move.headers, dead=True, reason=move.reason)
+            self._send(Sent(smaller, sent.env, sent.topic, sent.partition, sent.offset, sent.generation,
+                            cause=sent.cause, shrunk=True))
+            return
+        self._park(sent.topic, sent.partition, sent.offset, sent.generation,
+                   f"its {'dead-letter' if move.dead else 'retry'} copy was refused by {move.target}: {sent.error}")
+
+    def _resend_due(self) -> None:
+        now = time.monotonic()
+        while self._resend and self._resend[0][0] <= now:
+            sent = heapq.heappop(self._resend)[2]
+            if self.partitions.owns(sent.topic, sent.partition, sent.generation):
+                self._send(sent)
+
+    def _park(self, topic: str, partition: int, offset: int, generation: int, reason: str) -> None:
+        """The last resort for a record: log it, count it, finish its offset (never a crash loop)."""
+        if not self.partitions.finished(topic, partition, offset, generation):
+            return
+        self.counters.parked += 1
+        log.error("record %s[%d]@%d parked (not run, not retried, not dead-lettered; its offset is committed): %s",
+                  topic, partition, offset, reason, extra={"topic": topic, "partition": partition, "offset": offset})
+        self.hooks.after_park(topic, partition, offset, reason)
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -411,9 +516,11 @@ class Worker(Quiet):
         self.hooks.worker_stopped(self.counters)
 
 
-def admit(msg: Message, q: QueueSettings, generation: int, epochs: ClearEpochs | None) -> JobRun | Move | None:
-    """A polled record as a job for the lanes; or its dead-letter copy (undecodable, or a payload
-    that fails its schema on consume); or None: its queue was cleared after it was dispatched."""
+def admit(msg: Message, q: QueueSettings, generation: int, epochs: ClearEpochs | None,
+          max_bytes: int = dead_letters.MAX_RECORD) -> JobRun | Move | None:
+    """A polled record as a job for the lanes; or its dead-letter copy (undecodable, a payload
+    that fails its schema on consume, or any other error decoding or validating it, such as a
+    RecursionError); or None: its queue was cleared after it was dispatched."""
     topic, partition, offset = cast(str, msg.topic()), cast(int, msg.partition()), cast(int, msg.offset())
     try:
         env = envelope.decode(msg.value())
@@ -421,10 +528,11 @@ def admit(msg: Message, q: QueueSettings, generation: int, epochs: ClearEpochs |
             return None
         if q.validate_on_consume:
             payload_validator(q)(env.data)
-    except (envelope.EnvelopeError, PayloadError) as exc:
+    except Exception as exc:  # noqa: BLE001 - this record's failure, never the loop's
         reason = "undecodable record" if isinstance(exc, envelope.EnvelopeError) else \
-            "payload failed its schema on consume"
-        return dead_letter(msg.value(), exc, reason, topic, partition, offset, 0, q.dead_letter_topic)
+            "payload failed its schema on consume" if isinstance(exc, PayloadError) else \
+            "payload could not be checked against its schema on consume"
+        return dead_letter(msg.value(), exc, reason, topic, partition, offset, 0, q.dead_letter_topic, max_bytes)
     chain: Hashable | None = env.key if q.ordering == "key" else (topic, partition) \
         if q.ordering == "partition" else None
     return JobRun(topic, partition, offset, env, generation, chain)

@@ -74,6 +74,16 @@ def producer_config(kafka: KafkaSettings, watch: ErrorWatch, **extra: Any) -> di
     return conf | dict(kafka.producer) | extra
 
 
+def max_message_bytes(kafka: KafkaSettings, **extra: Any) -> int:
+    """The producer's `message.max.bytes` ([kafka.producer], else librdkafka's 1,000,000): no
+    record larger than this can be produced, so copies (retry, dead letter) are cut to fit."""
+    value = {**kafka.producer, **extra}.get("message.max.bytes", 1_000_000)
+    try:
+        return max(1000, int(value))
+    except (TypeError, ValueError):
+        return 1_000_000
+
+
 def consumer_config(kafka: KafkaSettings, watch: ErrorWatch, group: str | None = None, **extra: Any) -> dict[str, Any]:
     conf = _common(kafka, watch) | {
         "group.id": group or kafka.group_id,

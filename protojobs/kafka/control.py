@@ -6,13 +6,19 @@ Jobs of Q dispatched before T that are still on their way (waiting in a shared d
 retry, a record produced meanwhile) are dropped by the delay router and by workers when they
 meet them, so clear empties the queue everywhere, not just its own topic. Times are the
 dispatching and clearing hosts' clocks: keep them in sync (NTP) for a sharp cut-off.
+
+A record of another shape (anyone can write to the topic) is skipped with a warning and
+reported to `on_malformed` (the worker and the router count it as parked): it never stops
+the process that reads it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
+from collections.abc import Callable
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 
@@ -21,20 +27,24 @@ from protojobs.kafka.clients import ErrorWatch, consumer_config, producer_config
 from protojobs.kafka.outbox import produce
 from protojobs.model import names
 
+log = logging.getLogger(__name__)
 REFRESH_S = 1.0
+CLEAR = b"clear/"
 
 
 class ClearEpochs:
     """The latest clear time of each queue, read from the control topic (refreshed at most once
     per second by `refresh`)."""
 
-    def __init__(self, settings: Settings, watch: ErrorWatch) -> None:
+    def __init__(self, settings: Settings, watch: ErrorWatch,
+                 on_malformed: Callable[[str, int, int, str], None] | None = None) -> None:
         self.topic = names.control_topic(settings.kafka.topic_prefix)
         self.consumer = Consumer(consumer_config(settings.kafka, watch,
                                                  group=names.control_reader_group(uuid.uuid4().hex),
                                                  **{"enable.auto.commit": False}))
         self.consumer.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
         self.watch = watch
+        self.on_malformed = on_malformed  # (topic, partition, offset, reason)
         self.epochs: dict[str, int] = {}
         self._next = 0.0
 
@@ -62,8 +72,17 @@ class ClearEpochs:
 
     def _apply(self, msg: Message) -> None:
         key, value = msg.key(), msg.value()
-        if msg.error() is None and key and key.startswith(b"clear/") and value:
-            self.epochs[key[6:].decode()] = int(json.loads(value)["cleared_at"])
+        if msg.error() is not None or not key or not key.startswith(CLEAR) or not value:
+            return  # other keys are for other readers; a tombstone clears nothing
+        parsed = parse_clear(key, value)
+        if isinstance(parsed, str):
+            offset = msg.offset()
+            log.warning("control record %s[0]@%s skipped: %s", self.topic, offset, parsed)
+            if self.on_malformed is not None:
+                self.on_malformed(self.topic, 0, offset if offset is not None else -1, parsed)
+            return
+        queue, cleared_at = parsed
+        self.epochs[queue] = cleared_at
 
     def refresh(self, force: bool = False) -> None:
         if not force and time.monotonic() < self._next:
@@ -83,6 +102,19 @@ class ClearEpochs:
 
     def close(self) -> None:
         self.consumer.close()
+
+
+def parse_clear(key: bytes, value: bytes) -> tuple[str, int] | str:
+    """(queue, cleared_at) of a `clear/<queue>` record, or why it is not one."""
+    try:
+        queue = key[len(CLEAR):].decode("utf-8")
+        body = json.loads(value)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return f"not a clear record ({type(exc).__name__}: {exc})"
+    cleared_at = body.get("cleared_at") if isinstance(body, dict) else None
+    if not queue or type(cleared_at) is not int or cleared_at < 0:
+        return f"not a clear record: expected {{\"cleared_at\": <epoch ms>}} under clear/<queue>, got {value[:200]!r}"
+    return queue, cleared_at
 
 
 def record_clear(settings: Settings, queue: str, at_ms: int) -> None:

@@ -18,6 +18,38 @@ from confluent_kafka import KafkaError, Message, Producer
 Headers = list[tuple[str, bytes]]
 Delivered = Callable[[KafkaError | None], None]
 BACKOFF_S = 0.05  # how long to serve delivery reports when the local queue is full
+RECORD_OVERHEAD = 512  # bytes of a record's framing that message.max.bytes counts besides its data
+
+# Delivery errors that sending the same record again cannot fix (librdkafka already retried
+# the others until message.timeout.ms): the record is too large, malformed, or refused by
+# the topic's policy or ACLs. A producer-wide fatal error is not here: it stops the process.
+PERMANENT = frozenset({
+    KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD,
+    KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.POLICY_VIOLATION, KafkaError._INVALID_ARG,
+    KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT,
+})  # fmt: skip
+
+
+def permanent(code: int | None) -> bool:
+    """True when a record's delivery failed with `code` for good (None: not a Kafka error, e.g.
+    a value librdkafka refused to take)."""
+    return code is None or code in PERMANENT
+
+
+def describe(err: KafkaError) -> str:
+    """A delivery error as the log and the dead-letter reason show it: text and code name."""
+    return f"{err.str()} ({err.name()})"
+
+
+def record_size(value: bytes | None, key: bytes | None, headers: Headers | None) -> int:
+    """What message.max.bytes counts for a record (its data and framing, uncompressed)."""
+    return (len(value or b"") + len(key or b"") + sum(len(k) + len(v or b"") for k, v in headers or ())
+            + RECORD_OVERHEAD)
+
+
+def resend_delay(tries: int) -> float:
+    """Seconds to wait before sending a record again after its `tries`-th retriable failure."""
+    return float(min(30.0, 0.5 * 2 ** max(0, tries - 1)))
 
 
 def produce(producer: Producer, topic: str, value: bytes | None, key: bytes | None = None,

@@ -5,6 +5,11 @@ loop that consumes:
 - Is this record still ours? Every (topic, partition) has a generation, bumped when it is
   assigned, revoked, lost or rewound; work taken under an older generation is stale and is
   neither finished nor committed (the next owner runs it again from the committed offset).
+  Rebalance callbacks run inside librdkafka's poll and consume calls, so a record `fetch`
+  returns may have been taken from librdkafka before its partition was revoked (or revoked
+  and assigned again) in the same call: `fetch` drops every record of a partition revoked or
+  lost during the call, and seeks a re-assigned one back to its committed offset, so such a
+  record is never started, run or committed.
 - What may be committed? Only the contiguous finished prefix of each partition
   (`model.offsets.OffsetTracker`). Transactional partitions commit through `Transactions`
   (records and offsets atomically); the others with a plain commit: asynchronous on the
@@ -29,7 +34,7 @@ from typing import Any, Protocol
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from protojobs.config import KafkaSettings
-from protojobs.kafka.clients import ErrorWatch, consumer_config
+from protojobs.kafka.clients import ErrorWatch, consumer_config, fetch
 from protojobs.kafka.transactions import Output, Transactions, rewind_to_committed
 from protojobs.model.offsets import OffsetTracker
 
@@ -81,6 +86,7 @@ class Partitions:
         self.held: set[Key] = set()  # partitions this owner paused (and must resume before giving up)
         self.withheld: set[Key] = set()  # put back one by one: paused until `release`
         self.finished_count = 0  # offsets marked finished, in all (commit on a count)
+        self._moved: set[Key] | None = None  # during `fetch`: partitions revoked, lost or rewound
 
     def subscribe(self, topics: list[str]) -> None:
         self.consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
@@ -99,8 +105,41 @@ class Partitions:
         """Owned, and not being revoked (buffered work of a revoking partition is dropped)."""
         return self.owns(topic, partition, generation) and (topic, partition) not in self.revoking
 
-    def started(self, topic: str, partition: int, offset: int) -> None:
+    def fetch(self, max_messages: int, timeout: float) -> list[Any]:
+        """`clients.fetch`, without the records of partitions revoked, lost or rewound during the
+        call (see the module's first question). A partition revoked and assigned again meanwhile
+        is sought back to its committed offset: records of its new generation may be among
+        those dropped, and must not be skipped. (A partition only assigned during the call has
+        no stale records: librdkafka discards what it fetched for an earlier assignment.)"""
+        self._moved = set()
+        try:
+            msgs = fetch(self.consumer, max_messages, timeout)
+        finally:
+            moved, self._moved = self._moved, None
+        if not moved:
+            return msgs
+        kept, dropped = [], set()
+        for msg in msgs:
+            key = (msg.topic(), msg.partition())
+            if msg.error() is None and key in moved:
+                dropped.add(key)
+            else:
+                kept.append(msg)
+        again = sorted(key for key in dropped if key in self.assigned)
+        if dropped:
+            log.info("dropped records taken before a rebalance of %s (not started, not committed)",
+                     ", ".join(f"{t}[{p}]" for t, p in sorted(dropped)))
+        if again:
+            self.rewind(again)
+        return kept
+
+    def started(self, topic: str, partition: int, offset: int) -> bool:
+        """Track `offset` as started; False (nothing tracked) for a partition not assigned: its
+        record must not run (it would be committed for a partition we do not own)."""
+        if (topic, partition) not in self.assigned:
+            return False
         self.offsets.started(topic, partition, offset)
+        return True
 
     def finished(self, topic: str, partition: int, offset: int, generation: int | None = None) -> bool:
         """Mark `offset` finished; False (nothing marked) when the partition changed hands since."""
@@ -129,7 +168,8 @@ class Partitions:
 
     def commit(self, asynchronous: bool, only: set[Key] | None = None) -> None:
         """Commit the finished prefix (of `only`, or of every partition)."""
-        chosen = [(t, p, o) for t, p, o in self.offsets.commit_points() if only is None or (t, p) in only]
+        chosen = [(t, p, o) for t, p, o in self.offsets.commit_points()
+                  if (t, p) in self.assigned and (only is None or (t, p) in only)]
         if self.txn is not None:
             txn_points = [pt for pt in chosen if self.transactional(pt[0])]
             if self.txn.commit(txn_points, self.rewind):
@@ -195,6 +235,8 @@ class Partitions:
         rewind_to_committed(self.consumer, keys)
 
     def forget(self, keys: set[Key], keep_assigned: bool = False) -> None:
+        if self._moved is not None:
+            self._moved |= keys
         for key in keys:
             self.generation[key] = self.generation.get(key, 0) + 1
             self.offsets.drop(*key)

@@ -4,11 +4,21 @@ failed, as one JSON object in UTF-8 that any Kafka tool can read. Pure: no I/O.
 v1: `v`, `envelope` (the job's envelope object, or null), `raw` (the record value as text when
 it was not an envelope, or null), `error` {`type`, `message`, `traceback`}, `attempts`,
 `first_failed_at` (or null), `failed_at` (UTC epoch ms), `origin` {`topic`, `partition`,
-`offset`; -1 = unknown}, `host`, `reason`. A decoding problem is an EnvelopeError saying why.
+`offset`; -1 = unknown}, `host`, `reason`; `truncated` (true, only when set): the record was
+cut to fit its size limit (`raw` keeps its head; the envelope keeps its metadata and its `data`
+becomes the head of the payload's JSON text with a marker, so the job cannot be replayed as is).
+A decoding problem is an EnvelopeError saying why.
+
+Size: `dead_letter_record` always returns a value within `limit` bytes (the producer's
+`message.max.bytes` less the key and headers), cutting in this order: the payload, the raw
+text, the error texts. `shrink` makes a smaller copy of a record a topic refused.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +37,8 @@ from protojobs.model.envelope import (
 
 # Bytes of UTF-8 kept of a traceback (its tail) and of an error message (its head).
 TEXT_LIMIT = 8192
+RAW_LIMIT = 65536  # bytes of UTF-8 kept of a raw (undecodable) record value: its head
+MAX_RECORD = 1_000_000  # librdkafka's default message.max.bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +58,7 @@ class DeadLetterRecord:
     offset: int
     host: str
     reason: str
+    truncated: bool = False
 
 
 def _utf8(text: str) -> bytes:
@@ -68,14 +81,16 @@ def bound_text(text: str, limit: int = TEXT_LIMIT, *, keep: str = "head") -> str
 def dead_letter_record(
     original: Envelope | bytes | None, *, error_type: str, error_message: str, traceback: str,
     attempts: int, first_failed_at: int | None, failed_at: int, topic: str, partition: int,
-    offset: int, host: str, reason: str,
+    offset: int, host: str, reason: str, limit: int = MAX_RECORD,
 ) -> bytes:  # fmt: skip
-    """The value of a dead-letter record (a JSON object any Kafka tool can read).
+    """The value of a dead-letter record (a JSON object any Kafka tool can read), at most
+    `limit` bytes (see the module's Size); never raises.
 
     `original` is the failed job's envelope, or the raw record value when it did not decode
     (raw bytes that do decode are stored as an envelope). The raw value is kept as text, with
-    U+FFFD for bytes that are not UTF-8; partition and offset -1 mean unknown. The traceback
-    keeps its last `TEXT_LIMIT` bytes and the error message its first, so a record stays small.
+    U+FFFD for bytes that are not UTF-8, its first `RAW_LIMIT` bytes; partition and offset -1
+    mean unknown. The traceback keeps its last `TEXT_LIMIT` bytes and the error message its
+    first, so a record stays small.
     """
     env: Envelope | None
     raw: str | None = None
@@ -84,19 +99,98 @@ def dead_letter_record(
     else:
         try:
             env = decode(original)
-        except EnvelopeError:
+        except Exception:  # noqa: BLE001 - EnvelopeError, or anything else: keep it as text
             env, raw = None, bytes(original).decode("utf-8", "replace")
     error = {
         "type": bound_text(error_type, 1024),
         "message": bound_text(error_message),
         "traceback": bound_text(traceback, keep="tail"),
     }
-    return dumps({
+    record: dict[str, Any] = {
         "v": 1, "envelope": to_dict(env) if env is not None else None, "raw": raw,
         "error": error, "attempts": attempts, "first_failed_at": first_failed_at,
         "failed_at": failed_at, "origin": {"topic": topic, "partition": partition, "offset": offset},
-        "host": host, "reason": reason,
-    })  # fmt: skip
+        "host": bound_text(host, 1024), "reason": bound_text(reason, 1024),
+    }  # fmt: skip
+    if raw is not None and len(_utf8(raw)) > RAW_LIMIT:
+        record["raw"], record["truncated"] = bound_text(raw, RAW_LIMIT), True
+    return _fit(record, limit)
+
+
+def shrink(value: bytes, limit: int) -> bytes | None:
+    """A copy of dead-letter record `value` within `limit` bytes (payload, raw text and error
+    texts cut as needed); None if `value` is not a dead-letter record or cannot get that small."""
+    try:
+        record = json.loads(value)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    try:
+        out = _fit(record, limit)
+    except EnvelopeError:  # not one of ours (NaN...)
+        return None
+    return out if len(out) <= limit else None
+
+
+def _fit(record: dict[str, Any], limit: int) -> bytes:
+    """`record` as JSON within `limit` bytes if it can be: as is, else with its body (the
+    envelope's payload, or the raw text) cut, then also with its error texts cut (`truncated`
+    set). Returns the smallest it got."""
+    try:
+        value = dumps(record)
+        if len(value) <= limit:
+            return value
+    except EnvelopeError:  # a payload too deep to encode: cut below
+        pass
+    record = {**record, "truncated": True}
+    put: Callable[[str], None] | None = None
+    env = record.get("envelope")
+    if isinstance(env, dict) and "data" in env:
+        env = record["envelope"] = dict(env)
+        try:
+            text = dumps(env["data"]).decode("utf-8")
+        except EnvelopeError as exc:
+            text = f"[payload not encodable as JSON: {exc}]"
+        put = functools.partial(env.__setitem__, "data")
+    elif isinstance(record.get("raw"), str):
+        text = record["raw"]
+        put = functools.partial(record.__setitem__, "raw")
+    for cut_errors in (False, True):
+        if cut_errors and isinstance(record.get("error"), dict):
+            record["error"] = {k: bound_text(v, 256, keep="tail" if k == "traceback" else "head")
+                               if isinstance(v, str) else v for k, v in record["error"].items()}
+        if put is None:
+            value = dumps(record)
+            if len(value) <= limit:
+                return value
+            continue
+        fitted = _fit_text(record, put, text, limit)
+        if fitted is not None:
+            return fitted
+        put(_cut_marker(text))
+    return dumps(record)
+
+
+def _cut_marker(text: str) -> str:
+    return f"[... {len(_utf8(text))} bytes cut ...]"
+
+
+def _fit_text(record: dict[str, Any], put: Callable[[str], None], text: str, limit: int) -> bytes | None:
+    """Put the longest head of `text` that keeps `record` within `limit` (JSON escaping makes
+    text longer: the room is scaled by the growth measured); None if not even 64 bytes fit."""
+    put("")
+    base = len(dumps(record))
+    room = avail = limit - base
+    for _ in range(8):
+        if room < 64:
+            return None
+        put(bound_text(text, room))
+        value = dumps(record)
+        if len(value) <= limit:
+            return value
+        room = room * avail // max(1, len(value) - base) - 16
+    return None
 
 
 def _text(obj: dict[str, Any], name: str, where: str) -> str:
@@ -137,4 +231,5 @@ def decode_dead_letter(value: bytes | bytearray | memoryview | None) -> DeadLett
         offset=int_field(origin, "offset", f"{where}origin: ", -1),
         host=_text(obj, "host", where),
         reason=_text(obj, "reason", where),
+        truncated=obj.get("truncated") is True,
     )

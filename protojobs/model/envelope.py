@@ -122,11 +122,16 @@ def with_attempt(
 
 
 def for_replay(env: Envelope, now_ms: int) -> Envelope:
-    """A dead-lettered job sent again: attempt 1, due now, `replays` + 1, id kept."""
+    """A dead-lettered job sent again: attempt 1, dispatched and due now, `replays` + 1, id kept.
+
+    A replay is a new dispatch: a clear of its queue before the replay must not drop it
+    (clear epochs compare `dispatched_at`).
+    """
     replays = env.replays + 1
     return replace(
-        env, v=VERSION, attempt=1, available_at=now_ms, replays=replays, first_failed_at=None
-    )
+        env, v=VERSION, attempt=1, dispatched_at=now_ms, available_at=now_ms, replays=replays,
+        first_failed_at=None,
+    )  # fmt: skip
 
 
 # --- value: encode / decode -----------------------------------------------------------------
@@ -153,11 +158,21 @@ _DECODER = json.JSONDecoder(parse_constant=lambda name: _reject_constant(name))
 
 
 def dumps(obj: Any) -> bytes:
-    """Compact JSON in UTF-8; EnvelopeError for anything that is not plain JSON."""
+    """Compact JSON in UTF-8; EnvelopeError for anything that is not plain JSON.
+
+    A lone surrogate (valid JSON `"\\ud800"`, e.g. from a JavaScript producer, decodes to one)
+    has no UTF-8 form: it is written as the JSON escape `\\udXXX`, so the record is valid UTF-8
+    and decodes to the same string."""
     try:
-        return _ENCODER.encode(obj).encode("utf-8")
-    except (TypeError, ValueError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
+        return _ENCODER.encode(obj).encode("utf-8", "backslashreplace")
+    except (TypeError, ValueError, RecursionError) as exc:
         raise EnvelopeError(f"not encodable as JSON in UTF-8: {exc}") from exc
+
+
+def text_bytes(text: str) -> bytes:
+    """UTF-8 for a header value or a record key; a lone surrogate becomes `\\udXXX` (as in
+    `dumps`) instead of failing."""
+    return text.encode("utf-8", "backslashreplace")
 
 
 def _reject_constant(name: str) -> Any:
@@ -182,8 +197,8 @@ def loads(value: bytes | bytearray | memoryview | None, what: str) -> dict[str, 
 def encode(env: Envelope) -> bytes:
     """The record value for `env`: compact JSON in UTF-8.
 
-    Raises EnvelopeError if `data` is not plain JSON (NaN, objects, lone surrogates...).
-    JSON's own mapping applies: tuples come back as lists, non-string keys as strings.
+    Raises EnvelopeError if `data` is not plain JSON (NaN, objects, too deep...); lone
+    surrogates are escaped (`dumps`). JSON's own mapping applies: tuples come back as lists, non-string keys as strings.
     """
     return dumps(to_dict(env))
 
@@ -294,14 +309,14 @@ def headers(env: Envelope, schema_hash: str | None = None) -> list[tuple[str, by
     time (epoch ms), the payload schema hash (when given) and the W3C `traceparent` (when the
     job has one)."""
     out = [
-        (H_ID, env.id.encode()), (H_QUEUE, env.queue.encode()),
+        (H_ID, text_bytes(env.id)), (H_QUEUE, text_bytes(env.queue)),
         (H_ATTEMPT, str(env.attempt).encode()), (H_AVAILABLE_AT, str(env.available_at).encode()),
         (H_DISPATCHED_AT, str(env.dispatched_at).encode()),
     ]  # fmt: skip
     if schema_hash is not None:
         out.append((H_SCHEMA, schema_hash.encode()))
     if env.trace is not None:
-        out.append((H_TRACEPARENT, env.trace.encode()))
+        out.append((H_TRACEPARENT, text_bytes(env.trace)))
     return out
 
 
@@ -317,3 +332,12 @@ def header_value(hdrs: Iterable[tuple[str, bytes | str | None]] | None, name: st
     if isinstance(found, bytes | bytearray):
         return bytes(found).decode("utf-8", "replace")
     return found
+
+
+def header_int(hdrs: Iterable[tuple[str, bytes | str | None]] | None, name: str) -> int | None:
+    """The integer in header `name` (ASCII digits only, as `headers` writes them); None when
+    absent or anything else: `"²".isdigit()` is True, yet `int("²")` raises."""
+    text = header_value(hdrs, name)
+    if text is None or not 0 < len(text) <= 19 or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)

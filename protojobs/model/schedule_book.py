@@ -36,25 +36,36 @@ class Book:
     baseline: set[str] = field(default_factory=set)  # last_tick is a first sight, nothing fired yet
     position: int = 0
 
-    def apply(self, key: bytes | None, value: bytes | None, offset: int = -1) -> None:
+    def apply(self, key: bytes | None, value: bytes | None, offset: int = -1) -> bool:
+        """Fold one record in; False (nothing changed but the position) for a malformed one."""
         if offset >= 0:
             if offset < self.position:
-                return
+                return True
             self.position = offset + 1
         if not key:
-            return
+            return True
         text = key.decode("utf-8", "replace")
         try:
             body = json.loads(value) if value else None
-        except ValueError:
-            return
+        except (ValueError, RecursionError):
+            return False
+        try:
+            self._apply(text, body)
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
+            return False
+        return True
+
+    def _apply(self, text: str, body: Any) -> None:
+        if body is not None and not isinstance(body, dict):
+            raise TypeError("a schedules record is a JSON object")
         if text.startswith(STATE):
             name = text[len(STATE):]
+            tick = None if body is None else int(body["last_tick"])  # first: a malformed record changes nothing
             self.baseline.discard(name)
-            if body is None:
+            if tick is None or body is None:
                 self.last.pop(name, None)
             else:
-                self.last[name] = max(int(body["last_tick"]), self.last.get(name, int(body["last_tick"])))
+                self.last[name] = max(tick, self.last.get(name, tick))
                 if body.get("baseline"):
                     self.baseline.add(name)
         elif text.startswith(DEF):

@@ -8,17 +8,19 @@ this host only; 0.0.0.0 opens it to every interface):
   (prometheus_client multiprocess mode, see protojobs.metrics).
 - `/healthz`: 200 when every worker process is alive, its poll loop is not stuck (its
   heartbeat file is fresher than `HEARTBEAT_STALE_S` and its last poll is within
-  `POLL_STALL_S`) and none of its queues is wedged (more handlers hung past their timeout than
-  its `max_hung`, `engine.lanes`); else 503 and the reason, naming the worker and the queue. A
-  worker waiting for the broker keeps polling, so a broker outage never makes a worker
-  unhealthy (restarting it would not help).
+  `POLL_STALL_S`), none of its queues is wedged (more handlers hung past their timeout than
+  its `max_hung`, `engine.lanes`), and its delay router and scheduler threads run; else 503
+  and the reason, naming the worker and the queue or the dead thread (with its error: retries
+  and delays would stall silently). A worker waiting for the broker keeps polling, so a broker
+  outage never makes a worker unhealthy (restarting it would not help).
 - `/readyz`: 200 when, in addition, every worker polled within `READY_POLL_S`, has partitions
   (or the group has at least as many members as the command has workers: more workers than
   partitions leaves some idle, yet in the group), and the broker answers a metadata request within
   `BROKER_TIMEOUT_S` (cached `BROKER_CACHE_S`); else 503 and the reason.
 
 Every worker process writes `worker-<slot>.json` (pid, last poll, assigned partitions, hung
-handlers and wedged queues, the uncommitted window per queue) in
+handlers and wedged queues, the uncommitted window per queue, why each of its background
+threads died, if one did) in
 the command's state directory every `HEARTBEAT_S`; the serving process reads them, so health
 reflects all children. `protojobs health [--url URL] [--ready]` asks the endpoint for exec
 probes: exit 0 when healthy, 1 with the reason.
@@ -81,11 +83,14 @@ class Observed:
         if traced is not None:
             self.hooks.append(traced)
         self.worker: Any = None
+        self.threads: list[Any] = []
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="protojobs-heartbeat", daemon=True)
 
-    def start(self, worker: Any) -> Observed:
+    def start(self, worker: Any, threads: Iterable[Any] = ()) -> Observed:
+        """`threads`: the process's `engine.background.Background` threads (router, scheduler)."""
         self.worker = worker
+        self.threads = [t for t in threads if t is not None]
         if self.directory is not None:
             self.thread.start()
         return self
@@ -108,20 +113,21 @@ class Observed:
                 self.jobs.flush()
                 metrics.sample_in_flight(self.worker)
             if self.directory is not None:
-                write_heartbeat(self.directory / "heartbeat", self.slot, heartbeat(self.worker))
+                write_heartbeat(self.directory / "heartbeat", self.slot, heartbeat(self.worker, self.threads))
         except Exception:  # noqa: BLE001
             log.exception("heartbeat failed")
 
 
-def heartbeat(worker: Any) -> dict[str, Any]:
+def heartbeat(worker: Any, threads: Iterable[Any] = ()) -> dict[str, Any]:
     # Only plain attributes: a call into the consumer from this thread would wait for the poll loop.
     now = time.time()
     lanes = list(worker.lanes.values())
+    dead = {t.name: why for t in threads if (why := t.failure()) is not None}
     return {"pid": os.getpid(), "ts": now, "last_poll": now - (time.monotonic() - worker.last_poll),
             "assigned": len(worker.assigned), "stopping": worker.stopping,
             "hung": {lane.queue.name: lane.hung for lane in lanes},
             "wedged": {lane.queue.name: [lane.hung, lane.max_hung] for lane in lanes if lane.wedged},
-            "uncommitted": dict(worker.uncommitted)}
+            "uncommitted": dict(worker.uncommitted), "dead_threads": dead}
 
 
 def write_heartbeat(directory: Path, slot: int, beat: dict[str, Any]) -> None:
@@ -165,10 +171,12 @@ class Checks:
             elif now - beat["last_poll"] > POLL_STALL_S:
                 problems.append(f"worker {slot} (pid {beat['pid']}): poll loop stuck, last poll "
                                 f"{now - beat['last_poll']:.0f}s ago")
-            elif beat.get("wedged"):
+            elif beat.get("wedged") or beat.get("dead_threads"):
                 problems += [f"worker {slot} (pid {beat['pid']}): queue {queue} wedged: {hung} handlers hung past "
                              f"their timeout (limit {limit})"
-                             for queue, (hung, limit) in sorted(beat["wedged"].items())]
+                             for queue, (hung, limit) in sorted(beat.get("wedged", {}).items())]
+                problems += [f"worker {slot} (pid {beat['pid']}): the {name} thread died ({why})"
+                             for name, why in sorted(beat.get("dead_threads", {}).items())]
             else:
                 beats[slot] = beat
         return beats, problems

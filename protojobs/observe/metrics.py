@@ -8,6 +8,7 @@ of series is bounded by jobs.toml.
 | --- | --- | --- |
 | `protojobs_jobs_total` | queue, job, outcome | jobs and attempts, by `outcome` (below) |
 | `protojobs_handler_duration_seconds` | queue | each attempt, failed or not |
+| `protojobs_parked_total` | topic | records parked: neither run, retried nor dead-lettered (see below) |
 | `protojobs_dispatch_to_start_seconds` | queue | first attempts of jobs that were due at dispatch |
 | `protojobs_delay_lateness_seconds` | queue | start time minus `available_at`: delayed jobs and retries |
 | `protojobs_in_flight` | queue | jobs running now (sampled every second, summed over processes) |
@@ -17,6 +18,9 @@ of series is bounded by jobs.toml.
 | `protojobs_delay_tier_waiting` | tier | records waiting in each delay tier |
 | `protojobs_dead_letter_depth` | | records in the dead-letter topic(s) |
 | `protojobs_group_members` | | members of the worker group |
+
+Parked records are those even a cut-down dead-letter copy could not hold, and malformed
+control records; each also has an error log line.
 
 The last four come from `ops.stats.stats_data` (admin calls) in a background thread of the
 serving process every `REFRESH_S` seconds, never per job.
@@ -72,6 +76,8 @@ JOBS = Counter("protojobs_jobs", "Jobs by queue, job name and outcome (started a
                ["queue", "job", "outcome"])
 HANDLER_SECONDS = Histogram("protojobs_handler_duration_seconds", "Duration of each handler attempt",
                             ["queue"], buckets=_LATENCY_BUCKETS)
+PARKED = Counter("protojobs_parked", "Records parked: neither run, retried nor dead-lettered (see the logs)",
+                 ["topic"])
 DISPATCH_TO_START = Histogram("protojobs_dispatch_to_start_seconds",
                               "From dispatch to the start of the first attempt (jobs due at dispatch)",
                               ["queue"], buckets=_LATENCY_BUCKETS)
@@ -162,6 +168,9 @@ class JobMetrics(Hooks):
 
     def after_enqueue(self, job: Envelope, topic: str) -> None:
         self.count(job.queue, job.job, "dispatched")
+
+    def after_park(self, topic: str, partition: int, offset: int, reason: str) -> None:
+        PARKED.labels(topic).inc()  # rare: written at once
 
     def worker_stopped(self, counters: Any) -> None:
         self.flush()

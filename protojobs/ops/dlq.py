@@ -11,13 +11,15 @@ Guarantees
   (no progress for `timeout` seconds, a fatal client error): never a silently partial list. A record that is not a
   dead-letter record becomes an `Entry` whose `problem` says why; it never raises.
 - `replay` is at-least-once. Each job goes back to its queue's topic as `envelope.for_replay`
-  (attempt 1, due now, `replays` + 1, same id) with a `pj-replays` header, produced by an
+  (attempt 1, dispatched and due now, so a clear of the queue before the replay does not drop
+  it; `replays` + 1, same id) with a `pj-replays` header, produced by an
   idempotent producer (acks=all); it counts as replayed only once the broker acknowledged it.
   Replaying an entry twice runs the job twice. The dead-letter record stays (Kafka is
   append-only) until `purge` deletes it. Of several dead-letter records of one job id only the
   newest (most replays, then latest failure) is replayed, the others are "superseded"; a job
   whose `replays` reached `max_replays` is skipped (replay-loop guard). Records whose original
-  job did not decode (raw) cannot be replayed and are reported as such.
+  job did not decode (raw), or whose payload was truncated to fit the record, cannot be
+  replayed and are reported as such.
 - `purge` deletes the records of dead-letter topics up to the end offsets measured just
   before (delete_records); records dead-lettered meanwhile are kept. Kafka only deletes a
   topic's prefix, so one queue can be purged only when it has a dead-letter topic of its own.
@@ -258,6 +260,9 @@ def plan_replay(selected: Sequence[Entry], known: Sequence[Entry], max_replays: 
             why = (f"not a dead-letter record ({e.problem})" if e.dead is None
                    else "the original record did not decode, so there is no job to send again")
             report.unreplayable.append((e, why))
+        elif e.dead is not None and e.dead.truncated:
+            report.unreplayable.append((e, "its payload was truncated to fit the dead-letter record, so the job "
+                                           "cannot be sent again as it was"))
         elif newest.get(env.id, e) is not e:
             report.skipped.append((e, f"superseded by the newer record {newest[env.id].where}"))
         elif e.replays >= max_replays:
@@ -406,4 +411,6 @@ def to_json(e: Entry, full: bool = True) -> dict[str, Any]:
                envelope=envelope.to_dict(d.envelope) if d.envelope is not None else None)
     if full or d.envelope is None:
         out["raw"] = d.raw
+    if d.truncated:
+        out["truncated"] = True
     return out
