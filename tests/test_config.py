@@ -796,3 +796,13 @@ def test_demo_payload_schemas_are_valid(name: str) -> None:
     schema, problem = payloads.load_payload_schema(SCHEMAS / name, name)
     assert problem is None and schema is not None
     assert schema["required"] in (["to"], ["url"], ["report_id"])
+
+
+def test_to_toml_quotes_a_key_ending_in_a_newline() -> None:
+    """A bare-key check with `$` accepted "0\\n" (found by hypothesis): it must be quoted."""
+    import tomllib
+
+    from protojobs.config import to_toml
+
+    tree = {"a": {"0\n": False}}
+    assert tomllib.loads(to_toml(tree)) == tree

@@ -373,8 +373,11 @@ class RebalanceInsideFetch:
             self.hit = (tp.topic, tp.partition)
             self.partitions._on_revoke(self.real, [tp])  # what librdkafka's rebalance callback does
             self.real.incremental_unassign([tp])
-            if self.reassign:
-                self.partitions._on_assign(self.real, [TopicPartition(tp.topic, tp.partition)])
+            if self.reassign:  # the callback, then the assignment librdkafka makes when it did not
+                again = [TopicPartition(tp.topic, tp.partition)]
+                self.partitions._on_assign(self.real, again)
+                if not self.partitions.paused:
+                    self.real.incremental_assign(again)
         return msgs
 
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")  # fullmatch: "$" would also match before a final "\n"
 
 
 def key_path(parts: Iterable[str | int]) -> str:
@@ -23,7 +23,7 @@ def key_path(parts: Iterable[str | int]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            name = part if _BARE_KEY.match(part) else quote(part)
+            name = part if _BARE_KEY.fullmatch(part) else quote(part)
             out += f".{name}" if out else name
     return out
 

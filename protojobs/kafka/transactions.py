@@ -204,4 +204,10 @@ def rewind_to_committed(consumer: Consumer, keys: list[tuple[str, int]]) -> None
     """Seek each partition back to the group's committed offset (the beginning if none)."""
     committed = consumer.committed([TopicPartition(t, p) for t, p in keys], timeout=TIMEOUT)
     for tp in committed:
-        consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
+        try:
+            consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._STATE:
+                raise
+            # Not fetching yet (assigned a moment ago): it starts at the committed offset anyway.
+            log.debug("rewind of %s[%s]: not fetching yet, starts at the committed offset", tp.topic, tp.partition)
