@@ -72,10 +72,13 @@ class Running:
 
 @pytest.fixture
 def start_worker() -> Iterator[Callable[..., Running]]:
+    """`start_worker(settings, hooks=[...], worker=None, **WorkerOptions)`: a Worker running in a
+    thread (the one given, or a new one), stopped at the end of the test."""
     running: list[Running] = []
 
-    def start(settings: config.Settings, **options: Any) -> Running:
-        r = Running(Worker(settings, WorkerOptions(**options)))
+    def start(settings: config.Settings, hooks: list[Any] | None = None, worker: Worker | None = None,
+              **options: Any) -> Running:
+        r = Running(worker or Worker(settings, WorkerOptions(**options), hooks=hooks or []))
         running.append(r)
         return r
 

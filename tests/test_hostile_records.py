@@ -62,23 +62,6 @@ def router() -> Iterator[Callable[[config.Settings], RouterThread]]:
         thread.stop()
 
 
-@pytest.fixture
-def workers() -> Iterator[Callable[..., Running]]:
-    """`workers(settings, hooks=[...])`: a Worker running in a thread, stopped at the end."""
-    running: list[Running] = []
-
-    def start(settings: config.Settings, hooks: list[Hooks] | None = None, worker: Worker | None = None) -> Running:
-        r = Running(worker or Worker(settings, WorkerOptions(), hooks=hooks or []))
-        running.append(r)
-        return r
-
-    yield start
-    for r in running:
-        if r.thread.is_alive():
-            r.worker.stop(at_once=True)
-            r.thread.join(30)
-
-
 def alive(*threads: Running | RouterThread | SchedulerThread) -> bool:
     """True while every thread runs; raises the error of one that died (so a test fails at once)."""
     for t in threads:
@@ -165,7 +148,8 @@ class Recorder(Hooks):
 # --- finding 1: one bad record must not stop a worker -------------------------------------------
 
 
-def test_lone_surrogate_job_is_retried_then_dead_lettered(kafka: Cluster, fresh_prefix: str, workers, router) -> None:
+def test_lone_surrogate_job_is_retried_then_dead_lettered(kafka: Cluster, fresh_prefix: str, start_worker,
+                                                          router) -> None:
     """Valid JSON from a JavaScript producer: it decodes, and its copies must encode too."""
     settings = settings_with(kafka, fresh_prefix, {"work": {"handler": "engine_jobs:poison", "retry": "twice"}},
                              retry=TWICE)
@@ -174,7 +158,7 @@ def test_lone_surrogate_job_is_retried_then_dead_lettered(kafka: Cluster, fresh_
     produce(raw_producer(kafka), topic, hand_written("work", '{"s":"\\ud800 lone","n":1}'))
     normal = Dispatcher(settings).dispatch("work", {"n": 2})
     routing = router(settings)
-    worker = workers(settings)
+    worker = start_worker(settings)
     wait_for(lambda: alive(worker, routing) and worker.worker.counters.dead == 2, timeout=40, what="2 dead letters")
     wait_for(lambda: committed_equals_end(settings, "work"), what="commits")
     assert worker.worker.counters.retried == 2
@@ -184,7 +168,7 @@ def test_lone_surrogate_job_is_retried_then_dead_lettered(kafka: Cluster, fresh_
     assert by_id["hostile-1"].attempts == 2
 
 
-def test_huge_undecodable_record_dead_letters_a_capped_copy(make_settings, kafka: Cluster, workers) -> None:
+def test_huge_undecodable_record_dead_letters_a_capped_copy(make_settings, kafka: Cluster, start_worker) -> None:
     """900 KB of NUL and 0xFF bytes: as JSON text it would be 5.4 MB, over message.max.bytes."""
     settings = make_settings({"work": {"handler": "engine_jobs:record"}})
     topic = topics.queue_topic(settings.kafka.topic_prefix, "work")
@@ -192,7 +176,7 @@ def test_huge_undecodable_record_dead_letters_a_capped_copy(make_settings, kafka
     dispatcher.dispatch("work", {"n": 1})
     produce(raw_producer(kafka), topic, b"\x00\xff" * 450_000)
     dispatcher.dispatch("work", {"n": 2})
-    worker = workers(settings)
+    worker = start_worker(settings)
     wait_for(lambda: alive(worker) and worker.worker.counters.done == 2 and worker.worker.counters.dead == 1,
              what="2 done, 1 dead letter")
     wait_for(lambda: committed_equals_end(settings, "work"), what="commits")
@@ -204,7 +188,7 @@ def test_huge_undecodable_record_dead_letters_a_capped_copy(make_settings, kafka
 
 @pytest.mark.parametrize(("delivery", "policy"), [("at_least_once", "twice"), ("at_least_once", "strict"),
                                                   ("exactly_once", "twice")])
-def test_job_whose_copies_exceed_the_producer_limit(kafka: Cluster, fresh_prefix: str, workers, router,
+def test_job_whose_copies_exceed_the_producer_limit(kafka: Cluster, fresh_prefix: str, start_worker, router,
                                                      delivery: str, policy: str) -> None:
     """A job just under the worker's message.max.bytes: its retry copy (a few bytes longer) is
     refused, so it is dead-lettered; its dead-letter copy keeps the envelope's metadata and a
@@ -220,7 +204,7 @@ def test_job_whose_copies_exceed_the_producer_limit(kafka: Cluster, fresh_prefix
     produce(raw_producer(kafka), topics.queue_topic(fresh_prefix, "work"), envelope.encode(env),
             headers=envelope.headers(env))
     routing = router(settings)
-    worker = workers(settings)
+    worker = start_worker(settings)
     wait_for(lambda: alive(worker, routing) and worker.worker.counters.dead == 1, timeout=40, what="a dead letter")
     wait_for(lambda: committed_equals_end(settings, "work"), what="commits")
     ((value, dead),) = dead_letters(settings, 1)
@@ -234,7 +218,7 @@ def test_job_whose_copies_exceed_the_producer_limit(kafka: Cluster, fresh_prefix
     assert not report.replayed and "truncated" in report.unreplayable[0][1]
 
 
-def test_deep_payload_failing_a_recursive_schema_is_dead_lettered(kafka: Cluster, fresh_prefix: str, workers,
+def test_deep_payload_failing_a_recursive_schema_is_dead_lettered(kafka: Cluster, fresh_prefix: str, start_worker,
                                                                    tmp_path: Path) -> None:
     schema = tmp_path / "tree.json"
     schema.write_text(json.dumps({"$defs": {"node": {"type": "object", "properties": {"c": {"$ref": "#/$defs/node"}}}},
@@ -244,7 +228,7 @@ def test_deep_payload_failing_a_recursive_schema_is_dead_lettered(kafka: Cluster
     deep = '{"c":' * 400 + "5" + "}" * 400  # the innermost node is not an object
     produce(raw_producer(kafka), topics.queue_topic(fresh_prefix, "work"), hand_written("work", deep))
     Dispatcher(settings).dispatch("work", {"c": {"n": 2}})
-    worker = workers(settings)
+    worker = start_worker(settings)
     wait_for(lambda: alive(worker) and worker.worker.counters.done == 1 and worker.worker.counters.dead == 1,
              what="1 done, 1 dead letter")
     wait_for(lambda: committed_equals_end(settings, "work"), what="commits")
@@ -252,7 +236,7 @@ def test_deep_payload_failing_a_recursive_schema_is_dead_lettered(kafka: Cluster
     assert dead.error_type == "RecursionError" and "schema" in dead.reason
 
 
-def test_copy_no_dead_letter_topic_takes_is_parked(make_settings, kafka: Cluster, workers) -> None:
+def test_copy_no_dead_letter_topic_takes_is_parked(make_settings, kafka: Cluster, start_worker) -> None:
     """The dead-letter topic refuses every copy (max.message.bytes 64): after the smaller copy is
     refused too, the record is parked (log line, metric, offset finished), never re-sent forever."""
     from protojobs.observe import metrics
@@ -264,7 +248,7 @@ def test_copy_no_dead_letter_topic_takes_is_parked(make_settings, kafka: Cluster
     for i in range(2):
         dispatcher.dispatch("work", {"n": i})
     recorder, counted = Recorder(), metrics.JobMetrics()
-    worker = workers(settings, hooks=[recorder, counted])
+    worker = start_worker(settings, hooks=[recorder, counted])
     wait_for(lambda: alive(worker) and committed_equals_end(settings, "work"), timeout=40, what="commits")
     assert worker.worker.counters.parked == 2 and worker.worker.counters.dead == 0
     topic = topics.queue_topic(settings.kafka.topic_prefix, "work")
@@ -282,7 +266,7 @@ def tier_headers(queue: str, available_at: int, dispatched_at: bytes) -> list[tu
             (envelope.H_DISPATCHED_AT, dispatched_at)]
 
 
-def test_router_survives_hostile_tier_records(make_settings, kafka: Cluster, workers, router) -> None:
+def test_router_survives_hostile_tier_records(make_settings, kafka: Cluster, start_worker, router) -> None:
     settings = make_settings({"work": {"handler": "engine_jobs:record"}})
     admin.ensure_topics(settings)
     tier = topics.delay_topic(settings.kafka.topic_prefix, 200)
@@ -292,7 +276,7 @@ def test_router_survives_hostile_tier_records(make_settings, kafka: Cluster, wor
     produce(producer, tier, envelope.encode(odd), headers=tier_headers("work", now_ms() - 1, "²".encode()))
     produce(producer, tier, b"\x00\xff" * 450_000)  # no headers, undecodable, 900 KB
     routing = router(settings)
-    worker = workers(settings)
+    worker = start_worker(settings)
     later = Dispatcher(settings).dispatch("work", {"n": 2}, delay_ms=300)
     wait_for(lambda: alive(worker, routing) and {"odd-header", later} <= {r["id"] for r in engine_jobs.RUNS},
              timeout=40, what="both jobs forwarded and run")
@@ -382,7 +366,8 @@ class RebalanceInsideFetch:
 
 
 @pytest.mark.parametrize("reassign", [False, True], ids=["revoked", "revoked-and-reassigned"])
-def test_worker_never_runs_or_commits_a_record_taken_before_a_revoke(make_settings, workers, reassign: bool) -> None:
+def test_worker_never_runs_or_commits_a_record_taken_before_a_revoke(make_settings, start_worker,
+                                                                     reassign: bool) -> None:
     settings = make_settings({"work": {"handler": "engine_jobs:record"}})
     dispatched = Dispatcher(settings).dispatch_many("work", [{"n": i} for i in range(30)])
     topic = topics.queue_topic(settings.kafka.topic_prefix, "work")
@@ -390,7 +375,7 @@ def test_worker_never_runs_or_commits_a_record_taken_before_a_revoke(make_settin
     worker = Worker(settings, WorkerOptions())
     spy = RebalanceInsideFetch(worker.partitions, reassign)
     worker.partitions.consumer = spy
-    running = workers(settings, worker=worker)
+    running = start_worker(settings, worker=worker)
     wait_for(lambda: alive(running) and spy.hit is not None, what="the rebalance")
     _, revoked = spy.hit  # type: ignore[misc]
     others = sum(high for p, (_, high) in marks.items() if p != revoked)
@@ -441,7 +426,8 @@ def test_router_never_forwards_or_commits_a_record_taken_before_a_revoke(make_se
 # --- finding 5: control and schedules topics, dead threads in /healthz -------------------------------
 
 
-def test_malformed_control_records_stop_no_worker_or_router(make_settings, kafka: Cluster, workers, router) -> None:
+def test_malformed_control_records_stop_no_worker_or_router(make_settings, kafka: Cluster, start_worker,
+                                                           router) -> None:
     settings = make_settings({"work": {"handler": "engine_jobs:record"}, "other": {"handler": "engine_jobs:record"}})
     admin.ensure_topics(settings)
     control = topics.control_topic(settings.kafka.topic_prefix)
@@ -454,7 +440,7 @@ def test_malformed_control_records_stop_no_worker_or_router(make_settings, kafka
     future = now_ms() + 3_600_000
     produce(producer, control, json.dumps({"cleared_at": future}).encode(), b"clear/other")
     routing = router(settings)
-    worker = workers(settings)
+    worker = start_worker(settings)
     dispatcher = Dispatcher(settings)
     ids = {dispatcher.dispatch("work", {"n": 1}), dispatcher.dispatch("work", {"n": 2}, delay_ms=300)}
     wait_for(lambda: alive(worker, routing) and ids <= {r["id"] for r in engine_jobs.RUNS}, timeout=40,
