@@ -79,7 +79,6 @@ class Forward:
     tries: int = 0  # failed deliveries that were retried
 
 
-SMALL_COPY = 16_384  # bytes of the cut-down dead-letter copy sent when a topic refused the first one
 
 
 class Router:
@@ -294,7 +293,7 @@ class Router:
             self._send(Forward(move.topic, move.partition, move.offset, move.generation, target, value, move.key,
                                move.headers, dead=True))
             return
-        smaller = None if move.shrunk or move.value is None else dead_letter.shrink(move.value, SMALL_COPY)
+        smaller = None if move.shrunk or move.value is None else dead_letter.shrink(move.value, dead_letter.SMALL_COPY)
         if smaller is not None:
             log.error("%s: dead-letter copy refused by %s (%s); sending a cut-down copy", where, move.target,
                       move.error)

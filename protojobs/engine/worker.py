@@ -72,7 +72,6 @@ from protojobs.model import dead_letter as dead_letters
 from protojobs.model import envelope, names
 
 log = logging.getLogger(__name__)
-SMALL_COPY = 16_384  # bytes of the cut-down dead-letter copy sent when a topic refused the first one
 
 
 @dataclass
@@ -401,7 +400,7 @@ class Worker(Quiet):
                                self.queues[sent.topic].dead_letter_topic, self.max_bytes)
             self._send(Sent(copy, sent.env, sent.topic, sent.partition, sent.offset, sent.generation, cause=error))
             return
-        value = None if sent.shrunk else dead_letters.shrink(move.value, SMALL_COPY)
+        value = None if sent.shrunk else dead_letters.shrink(move.value, dead_letters.SMALL_COPY)
         if move.dead and value is not None:
             log.error("%s: dead-letter copy refused by %s (%s); sending a cut-down copy", where, move.target,
                       sent.error)

@@ -61,6 +61,9 @@ class DeadLetterRecord:
     truncated: bool = False
 
 
+SMALL_COPY = 16_384  # bytes of the cut-down copy sent when a topic refused the first dead-letter copy
+
+
 def _utf8(text: str) -> bytes:
     return text.encode("utf-8", "replace")  # lone surrogates become '?'
 
