@@ -131,8 +131,9 @@ def test_broker_command_round_trip(tmp_path: Path) -> None:
     state = tmp_path / "state"
     base = int(os.environ.get("PROTOJOBS_TEST_PORT_BASE", "29100")) + 500
     cli = [sys.executable, "-m", "protojobs.cli", "broker"]
-    opts = ["--state", str(state), "--port", str(base)]
-    started = subprocess.run([*cli, "start", "--toxiproxy", *opts], capture_output=True, text=True, timeout=120)
+    opts = ["--state", str(state)]
+    started = subprocess.run([*cli, "start", "--toxiproxy", "--port", str(base), *opts], capture_output=True,
+                             text=True, timeout=120)
     assert started.returncode == 0, started.stderr + started.stdout
     try:
         status = subprocess.run([*cli, "status", *opts], capture_output=True, text=True, timeout=30)

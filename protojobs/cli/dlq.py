@@ -10,9 +10,11 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
+import click
 from confluent_kafka import KafkaException
 
 from protojobs import config
+from protojobs.cli import base
 from protojobs.cli.common import load, parse_since
 from protojobs.kafka import admin
 from protojobs.kafka.clients import ClientError
@@ -28,6 +30,13 @@ def line(e: Entry) -> str:
     ident = e.job_id or f"raw@{e.where}"
     return (f"{ident}  {e.queue or '-'}  {e.error_type}  attempts={e.dead.attempts}  replays={e.replays}  "
             f"{iso(e.failed_at)}  {e.dead.reason}")
+
+
+def _row(e: Entry) -> tuple[object, ...]:
+    if e.dead is None:
+        return (e.job_id, e.queue, "(undecodable)", None, None, None, f"at {e.where}: {e.problem}")
+    return (e.job_id or f"raw@{e.where}", e.queue, e.error_type, e.dead.attempts, e.replays, iso(e.failed_at),
+            e.dead.reason)
 
 
 def _command(name: str, path: str | None, act: Callable[[config.Settings], int]) -> int:
@@ -65,8 +74,12 @@ def list_command(path: str | None, queue: str | None, error: str | None, since: 
         if as_json:
             print(json.dumps([dlq.to_json(e, full=False) for e in entries], indent=2, ensure_ascii=False))
             return 0
-        for e in entries:
-            print(line(e))
+        if base.tty():
+            base.print_table(("ID", "QUEUE", "ERROR", "ATTEMPTS", "REPLAYS", "FAILED AT", "REASON"),
+                             [_row(e) for e in entries])
+        else:
+            for e in entries:
+                print(line(e))
         print(f"{len(entries)} dead-lettered job(s)", file=sys.stderr)
         return 0
 
@@ -147,3 +160,53 @@ def purge_command(path: str | None, queue: str | None, yes: bool) -> int:
         return 0 if yes else 2
 
     return _command("purge", path, act)
+
+
+@base.group("dlq")
+def dlq_group() -> None:
+    """Inspect, replay and purge dead-lettered jobs."""
+
+
+_queue = click.option("--queue", help="only jobs of this queue")
+_error = click.option("--error", help="only jobs that failed with this error type (exact class name)")
+_since_opt = click.option("--since", help="only jobs that failed since: a duration (1h: the last hour) or a time")
+
+
+@base.command("list", parent=dlq_group, json=True)
+@_queue
+@_error
+@_since_opt
+@click.option("--limit", type=base.COUNT, help="only the N most recent")
+def list_cmd(queue: str | None, error: str | None, since: str | None, limit: int | None) -> int:
+    """One line per dead-letter record, oldest first (a table on a terminal; --json for scripts)."""
+    return list_command(base.config_path(), queue, error, since, limit, base.as_json())
+
+
+@base.command("show", parent=dlq_group, json=True)
+@click.argument("job_id")
+def show_cmd(job_id: str) -> int:
+    """The newest dead-letter record of JOB_ID as JSON (exit 1 if there is none)."""
+    return show_command(base.config_path(), job_id)
+
+
+@base.command("replay", parent=dlq_group)
+@_queue
+@click.option("--id", "ids", multiple=True, help="replay this job id (repeatable)")
+@_error
+@_since_opt
+@click.option("--all", "everything", is_flag=True, help="every dead-lettered job")
+@click.option("--dry-run", is_flag=True, help="show what would be replayed, send nothing")
+@click.option("--max-replays", type=base.COUNT, default=3, show_default=True,
+              help="skip jobs already replayed this many times")
+def replay_cmd(queue: str | None, ids: tuple[str, ...], error: str | None, since: str | None, everything: bool,
+               dry_run: bool, max_replays: int) -> int:
+    """Send dead-lettered jobs back to their queue (say which: --queue, --id, --error, --since or --all)."""
+    return replay_command(base.config_path(), queue, list(ids), error, since, everything, dry_run, max_replays)
+
+
+@base.command("purge", parent=dlq_group)
+@click.option("--queue", help="only this queue's own dead-letter topic")
+@click.option("--yes", is_flag=True, help="really delete (without it: say how many, exit 2)")
+def purge_cmd(queue: str | None, yes: bool) -> int:
+    """Delete dead-letter records (every dead-letter topic, or a queue's own)."""
+    return purge_command(base.config_path(), queue, yes)

@@ -1,63 +1,22 @@
-"""`protojobs dispatch | stats | clear | retry-plan | topics`: print results, return exit codes."""
+"""`protojobs stats | clear | retry-plan | topics plan|apply`: print results, return exit codes."""
 
 from __future__ import annotations
 
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from protojobs.cli.common import load, parse_time_ms
+import click
+
+from protojobs.cli import base
+from protojobs.cli.common import load
 from protojobs.config import Settings
-from protojobs.engine.dispatch import Dispatcher, DispatchError
-from protojobs.model.durations import parse_ms
 from protojobs.ops import clear as clearing
 from protojobs.ops import topics
-from protojobs.ops.dispatch_json import FileDispatch, JobFileError, dispatch_file, dispatch_payload
 from protojobs.ops.errors import UnknownQueue
 from protojobs.ops.retry_plan import retry_plan_rows
 from protojobs.ops.stats import stats_data, unknown_queues
-
-
-def dispatch(path: str | None, queue: str, payload: str | None, file: str | None, key: str | None,
-             delay: str | None, at: str | None, job: str | None, job_id: str | None) -> int:
-    """Print the job's id (with --file: each job's id) once the broker acknowledged it."""
-    settings = load(path)
-    if settings is None:
-        return 1
-    options: dict[str, Any] = {"key": key, "job": job, "job_id": job_id}
-    try:
-        if delay:
-            options["delay_ms"] = parse_ms(delay)
-        if at:
-            options["at_ms"] = parse_time_ms(at)
-    except ValueError as err:
-        print(f"dispatch: {err}", file=sys.stderr)
-        return 2
-    dispatcher = Dispatcher(settings)
-    try:
-        if file is not None:
-            return _report_file(dispatch_file(dispatcher, queue, Path(file), **options))
-        print(dispatch_payload(dispatcher, queue, payload or "", **options))
-        return 0
-    except JobFileError as err:
-        print(err, file=sys.stderr)
-        return 1
-    except (DispatchError, ValueError) as err:
-        print(f"dispatch: {err}", file=sys.stderr)
-        return 1
-    finally:
-        dispatcher.close()
-
-
-def _report_file(done: FileDispatch) -> int:
-    for job_id in done.result.ids:
-        print(job_id)
-    for index, problem in sorted(done.result.errors.items()):
-        print(f"{done.file}: job {index + 1}: {problem}", file=sys.stderr)
-    print(f"dispatched {len(done.result.ids)} of {done.jobs} jobs", file=sys.stderr)
-    return 0 if done.result.ok else 1
 
 
 def stats(path: str | None, queues: Sequence[str] | None, as_json: bool) -> int:
@@ -72,6 +31,9 @@ def stats(path: str | None, queues: Sequence[str] | None, as_json: bool) -> int:
     if as_json:
         print(json.dumps(data, indent=2))
         return 0
+    if base.tty():
+        _stats_table(data)
+        return 0
     print(f"group {data['group']}: {len(data['members'])} member(s)")
     for m in data["members"]:
         print(f"  {m['client_id']} {m['host']}: {', '.join(m['assignment']) or '-'}")
@@ -82,6 +44,22 @@ def stats(path: str | None, queues: Sequence[str] | None, as_json: bool) -> int:
     for name, n in data["dead_letter"].items():
         print(f"dead letter {name}: {n}")
     return 0
+
+
+def _stats_table(data: dict[str, Any]) -> None:
+    print(f"group {data['group']}: {len(data['members'])} member(s)")
+    if data["members"]:
+        base.print_table(("MEMBER", "HOST", "ASSIGNMENT"),
+                         [(m["client_id"], m["host"], ", ".join(m["assignment"]) or "-") for m in data["members"]])
+    print()
+    base.print_table(("QUEUE", "DEPTH", "PARTITIONS"),
+                     [(name, q["depth"], " ".join(f"p{p}={d}" for p, d in q["partitions"].items()))
+                      for name, q in data["queues"].items()])
+    rows = [("delay tier", name, n) for name, n in data["delayed"].items()]
+    rows += [("dead letter", name, n) for name, n in data["dead_letter"].items()]
+    if rows:
+        print()
+        base.print_table(("WAITING IN", "TOPIC", "JOBS"), rows)
 
 
 def clear(path: str | None, queue: str, yes: bool) -> int:
@@ -104,13 +82,15 @@ def clear(path: str | None, queue: str, yes: bool) -> int:
     return 0
 
 
-def topics_command(path: str | None, action: str) -> int:
+def topics_command(path: str | None, action: str, as_json: bool = False) -> int:
     """Print the plan (and with `apply` carry it out); 1 when a change is unsafe."""
     settings = load(path)
     if settings is None:
         return 1
     try:
         plan = topics.plan(settings)
+        if as_json:
+            return _topics_json(plan, action)
         for change in plan.changes:
             print(change)
         if not plan.changes:
@@ -122,6 +102,14 @@ def topics_command(path: str | None, action: str) -> int:
     except topics.AdminError as err:
         print(f"topics: {err}", file=sys.stderr)
         return 1
+
+
+def _topics_json(plan: topics.TopicPlan, action: str) -> int:
+    """`{"changes": [{topic, action, detail, unsafe}], "applied": N | null}`; 1 when a change is unsafe."""
+    changes = [{"topic": c.topic, "action": c.action, "detail": c.detail, "unsafe": c.unsafe} for c in plan.changes]
+    applied = len(topics.apply(plan)) if action == "apply" and plan.changes else (0 if action == "apply" else None)
+    base.print_json({"changes": changes, "applied": applied})
+    return 1 if plan.unsafe else 0
 
 
 def retry_plan(path: str | None, queues: Sequence[str] | None) -> int:
@@ -151,3 +139,45 @@ def _print_retry_plan(settings: Settings, name: str) -> bool:
         print(f"  attempt {row['attempt']}: after {row['delay']} (jitter {row['jitter']}), "
               f"via {' > '.join(row['tiers']) or '-'}, late by at most {row['worst_lateness']}{mark}")
     return flagged
+
+
+_queues = click.option("--queue", "queues", multiple=True, help="only this queue (repeatable)")
+
+
+@base.command("stats", json=True)
+@_queues
+def stats_cmd(queues: tuple[str, ...]) -> int:
+    """Depth, delayed and dead-lettered jobs, and group members (a table on a terminal; --json for scripts)."""
+    return stats(base.config_path(), list(queues) or None, base.as_json())
+
+
+@base.command("clear")
+@click.argument("queue")
+@click.option("--yes", is_flag=True, help="really delete (without it: say how many, exit 2)")
+def clear_cmd(queue: str, yes: bool) -> int:
+    """Delete QUEUE's pending jobs."""
+    return clear(base.config_path(), queue, yes)
+
+
+@base.command("retry-plan")
+@_queues
+def retry_plan_cmd(queues: tuple[str, ...]) -> int:
+    """Each queue's retry schedule: delays, tiers, worst lateness (exit 1 when a delay cannot be kept)."""
+    return retry_plan(base.config_path(), list(queues) or None)
+
+
+@base.group("topics")
+def topics_group() -> None:
+    """The topics jobs.toml implies: plan (show) or apply (create / alter)."""
+
+
+@base.command("plan", parent=topics_group, json=True)
+def topics_plan_cmd() -> int:
+    """Show what apply would change (exit 1 when a change is unsafe)."""
+    return topics_command(base.config_path(), "plan", base.as_json())
+
+
+@base.command("apply", parent=topics_group, json=True)
+def topics_apply_cmd() -> int:
+    """Create and alter the topics (unsafe changes are refused: exit 1)."""
+    return topics_command(base.config_path(), "apply", base.as_json())

@@ -7,8 +7,10 @@ import json
 import sys
 from typing import Any
 
+import click
 from confluent_kafka import KafkaException
 
+from protojobs.cli import base
 from protojobs.cli.common import load
 from protojobs.model.schedules import iso
 from protojobs.ops import schedules
@@ -35,13 +37,10 @@ def list_command(path: str | None, as_json: bool = False) -> int:
 
 
 def _print_table(table: list[dict[str, Any]]) -> None:
-    head = ("NAME", "RULE", "QUEUE", "NEXT FIRE", "LAST FIRED", "STATE")
-    lines = [head] + [(r["name"], r["rule"], r["queue"], r["next_fire"] or "-", r["last_fired"] or "-",
+    base.print_table(("NAME", "RULE", "QUEUE", "NEXT FIRE", "LAST FIRED", "STATE"),
+                     [(r["name"], r["rule"], r["queue"], r["next_fire"] or "-", r["last_fired"] or "-",
                        ("paused" if r["paused"] else "active") + ("" if r["source"] == "jobs.toml" else ", dynamic"))
-                      for r in table]
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
-    for line in lines:
-        print("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+                      for r in table])
 
 
 def control_command(path: str | None, action: str, name: str) -> int:
@@ -64,7 +63,7 @@ def control_command(path: str | None, action: str, name: str) -> int:
     return 0
 
 
-def next_command(path: str | None, name: str, count: int = 5) -> int:
+def next_command(path: str | None, name: str, count: int = 5, as_json: bool = False) -> int:
     """The next `count` fire times of a schedule (jobs.toml's without a broker)."""
     settings = load(path, import_handlers=False)
     if settings is None:
@@ -74,8 +73,43 @@ def next_command(path: str | None, name: str, count: int = 5) -> int:
     except schedules.ScheduleError as exc:
         print(f"schedules: {exc}", file=sys.stderr)
         return 1
+    if as_json:
+        base.print_json({"name": name, "rule": nxt.rule.describe(), "tz": nxt.tz,
+                         "next": [iso(t, nxt.tz) for t in nxt.times]})
+        return 0
     for t in nxt.times:
         print(iso(t, nxt.tz) + ("" if nxt.tz == "UTC" else f"  ({iso(t)})"))
     if not nxt.times:
         print(f"{name}: fires no more ({nxt.rule.describe()})")
     return 0
+
+
+@base.group("schedules")
+def schedules_group() -> None:
+    """Periodic schedules: list, pause, resume, remove, next fire times."""
+
+
+@base.command("list", parent=schedules_group, json=True)
+def list_cmd() -> int:
+    """Every schedule: rule, queue, next and last fire, state, and the scheduler leader."""
+    return list_command(base.config_path(), base.as_json())
+
+
+def _control(action: str, summary: str) -> None:
+    @base.command(action, parent=schedules_group, help=summary)
+    @click.argument("name")
+    def control(name: str) -> int:
+        return control_command(base.config_path(), action, name)
+
+
+_control("pause", "Pause schedule NAME (until resumed).")
+_control("resume", "Resume schedule NAME (ticks missed while paused are skipped).")
+_control("remove", "Remove the dynamic schedule NAME.")
+
+
+@base.command("next", parent=schedules_group, json=True)
+@click.argument("name")
+@click.option("--count", type=base.COUNT, default=5, show_default=True, help="how many fire times")
+def next_cmd(name: str, count: int) -> int:
+    """The next fire times of schedule NAME (jobs.toml's need no broker)."""
+    return next_command(base.config_path(), name, count, base.as_json())

@@ -52,6 +52,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from protojobs.config import PayloadError, QueueSettings, Settings, payload_validator
 from protojobs.engine.attempt import Attempt, Handler, JobRun, Move, Result, dead_letter
+from protojobs.engine.burst import Burst
 from protojobs.engine.dispatch import Dispatcher
 from protojobs.engine.hooks import Hooks, HookSet
 from protojobs.engine.lanes import EventLoop, Lane
@@ -117,6 +118,7 @@ class WorkerOptions:
     max_hung: int = 0  # per queue: handlers hung past their timeout before it is wedged (0: 2 x concurrency)
     shutdown_timeout: float = 0.0  # longest wait for running jobs on shutdown (0: longest queue timeout + 5 s)
     exit_when_wedged: bool = False  # stop (and report `wedged_on`) when a queue is wedged
+    burst: bool = False  # stop once the queues are drained (`engine.burst`)
     status: bool = False
     slot: int = 0  # process slot: part of the exactly-once transactional.id
     consumer_extra: dict[str, Any] = field(default_factory=dict)
@@ -164,6 +166,7 @@ class Worker(Quiet):
         self._shutdown_by: float | None = None  # monotonic: when shutdown stops waiting for running jobs
         self._resend: list[tuple[float, int, Sent]] = []  # (due, seq, move): deliveries to try again
         self._seq = itertools.count()
+        self.burst = Burst() if self.options.burst else None
 
     @property
     def assigned(self) -> set[Key]:
@@ -213,7 +216,7 @@ class Worker(Quiet):
                     sys.stderr.write(status_line(self, started))
                     sys.stderr.flush()
                     next_status = now + self.options.commit_interval
-                if self.options.max_jobs and self.counters.finished >= self.options.max_jobs:
+                if (self.options.max_jobs and self.counters.finished >= self.options.max_jobs) or self._drained():
                     self.stopping = 1
                 if self.options.exit_when_wedged and self.stopping == 0 and self.wedged():
                     self.wedged_on = self.wedged()
@@ -227,6 +230,12 @@ class Worker(Quiet):
             raise Fenced("the group session of an exactly-once worker expired; stopped so that it "
                          "publishes nothing a newer worker might also publish")
         return self.counters
+
+    def _drained(self) -> bool:
+        """With `burst`: the queues are drained (`engine.burst`)."""
+        idle = not self._busy() and not len(self.outbox) and not self._resend
+        return self.burst is not None and self.burst.drained(self.partitions.consumer, list(self.queues), idle,
+                                                             self.assigned, lambda: self.partitions.commit(False))
 
     def _start(self) -> None:
         admin.ensure_topics(self.settings)

@@ -1,4 +1,4 @@
-"""Dispatch jobs given as JSON text (`protojobs dispatch`): one payload, or a JSON-lines file.
+"""Dispatch jobs given as JSON text (`protojobs dispatch`): one payload, or a stream of JSON lines.
 
 The options are Dispatcher.dispatch's (`key`, `job`, `job_id`, `delay_ms`, `at_ms`).
 """
@@ -6,28 +6,15 @@ The options are Dispatcher.dispatch's (`key`, `job`, `job_id`, `delay_ms`, `at_m
 from __future__ import annotations
 
 import json
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from protojobs.engine.dispatch import BulkResult, Dispatcher
+from protojobs.config import PayloadError
+from protojobs.engine.dispatch import Dispatcher, DispatchError, Outcome
 
-
-class JobFileError(ValueError):
-    """Lines of a JSON-lines file that are not JSON (nothing was sent); one problem per line."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(problems))
-
-
-@dataclass(frozen=True)
-class FileDispatch:
-    """What `dispatch_file` did: `jobs` read from `file`, the dispatcher's per-job result."""
-
-    file: Path
-    jobs: int
-    result: BulkResult
+IN_FLIGHT = 10_000  # jobs sent but not yet acknowledged, at most, while streaming
 
 
 def dispatch_payload(dispatcher: Dispatcher, queue: str, payload: str, **options: Any) -> str:
@@ -40,23 +27,65 @@ def dispatch_payload(dispatcher: Dispatcher, queue: str, payload: str, **options
     return dispatcher.dispatch(queue, data, **options)
 
 
-def read_jobs(file: Path) -> list[Any]:
-    """The jobs of a JSON-lines file, one per non-blank line; JobFileError lists the bad lines."""
-    items, bad = [], []
-    for number, line in enumerate(file.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            items.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            bad.append(f"{file}:{number}: not JSON: {err}")
-    if bad:
-        raise JobFileError(bad)
-    return items
+@dataclass(frozen=True)
+class Line:
+    """What became of one non-blank input line (numbered from 1): its job's acknowledged id, or
+    why it was not sent (not JSON, an invalid payload) or not delivered. `read` is how many
+    bytes of the input were consumed when it was reported (for a progress bar)."""
+
+    number: int
+    job_id: str | None
+    error: str | None
+    read: int
 
 
-def dispatch_file(dispatcher: Dispatcher, queue: str, file: Path, **options: Any) -> FileDispatch:
-    """Send every job of the JSON-lines `file` (each gets its own id: `job_id` is ignored)."""
-    items = read_jobs(file)
+def stream_lines(dispatcher: Dispatcher, queue: str, lines: Iterable[bytes], *, in_flight: int = IN_FLIGHT,
+                 **options: Any) -> Iterator[Line]:
+    """Send one job per non-blank line of `lines` (JSON, UTF-8) and yield each line's outcome in
+    input order as soon as it is known. Memory stays bounded: at most `in_flight` jobs are
+    unacknowledged (the next line is read only when one is acknowledged), and nothing else of
+    the input is kept. A bad line is reported and skipped; the others are sent (each job gets
+    its own id: `job_id` is ignored). A client refused for good (DispatchError raised by the
+    dispatcher's wait) ends the stream with that exception."""
     options = {k: v for k, v in options.items() if k != "job_id"}
-    return FileDispatch(file, len(items), dispatcher.dispatch_many(queue, items, **options))
+    waiting: deque[tuple[int, Outcome | Line]] = deque()
+    read = 0
+    for number, raw in enumerate(lines, 1):
+        read += len(raw)
+        if raw.strip():
+            waiting.append((number, _send(dispatcher, queue, number, raw, read, options)))
+        while waiting and (len(waiting) > in_flight or _settled(waiting[0][1])):
+            if len(waiting) > in_flight:
+                dispatcher.wait([o for _, o in (waiting[0],) if isinstance(o, Outcome)])
+            yield _line(*waiting.popleft(), read)
+        if number % 1000 == 0:
+            dispatcher.producer.poll(0)
+    dispatcher.wait(o for _, o in waiting if isinstance(o, Outcome))
+    while waiting:
+        yield _line(*waiting.popleft(), read)
+
+
+def _send(dispatcher: Dispatcher, queue: str, number: int, raw: bytes, read: int,
+          options: dict[str, Any]) -> Outcome | Line:
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return Line(number, None, f"not JSON: {err}", read)
+    try:
+        env, topic = dispatcher.prepare(queue, data, **options)
+    except (PayloadError, DispatchError) as err:
+        return Line(number, None, str(err), read)
+    outcome = Outcome(env.id)
+    dispatcher.send(env, outcome, topic)
+    return outcome
+
+
+def _settled(item: Outcome | Line) -> bool:
+    return isinstance(item, Line) or item.done
+
+
+def _line(number: int, item: Outcome | Line, read: int) -> Line:
+    if isinstance(item, Line):
+        return Line(item.number, None, item.error, read)
+    return Line(number, item.job_id if item.error is None else None,
+                None if item.error is None else str(item.error), read)
