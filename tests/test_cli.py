@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import click
+import engine_jobs
 import pytest
 from conftest import read_jsonl, settings_tree, wait_for, write_config
 
 from protojobs import config
 from protojobs.cli import main
 from protojobs.cli.main import cli
+from protojobs.engine.dispatch import Dispatcher
 from protojobs.kafka import admin
 from protojobs.model import names
 from protojobs.ops.stats import stats_data
@@ -159,25 +161,18 @@ def test_with_concurrency_overrides_queues(offline_config: Path) -> None:
 # --- README ------------------------------------------------------------------------------------
 
 
+COMMAND_LINE = re.compile(r"(?:^(?:\$ )?(?:[A-Z_][A-Z0-9_]*=\S+\s+)*|[|;&]\s*|\$\()(?:\S*/)?protojobs\b([^|;&)>#]*)")
+
+
 def readme_command_lines() -> list[str]:
-    """Every `protojobs ...` command line in the README's sh code blocks (comments cut off)."""
+    """Every `protojobs ...` command in the README's sh code blocks: at the start of a line
+    (after `$ ` and NAME=value words), after a pipe, `;`, `&&` or in `$(...)`; comments and
+    redirections cut off."""
     text = (ROOT / "README.md").read_text()
     lines = []
     for block in re.findall(r"```(?:sh|shell|bash|console)\n(.*?)```", text, re.S):
         for line in block.splitlines():
-            line = line.strip().removeprefix("$ ")
-            words = shlex.split(line, comments=True) if "protojobs " in line else []
-            for i, word in enumerate(words):
-                if i and not re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[i - 1]):
-                    break
-                if word.endswith("bin/protojobs") or word == "protojobs":  # the command, after NAME=value words
-                    rest = []
-                    for w in words[i + 1:]:
-                        if w in {"|", "||", "&&", ";", ">", ">>", "&"} or w.startswith(">"):
-                            break
-                        rest.append(w)
-                    lines.append(shlex.join(rest))
-                    break
+            lines += [shlex.join(shlex.split(m.group(1))) for m in COMMAND_LINE.finditer(line.strip())]
     return lines
 
 
@@ -296,3 +291,18 @@ def test_json_output_parses(project: tuple[config.Settings, Path], capsys: pytes
         {"changes": [], "applied": None}
     code, out, _ = run_cli(capsys, "health", "--json", "--url", "http://127.0.0.1:1", "--timeout", "1")
     assert code == 1 and json.loads(out)["ok"] is False
+
+
+@pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
+def test_burst_worker_stops_once_drained(delivery: str, make_settings, start_worker) -> None:
+    settings = make_settings({"work": {"handler": "engine_jobs:record", "delivery": delivery, "partitions": 2}})
+    dispatcher = Dispatcher(settings)
+    tag = f"burst-{delivery}"
+    assert dispatcher.dispatch_many("work", [{"n": f"{tag}-{i}"} for i in range(20)]).ok
+    dispatcher.close()
+    running = start_worker(settings, burst=True)
+    running.thread.join(120)
+    assert not running.thread.is_alive(), "the burst worker did not stop"
+    assert running.error is None
+    assert {r["n"] for r in engine_jobs.RUNS if str(r["n"]).startswith(tag)} == {f"{tag}-{i}" for i in range(20)}
+    assert stats_data(settings)["queues"]["work"]["depth"] == 0
