@@ -37,13 +37,18 @@ class Burst:
         self.marks: dict[Key, tuple[int, int]] | None = None  # (low, high) when started
         self.next_check = 0.0
 
-    def drained(self, consumer: Consumer, topics: Iterable[str], idle: bool, owned: set[Key],
-                commit: Callable[[], None]) -> bool:
-        """True once drained; `idle`: nothing in flight here; `commit` commits what finished."""
+    def due(self) -> bool:
+        """Time for the next check (at most one every `every` seconds)."""
         now = time.monotonic()
         if now < self.next_check:
             return False
         self.next_check = now + self.every
+        return True
+
+    def drained(self, consumer: Consumer, topics: Iterable[str], idle: bool, owned: set[Key],
+                commit: Callable[[], None]) -> bool:
+        """True once drained; `idle`: nothing in flight here; `commit` commits what finished.
+        The first call takes the high watermarks."""
         if self.marks is None:
             self.marks = self._watermarks(consumer, topics)
             log.info("burst: stopping once %d record(s) queued now are finished and committed",

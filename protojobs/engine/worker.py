@@ -232,10 +232,12 @@ class Worker(Quiet):
         return self.counters
 
     def _drained(self) -> bool:
-        """With `burst`: the queues are drained (`engine.burst`)."""
+        """With `burst`: the queues are drained (`engine.burst`; checked at most every half second)."""
+        if self.burst is None or not self.burst.due():
+            return False
         idle = not self._busy() and not len(self.outbox) and not self._resend
-        return self.burst is not None and self.burst.drained(self.partitions.consumer, list(self.queues), idle,
-                                                             self.assigned, lambda: self.partitions.commit(False))
+        return self.burst.drained(self.partitions.consumer, list(self.queues), idle, self.assigned,
+                                  lambda: self.partitions.commit(False))
 
     def _start(self) -> None:
         admin.ensure_topics(self.settings)
