@@ -175,8 +175,11 @@ class Lane:
         """On the thread that replaces a stuck one: decide the timed-out attempt's failure, then work."""
         error = TimeoutError(f"handler ran past its timeout of {self.queue.timeout_ms / 1000:g}s")
         try:
-            result = self.attempt.failed(job, error, self.handler_for(job),
-                                         time.perf_counter() - self.queue.timeout_ms / 1000)
+            if job.decided is not None:  # the handler had failed; its failed() overran: keep that failure
+                result = job.decided
+            else:
+                result = self.attempt.failed(job, error, self.handler_for(job),
+                                             time.perf_counter() - self.queue.timeout_ms / 1000)
         except BaseException as exc:  # noqa: BLE001
             result = Result(job, exc, None, 0.0)
         self.done.put(result)
