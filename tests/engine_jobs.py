@@ -82,3 +82,11 @@ class BlockingFailure(Job):
         with _lock:
             FAILED_CALLS.append({"n": data.get("n"), "error": type(error).__name__})
         HANG.wait(float(data.get("block", 0)))
+
+
+def hang_once(data: dict[str, Any], ctx: Any) -> None:
+    """Hangs (on HANG, at most `hang` s) in its first attempt only, then records its run."""
+    if ctx.attempt == 1 and data.get("hang"):
+        HANG.wait(float(data["hang"]))
+        return
+    _record(data, ctx)

@@ -167,6 +167,26 @@ def test_failed_hook_blocking_past_the_timeout_keeps_the_handlers_failure(make_s
     assert worker.worker.counters.dead == 2
 
 
+def test_timed_out_attempt_in_a_blocking_retries_queue_keeps_its_key_waiting(make_settings, start_worker) -> None:
+    """ordering = "key" with blocking retries, backoff (2 s) longer than the timeout (1 s): the
+    first job of a key hangs past its timeout; its retry waits out the backoff in place and the
+    key's later jobs start only after it succeeded (they ran first, and the retry went through a
+    delay tier, before)."""
+    settings = make_settings({"work": {"handler": "engine_jobs:hang_once", "partitions": 1, "concurrency": 2,
+                                       "timeout": "1s", "ordering": "key", "key": "k", "blocking_retries": True,
+                                       "retry": "slow"}},
+                             retry={"slow": {"max_attempts": 3, "backoff": "fixed", "base": "2s", "jitter": 0}})
+    dispatcher = Dispatcher(settings)
+    assert dispatcher.dispatch_many("work", [{"n": 0, "k": "a", "hang": 3}]
+                                    + [{"n": i, "k": "a"} for i in range(1, 4)]).ok
+    start_worker(settings)
+    wait_for(lambda: len(engine_jobs.RUNS) >= 4, timeout=40, what="four runs")
+    runs = sorted(engine_jobs.RUNS, key=lambda r: r["t"])
+    assert [r["n"] for r in runs] == [0, 1, 2, 3], runs
+    assert runs[0]["attempt"] == 2 and runs[0]["offset"] == 0  # retried in place, not through a tier
+    wait_for(lambda: committed_equals_end(settings, "work"), what="the queue committed")
+
+
 def test_shutdown_waits_for_running_jobs_at_most_shutdown_timeout(make_settings, start_worker) -> None:
     settings = make_settings({"work": {"handler": "engine_jobs:record", "partitions": 1, "timeout": "60s"}})
     assert Dispatcher(settings).dispatch_many("work", [{"n": 0, "hang": 120}, {"n": 1}]).ok
