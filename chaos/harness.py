@@ -74,6 +74,9 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX_ATTEMPTS = 3
 TIERS = ["200ms", "1s", "3s"]
 SETTLE_TIMEOUT = float(os.environ.get("CHAOS_SETTLE_TIMEOUT", "90"))
+# a random example runs at least this long before its teardown, so the background load puts
+# thousands of jobs through its faults (a replay keeps its recorded teardown time instead)
+MIN_SECONDS = float(os.environ.get("CHAOS_MIN_SECONDS", "20"))
 STRICT_TIMEOUT_S = 1.0  # the strict queue's handler timeout; its blocking retries back off 2 s
 
 
@@ -340,6 +343,7 @@ class Example:
         self.sender = threading.Thread(target=self._dispatch_loop, name="chaos-dispatch", daemon=True)
         self.t0 = 0.0
         self.n = 0
+        self.min_seconds = 0.0  # the teardown waits until the example ran this long
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -626,6 +630,9 @@ class Example:
     def finish(self) -> Outcome_:
         """Heal, let every job settle (bounded), stop the workers, drain over DIRECT, check."""
         try:
+            left = self.min_seconds - (time.monotonic() - self.t0)
+            if left > 0:  # the load goes on through whatever faults are still on
+                time.sleep(left)
             self._op_heal()
             self.schedule["ops"].append({"op": "heal", "at": round(time.monotonic() - self.t0, 3), "teardown": True})
             self.batches.put(None)
@@ -761,6 +768,7 @@ def run_schedule(env: ChaosEnv, schedule: dict[str, Any], out: Path, meta: dict[
     ops = [op for op in schedule["ops"] if not op.get("teardown")]
     example = Example(env, schedule.get("mode", "at_least_once"), out, int(schedule.get("workers", 2)),
                       {"replay_of": meta or {}})
+    example.min_seconds = max([float(op.get("at", 0)) for op in schedule["ops"] if op.get("teardown")], default=0.0)
     example.start()
     try:
         example.replay(ops)

@@ -30,6 +30,7 @@ from hypothesis.stateful import (
 from chaos.conftest import SEED, env_for, replay_path
 from chaos.harness import (
     HOSTILE_SHAPES,
+    MIN_SECONDS,
     ChaosEnv,
     Example,
     Outcome_,
@@ -46,7 +47,7 @@ MODES = ["at_least_once", "exactly_once"]
 CLUSTERS = ["single", "cluster"]
 STEPS = int(os.environ.get("CHAOS_STEPS") or "8")
 FAILING = REPORTS / "failing"
-EXAMPLES = int(os.environ.get("CHAOS_EXAMPLES") or "4")  # per (cluster, mode)
+EXAMPLES = int(os.environ.get("CHAOS_EXAMPLES") or "3")  # per (cluster, mode)
 RATE = float(os.environ.get("CHAOS_RATE") or "150")  # background jobs per second in every example
 
 JOB = st.fixed_dictionaries({
@@ -111,6 +112,7 @@ def machine_for(env: ChaosEnv, mode: str, outcomes: list[Outcome_], numbers: Any
         def __init__(self) -> None:
             super().__init__()
             self.example = Example(env, mode, numbers.next(), meta={"seed": SEED}).start()
+            self.example.min_seconds = MIN_SECONDS
             self.jobs = 0
             self.cleared = False  # clear_replay runs at most once per example
 
