@@ -392,6 +392,13 @@ class Example:
     # --- ops ------------------------------------------------------------------------------
 
     def _op_dispatch(self, op: dict[str, Any]) -> None:
+        """Queue a batch for the dispatch thread; its misbehaving handlers count as faults
+        (`handler:hang`, `handler:block_failed`) so the report shows them."""
+        for kind, n in (("hang", sum(j["kind"] == "hang" for j in op["jobs"])),
+                        ("block_failed", sum(bool(j.get("block_failed")) for j in op["jobs"]))):
+            if n:
+                now = time.time()
+                self.recorder.fault(FaultEvent(f"handler:{kind}", "strict", now, now, {"jobs": n}))
         self.batches.put(op["jobs"])
 
     def _op_pause(self, op: dict[str, Any]) -> None:

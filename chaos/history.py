@@ -203,7 +203,7 @@ class Recorder:
             self.worker_exits.append(e)
 
     def healed_at(self) -> float | None:
-        ends = [f.end for f in self.faults if f.end is not None]
+        ends = [f.end for f in self.faults if f.end is not None and not f.kind.startswith("handler:")]
         return max(ends) if ends else None
 
     def history(self) -> History:
