@@ -49,14 +49,15 @@ test: install
 
 # Fault injection (chaos/README.md): hypothesis + toxiproxy against real 1- and 3-node clusters,
 # about 11 minutes on 2 cores (budget 15). REPLAY=<schedule.json> re-runs one example exactly;
-# CHAOS_EXAMPLES (per cluster and mode, default 4) and CHAOS_STEPS (default 8) scale it.
+# CHAOS_EXAMPLES (per cluster and mode, default 3), CHAOS_STEPS (default 8) and CHAOS_RATE (background
+# jobs/s, default 150) scale it.
 # Report: chaos/reports/latest.md and latest.json. Every process it starts is killed on exit.
 CHAOS_STATE ?= .protojobs/chaos
 CHAOS_PORT_BASE ?= 28100
 chaos: install
 	@trap '$(PY) -m protojobs.testing.cleanup $(CHAOS_STATE)' EXIT INT TERM; \
 	PROTOJOBS_TEST_STATE=$(CHAOS_STATE) PROTOJOBS_TEST_PORT_BASE=$(CHAOS_PORT_BASE) \
-	REPLAY='$(REPLAY)' CHAOS_EXAMPLES='$(CHAOS_EXAMPLES)' CHAOS_STEPS='$(CHAOS_STEPS)' \
+	REPLAY='$(REPLAY)' CHAOS_EXAMPLES='$(CHAOS_EXAMPLES)' CHAOS_STEPS='$(CHAOS_STEPS)' CHAOS_RATE='$(CHAOS_RATE)' \
 	$(PY) -m pytest chaos -p no:cacheprovider $(PYTEST_ARGS)
 
 broker-stop:

@@ -21,6 +21,14 @@ every fault was healed and the workers were stopped. Checks (README.md explains 
              (id, queue, key, error type, attempts = max_attempts, origin topic, reason, times);
              healthy jobs never; at_least_once tolerates a repeated dead-letter record of a
              poison job (reported), exactly_once does not;
+- hostile:   every record a raw producer wrote (bad UTF-8, lone surrogate, oversize, deep
+             nesting, wrong envelope version, malformed header, control-topic garbage) ended
+             in exactly one state: dead-lettered with a reason, parked (the log line), run to
+             success (a decodable job of a normal kind), or cleared (its queue was cleared
+             after it was written);
+- crash:     no worker exited on its own 3 times or more (a crash loop);
+- clear and replay: a job of a cleared queue dispatched before the clear epoch may stay
+             unrun (counted as cleared); every job `dlq replay` sent again runs again.
 - recovery:  seconds from healing the last fault until the last job settled.
 """
 
@@ -32,7 +40,8 @@ from typing import Any
 
 from chaos.history import ACKED, FAILED, INDEFINITE, Dispatch, Execution, History
 
-CHECKS = ("lost", "phantom", "duplicate", "order", "early", "dead_letter", "drain")
+CHECKS = ("lost", "phantom", "duplicate", "order", "early", "dead_letter", "drain", "hostile", "crash")
+CRASH_LOOP = 3  # exits on its own by one worker slot in one example
 
 
 @dataclass
@@ -65,6 +74,8 @@ class DeadRecord:
     first_failed_at: int | None = None
     failed_at: int = 0
     problem: str | None = None
+    origin_partition: int = -1
+    origin_offset: int = -1
 
 
 @dataclass
@@ -115,6 +126,13 @@ class Result:
     early: int = 0
     dead_letter_violations: int = 0
     exactly_once_violations: int = 0
+    hostile: int = 0  # records written by the raw producer
+    hostile_states: dict[str, int] = field(default_factory=dict)  # dead_lettered / parked / ran / cleared
+    hostile_violations: int = 0
+    cleared: int = 0  # jobs left unrun because their queue was cleared
+    replayed: int = 0  # jobs `dlq replay` sent again
+    worker_exits: int = 0  # exits the harness did not cause
+    crash_loops: int = 0
     recovery_s: float | None = None
     violations: list[Violation] = field(default_factory=list)
 
@@ -151,6 +169,8 @@ def check(history: History, drain: Drain) -> Result:
     c.order()
     c.early()
     c.dead_letters()
+    c.hostile()
+    c.crashes()
     if not drain.complete:
         c.flag("drain", None, f"the healed drain did not read every topic to its end: {drain.note}")
     return c.result
@@ -169,6 +189,16 @@ class _Check:
         for r in drain.dead:
             self.dead[r.job_id].append(r)
         self.stored = {r.job_id for r in drain.queue_records + drain.tier_records if r.job_id is not None}
+        self.hostile_ids = {h.job_id for h in history.hostile if h.job_id}
+        self.hostile_at = {(h.topic, h.partition, h.offset) for h in history.hostile}
+        # clear_replay faults: queue -> clear epochs (ms); job id -> when dlq replay sent it again
+        self.cleared_at: dict[str, list[int]] = defaultdict(list)
+        self.replayed: dict[str, list[int]] = defaultdict(list)
+        for f in history.faults:
+            if f.kind == "clear_replay":
+                self.cleared_at[f.detail["queue"]].append(int(f.detail["cleared_at"]))
+                for job_id in f.detail.get("replayed", []):
+                    self.replayed[job_id].append(int(f.detail["replayed_at"]))
         counts = Counter(d.outcome for d in history.dispatches)
         self.result = Result(mode=history.mode, jobs=len(history.dispatches), acked=counts[ACKED],
                              failed=counts[FAILED], indefinite=counts[INDEFINITE],
@@ -177,7 +207,8 @@ class _Check:
     def flag(self, check: str, job_id: str | None, detail: str) -> None:
         self.result.violations.append(Violation(check, job_id, detail))
         attr = {"lost": "lost", "phantom": "phantom", "order": "order_violations", "early": "early",
-                "dead_letter": "dead_letter_violations", "exactly_once": "exactly_once_violations"}.get(check)
+                "dead_letter": "dead_letter_violations", "exactly_once": "exactly_once_violations",
+                "hostile": "hostile_violations", "crash": "crash_loops"}.get(check)
         if attr:
             setattr(self.result, attr, getattr(self.result, attr) + 1)
 
@@ -188,39 +219,57 @@ class _Check:
         return [d for d in self.by_id.values()
                 if d.outcome == ACKED or (d.outcome == INDEFINITE and self.seen(d.job_id))]
 
+    def may_be_cleared(self, d: Dispatch) -> bool:
+        """Dispatched to a queue before it was cleared (the clear drops it, unrun)."""
+        return any((d.dispatched_at or d.sent_at) < at for at in self.cleared_at.get(d.queue, []))
+
+    def allowed(self, job_id: str) -> int:
+        """How many Kafka-side results a job may have: one, plus one per dlq replay of it."""
+        return 1 + len(self.replayed.get(job_id, []))
+
     # --- checks ---------------------------------------------------------------------------
 
-    def phantoms(self) -> None:
-        def judge(job_id: str | None, what: str) -> None:
-            d = self.by_id.get(job_id) if job_id is not None else None
-            if d is None:
-                self.flag("phantom", job_id, f"{what}, but it was never dispatched")
-            elif d.outcome == FAILED:
-                self.flag("phantom", job_id, f"{what}, but its dispatch failed definitely ({d.error})")
+    def judge(self, job_id: str | None, what: str) -> None:
+        d = self.by_id.get(job_id) if job_id is not None else None
+        if d is None:
+            self.flag("phantom", job_id, f"{what}, but it was never dispatched")
+        elif d.outcome == FAILED:
+            self.flag("phantom", job_id, f"{what}, but its dispatch failed definitely ({d.error})")
 
+    def phantoms(self) -> None:
+        judge = self.judge
         for job_id, runs in self.runs.items():
-            judge(job_id, f"executed {len(runs)} time(s)")
-        seen_stored = set()
+            if job_id not in self.hostile_ids:
+                judge(job_id, f"executed {len(runs)} time(s)")
+        seen_stored = set(self.hostile_ids)
         for r in self.d.queue_records + self.d.tier_records:
+            if r.job_id is None and (r.topic, r.partition, r.offset) in self.hostile_at:
+                continue  # written by the raw producer on purpose
             if r.job_id is None:
                 self.flag("phantom", None, f"{r.topic}[{r.partition}]@{r.offset} is not a job envelope")
             elif r.job_id not in seen_stored and r.job_id not in self.runs:
                 seen_stored.add(r.job_id)
                 judge(r.job_id, f"stored in {r.topic}")
-        for job_id, records in self.dead.items():
-            if job_id is None:
-                for r in records:
-                    self.flag("phantom", None, f"{r.topic}@{r.offset} is not a dead-lettered job: {r.problem}")
-            elif job_id not in self.runs:
+        for job_id in self.dead:
+            if job_id is not None and job_id not in self.runs and job_id not in self.hostile_ids:
                 judge(job_id, "dead-lettered")
+        for r in self.dead.get(None, []):
+            if (r.origin_topic, r.origin_partition, r.origin_offset) not in self.hostile_at:
+                self.flag("phantom", None, f"{r.topic}@{r.offset} is not a dead-lettered job: {r.problem}")
 
     def settlement(self) -> None:
         settle_times = []
         must = self.must_settle()
         self.result.must_settle = len(must)
         for d in must:
+            for at in self.replayed.get(d.job_id, []):
+                if not any(e.attempt == 1 and e.t * 1000 >= at - 5 for e in self.runs.get(d.job_id, [])):
+                    self.flag("lost", d.job_id, "sent again by dlq replay but never ran again")
             if d.kind == "poison":
                 records = self.dead.get(d.job_id)
+                if not records and self.may_be_cleared(d):
+                    self.result.cleared += 1
+                    continue
                 if not records:
                     self.flag("lost", d.job_id, f"{d.outcome} poison job was never dead-lettered "
                               f"({len(self.runs.get(d.job_id, []))} execution(s))")
@@ -232,6 +281,8 @@ class _Check:
                 settle_times.append(min(e.end or e.t for e in ok))
             elif d.job_id in self.dead:
                 settle_times.append(min(r.timestamp for r in self.dead[d.job_id]) / 1000)
+            elif self.may_be_cleared(d):
+                self.result.cleared += 1
             else:
                 runs = self.runs.get(d.job_id, [])
                 self.flag("lost", d.job_id, f"{d.outcome} {d.kind} job in {d.queue} never succeeded and is not "
@@ -252,9 +303,10 @@ class _Check:
         self.result.crashes = sum(1 for f in self.h.faults if f.kind == "worker:kill")
         if self.h.mode != "exactly_once":
             return
-        per_record = Counter((r.topic, r.job_id, r.attempt) for r in self.d.queue_records if r.job_id)
+        per_record: Counter[tuple[str, str, int | None]] = Counter(
+            (r.topic, r.job_id, r.attempt) for r in self.d.queue_records if r.job_id)
         for (topic, job_id, attempt), n in per_record.items():
-            if n > 1:
+            if n > self.allowed(job_id) and job_id not in self.hostile_ids:
                 self.flag("exactly_once", job_id, f"attempt {attempt} is stored {n} times in {topic} "
                           "(exactly_once: one Kafka-side result per job)")
 
@@ -282,7 +334,10 @@ class _Check:
     def early(self) -> None:
         for job_id, runs in self.runs.items():
             d = self.by_id.get(job_id)
-            failed: dict[int, float] = {}
+            failed: dict[int, float] = {}  # attempt -> when its first execution failed
+            for e in runs:
+                if not e.ok:
+                    failed[e.attempt] = min(failed.get(e.attempt, e.end or e.t), e.end or e.t)
             for e in runs:
                 if e.t < e.due:
                     self.flag("early", job_id, f"attempt {e.attempt} started {e.due - e.t:.3f}s before its due time")
@@ -293,20 +348,18 @@ class _Check:
                     before = failed.get(e.attempt - 1)
                     if before is None or e.t < before:
                         self.flag("early", job_id, f"attempt {e.attempt} started before attempt {e.attempt - 1} failed")
-                if not e.ok:
-                    failed.setdefault(e.attempt, e.end or e.t)
 
     def dead_letters(self) -> None:
         for job_id, records in self.dead.items():
             d = self.by_id.get(job_id) if job_id is not None else None
-            if d is None or d.outcome == FAILED:
-                continue  # phantom, flagged already
+            if d is None or d.outcome == FAILED or job_id in self.hostile_ids:
+                continue  # phantom, flagged already; or hostile, judged by hostile()
             if d.kind != "poison":
                 self.flag("dead_letter", job_id, f"healthy {d.kind} job dead-lettered {len(records)} time(s): "
                           f"{records[0].error_type}: {records[0].reason}")
                 continue
-            if len(records) > 1:
-                self.result.dead_letter_duplicates += len(records) - 1
+            if len(records) > self.allowed(d.job_id):
+                self.result.dead_letter_duplicates += len(records) - self.allowed(d.job_id)
                 if self.h.mode == "exactly_once":
                     self.flag("exactly_once", job_id, f"dead-lettered {len(records)} times")
             for r in records:
@@ -333,3 +386,43 @@ class _Check:
         if r.first_failed_at is None or r.first_failed_at > r.failed_at:
             problems.append(f"first_failed_at {r.first_failed_at} after failed_at {r.failed_at}")
         return problems
+
+    def hostile(self) -> None:
+        """Each raw record ended in exactly one state (a control record: parked, i.e. skipped)."""
+        self.result.hostile = len(self.h.hostile)
+        self.result.replayed = len(self.replayed)
+        at_job = {(r.topic, r.partition, r.offset): r.job_id for r in self.d.queue_records + self.d.tier_records}
+        parked = set(self.h.parked)
+        parked_jobs = {at_job.get(p) for p in parked} - {None}
+        states: Counter[str] = Counter()
+        for h in self.h.hostile:
+            where = (h.topic, h.partition, h.offset)
+            dead = [r for r in self.d.dead if (r.origin_topic, r.origin_partition, r.origin_offset) == where
+                    or (h.job_id is not None and r.job_id == h.job_id)]
+            ended = {"dead_lettered": bool(dead), "parked": where in parked or h.job_id in parked_jobs,
+                     "ran": h.may_run and any(e.ok for e in self.runs.get(h.job_id or "", []))}
+            found = [state for state, yes in ended.items() if yes]
+            what = f"{h.shape} record {h.topic}[{h.partition}]@{h.offset}"
+            if not found and h.queue is not None and any(h.at < at for at in self.cleared_at.get(h.queue, [])):
+                found = ["cleared"]
+            states.update(found)
+            if not found:
+                self.flag("hostile", h.job_id, f"{what} never ended: not dead-lettered, not parked, not run")
+            elif len(found) > 1 and "parked" in found and h.shape != "control":
+                self.flag("hostile", h.job_id, f"{what} ended in {len(found)} states: {', '.join(found)}")
+            elif "ran" in found and "dead_lettered" in found:
+                self.flag("hostile", h.job_id, f"{what} ran to success and was dead-lettered")
+            for r in dead:
+                if not r.reason:
+                    self.flag("hostile", h.job_id, f"{what}: dead-letter record {r.topic}@{r.offset} has no reason")
+            if self.h.mode == "exactly_once" and len(dead) > 1:
+                self.flag("exactly_once", h.job_id, f"{what} dead-lettered {len(dead)} times")
+        self.result.hostile_states = dict(states)
+
+    def crashes(self) -> None:
+        self.result.worker_exits = len(self.h.worker_exits)
+        per_slot = Counter(e.slot for e in self.h.worker_exits)
+        for slot, n in per_slot.items():
+            if n >= CRASH_LOOP:
+                codes = [e.code for e in self.h.worker_exits if e.slot == slot]
+                self.flag("crash", None, f"worker {slot} exited on its own {n} times (codes {codes}): a crash loop")

@@ -12,7 +12,13 @@ Ops (`at` = seconds since the example started, recorded; a replay never runs an 
   disable     {"target": "all" | node, "hold"}          client proxies cut for `hold` seconds
   isolate     {"node", "hold"}                           its INTERNAL + CONTROLLER proxies down
   kill_broker {"node" | "busiest", "down"}               SIGKILL, `down` s, restart
+  toxic       ... "role": "internal" | "controller"      the same toxics on the brokers' peer
+                                                         or controller listeners (3 nodes only)
   worker      {"worker", "signal": kill|term|stop, "hold"}
+  churn       {"cycles", "up"}                           extra workers join, stay `up` s, leave
+  hostile     {"records": [{"shape", "role", "queue", "id"}]}  raw producer, DIRECT listeners
+  clear_replay {"queue"}                                 clear the queue, then dlq replay its poison jobs
+  load        {"rate", "seed"}                           a steady background workload until the end
   heal        {}                                         every toxic removed, every proxy up
   pause       {"seconds"}
 """
@@ -25,6 +31,7 @@ import json
 import logging
 import os
 import queue
+import random
 import signal
 import subprocess
 import sys
@@ -36,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from chaos.checker import DeadRecord, Drain, Record, Result, check
 from chaos.history import (
@@ -46,8 +53,11 @@ from chaos.history import (
     Dispatch,
     FaultEvent,
     History,
+    Hostile,
     QueueInfo,
     Recorder,
+    WorkerExit,
+    read_parked,
 )
 from protojobs import config
 from protojobs.config import to_toml
@@ -55,6 +65,8 @@ from protojobs.engine.dispatch import DeliveryUncertain, Dispatcher, DispatchErr
 from protojobs.kafka import admin
 from protojobs.model import dead_letter, envelope
 from protojobs.model import names as topics
+from protojobs.ops import dlq
+from protojobs.ops.clear import clear
 from protojobs.testing import Cluster, Toxiproxy, profile
 
 log = logging.getLogger("chaos")
@@ -62,6 +74,10 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX_ATTEMPTS = 3
 TIERS = ["200ms", "1s", "3s"]
 SETTLE_TIMEOUT = float(os.environ.get("CHAOS_SETTLE_TIMEOUT", "90"))
+# a random example runs at least this long before its teardown, so the background load puts
+# thousands of jobs through its faults (a replay keeps its recorded teardown time instead)
+MIN_SECONDS = float(os.environ.get("CHAOS_MIN_SECONDS", "20"))
+STRICT_TIMEOUT_S = 1.0  # the strict queue's handler timeout; its blocking retries back off 2 s
 
 
 @dataclass
@@ -80,9 +96,9 @@ class ChaosEnv:
     def proxy_name(self, role: str, node: int) -> str:
         return f"{self.cluster.state_dir.name}-{role}-{node + 1}"
 
-    def client_proxies(self, target: str | int) -> list[str]:
+    def client_proxies(self, target: str | int, role: str = "client") -> list[str]:
         nodes = range(self.nodes) if target == "all" else [int(target)]
-        return [self.proxy_name("client", i) for i in nodes]
+        return [self.proxy_name(role, i) for i in nodes]
 
 
 def queue_tree(env: ChaosEnv, prefix: str, mode: str, bootstrap: str) -> dict[str, Any]:
@@ -93,10 +109,14 @@ def queue_tree(env: ChaosEnv, prefix: str, mode: str, bootstrap: str) -> dict[st
         "kafka": {"brokers": bootstrap, "group_id": f"{prefix}group", "topic_prefix": prefix, "compression": "lz4",
                   "producer": dict(profile.PRODUCER), "consumer": dict(profile.CONSUMER)},
         "delays": {"tiers": TIERS},
-        "retry": {"default": {"max_attempts": MAX_ATTEMPTS, "backoff": "fixed", "base": "300ms", "jitter": 0}},
+        "retry": {"default": {"max_attempts": MAX_ATTEMPTS, "backoff": "fixed", "base": "300ms", "jitter": 0},
+                  "slow": {"max_attempts": MAX_ATTEMPTS, "backoff": "fixed", "base": "2s", "jitter": 0}},
         "defaults": {"partitions": 3, "replication_factor": rf, "concurrency": 4, "timeout": "20s", "delivery": mode},
         "queues": {"plain": {"handler": "chaos.jobs:run"},
-                   "ordered": {"handler": "chaos.jobs:run", "ordering": "key", "key": "k", "blocking_retries": True}},
+                   "ordered": {"handler": "chaos.jobs:run", "ordering": "key", "key": "k", "blocking_retries": True},
+                   # hangs past a 1 s timeout, failed() that blocks, blocking retries backing off 2 s
+                   "strict": {"handler": "chaos.jobs:Strict", "ordering": "key", "key": "k", "blocking_retries": True,
+                              "timeout": f"{STRICT_TIMEOUT_S:g}s", "retry": "slow", "partitions": 2}},
     }
 
 
@@ -193,7 +213,8 @@ def to_drain(records: list[tuple[str, int, int, int, bytes | None]], queue_topic
             drain.dead.append(DeadRecord(topic, part, off, ts, env.id if env else None, env.queue if env else None,
                                          env.key if env else None, dl.error_type, dl.attempts, dl.reason, dl.topic,
                                          dl.first_failed_at, dl.failed_at,
-                                         None if env else f"raw record: {(dl.raw or '')[:80]}"))
+                                         None if env else f"raw record: {(dl.raw or '')[:80]}",
+                                         dl.partition, dl.offset))
             continue
         try:
             e = envelope.decode(value)
@@ -210,8 +231,10 @@ def to_drain(records: list[tuple[str, int, int, int, bytes | None]], queue_topic
 class WorkerProc:
     """One `python -m protojobs.cli run` process (its own session: a pidfile lets cleanup kill it)."""
 
-    def __init__(self, slot: int, config_file: Path, record: Path, pid_dir: Path) -> None:
+    def __init__(self, slot: int, config_file: Path, record: Path, pid_dir: Path,
+                 recorder: Recorder | None = None) -> None:
         self.slot, self.config_file, self.record, self.pid_dir = slot, config_file, record, pid_dir
+        self.recorder = recorder
         self.proc: subprocess.Popen[bytes] | None = None
         self.incarnation = 0
         self.stopped = False  # SIGSTOPped
@@ -242,6 +265,8 @@ class WorkerProc:
         if self.proc is not None and self.proc.poll() is not None:
             if not self.expected_exit:
                 self.unexpected_exits.append(self.proc.returncode)
+                if self.recorder is not None:
+                    self.recorder.worker_exited(WorkerExit(self.slot, self.proc.returncode, time.time()))
             (self.pid_dir / f"worker-{self.proc.pid}.pid").unlink(missing_ok=True)
             self.proc = None
 
@@ -301,8 +326,14 @@ class Example:
                            for name, q in self.settings.queues.items()}
         self.record = self.dir / "runs.jsonl"
         self.recorder = Recorder(mode, MAX_ATTEMPTS, self.queue_info, [self.record])
-        self.workers = [WorkerProc(i, self.config_file, self.record, env.cluster.state_dir.parent / "chaos-workers")
+        self.recorder.parked_reader = lambda: read_parked(sorted(self.dir.glob("worker-*.log")))
+        self.pid_dir = env.cluster.state_dir.parent / "chaos-workers"
+        self.workers = [WorkerProc(i, self.config_file, self.record, self.pid_dir, self.recorder)
                         for i in range(workers)]
+        self.churning: list[WorkerProc] = []
+        self.load_stop = threading.Event()
+        self.load_thread: threading.Thread | None = None
+        self.load_error: BaseException | None = None
         self.schedule: dict[str, Any] = {"version": 1, "cluster": env.name, "mode": mode, "workers": workers,
                                          "ops": [], **(meta or {})}
         self.persistent: list[tuple[FaultEvent, str, str]] = []  # fault, proxy, toxic name
@@ -312,6 +343,7 @@ class Example:
         self.sender = threading.Thread(target=self._dispatch_loop, name="chaos-dispatch", daemon=True)
         self.t0 = 0.0
         self.n = 0
+        self.min_seconds = 0.0  # the teardown waits until the example ran this long
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -360,6 +392,13 @@ class Example:
     # --- ops ------------------------------------------------------------------------------
 
     def _op_dispatch(self, op: dict[str, Any]) -> None:
+        """Queue a batch for the dispatch thread; its misbehaving handlers count as faults
+        (`handler:hang`, `handler:block_failed`) so the report shows them."""
+        for kind, n in (("hang", sum(j["kind"] == "hang" for j in op["jobs"])),
+                        ("block_failed", sum(bool(j.get("block_failed")) for j in op["jobs"]))):
+            if n:
+                now = time.time()
+                self.recorder.fault(FaultEvent(f"handler:{kind}", "strict", now, now, {"jobs": n}))
         self.batches.put(op["jobs"])
 
     def _op_pause(self, op: dict[str, Any]) -> None:
@@ -369,9 +408,11 @@ class Example:
         return self.recorder.fault(FaultEvent(kind, target, time.time(), None, detail))
 
     def _op_toxic(self, op: dict[str, Any]) -> None:
-        names = self.env.client_proxies(op["target"])
+        role = op.get("role", "client")
+        names = self.env.client_proxies(op["target"], role)
         toxic = f"chaos_{op['kind']}_{op['stream']}"
-        event = self._fault(f"toxic:{op['kind']}", str(op["target"]), **op["attrs"])
+        kind = f"toxic:{op['kind']}" if role == "client" else f"toxic@{role}:{op['kind']}"
+        event = self._fault(kind, str(op["target"]), **op["attrs"])
         for name in names:
             proxy = self.env.server.proxy(name)
             with contextlib.suppress(Exception):
@@ -453,6 +494,87 @@ class Example:
             w.start()
         event.end = time.time()
 
+    def _op_churn(self, op: dict[str, Any]) -> None:
+        """Workers join the group and leave it every few seconds while jobs flow (SIGTERM: a
+        graceful leave, so each cycle is two rebalances)."""
+        event = self._fault("churn", "group", cycles=op["cycles"], up=op["up"])
+        while len(self.churning) < 2:
+            slot = len(self.workers) + len(self.churning)
+            self.churning.append(WorkerProc(slot, self.config_file, self.record, self.pid_dir, self.recorder))
+        for i in range(int(op["cycles"])):
+            w = self.churning[i % len(self.churning)]
+            w.start()
+            time.sleep(float(op["up"]))
+            w.stop(30)
+        event.end = time.time()
+
+    def _op_hostile(self, op: dict[str, Any]) -> None:
+        """Write records protojobs never writes with a raw producer (DIRECT listeners: the
+        faults are what they hold, not how they travel); note where each one landed."""
+        event = self._fault("hostile", "topics", shapes=[r["shape"] for r in op["records"]])
+        producer = Producer(profile.producer(self.env.cluster.bootstrap, **{"compression.type": "lz4"}))
+        landed: list[tuple[dict[str, Any], Any]] = []
+        for spec in op["records"]:
+            topic, value, key, headers = hostile_record(self.prefix, spec, now_ms())
+            producer.produce(topic, value, key, headers=headers,
+                             on_delivery=lambda err, msg, spec=spec: landed.append((spec, (err, msg))))
+        producer.flush(60)
+        for spec, (err, msg) in landed:
+            if err is not None:
+                log.warning("hostile record %s not stored: %s", spec["shape"], err)
+                continue
+            role = spec["role"]
+            self.recorder.wrote_hostile(Hostile(
+                spec["shape"], str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0),
+                int(msg.timestamp()[1]), spec.get("id") if spec["shape"] not in RAW_SHAPES else None,
+                spec["shape"] in RUNNABLE_SHAPES, None if role == "control" else spec["queue"]))
+        event.end = time.time()
+
+    def _op_clear_replay(self, op: dict[str, Any]) -> None:
+        """Clear a queue through the ops API (`protojobs clear`), then `dlq replay` its poison
+        jobs dead-lettered so far: every replayed job must run again."""
+        queue_name = op["queue"]
+        event = self._fault("clear_replay", queue_name, queue=queue_name)
+        cleared = clear(self.direct, queue_name)
+        event.detail["cleared_at"] = now_ms()
+        event.detail["deleted"] = cleared.records
+        poison = {d.job_id for d in self.recorder.history().dispatches if d.kind == "poison" and d.queue == queue_name}
+        entries = [e for e in dlq.read(self.direct, queue=queue_name) if e.job_id in poison and e.envelope]
+        event.detail["replayed_at"] = now_ms()
+        report = dlq.replay(self.direct, entries) if entries else None
+        event.detail["replayed"] = sorted({e.job_id for e in report.replayed if e.job_id}) if report else []
+        event.end = time.time()
+
+    def _op_load(self, op: dict[str, Any]) -> None:
+        """A steady background workload until the example ends: `rate` jobs/s in batches every
+        250 ms, drawn from `seed` (mixed queues and keys, some delayed, flaky, poison)."""
+        if self.load_thread is not None:
+            return
+        self.load_thread = threading.Thread(target=self._load_loop, args=(float(op["rate"]), int(op["seed"])),
+                                            name="chaos-load", daemon=True)
+        self.load_thread.start()
+
+    def _load_loop(self, rate: float, seed: int) -> None:
+        rng = random.Random(seed)
+        dispatcher = Dispatcher(self.settings, ensure_topics=False)
+        n = 1_000_000
+        try:
+            next_at = time.monotonic()
+            while not self.load_stop.is_set():
+                size = max(1, round(rate / 4))
+                jobs = [load_job(rng, n + i) for i in range(size)]
+                n += size
+                self._send_batch(jobs, dispatcher)
+                next_at += 0.25
+                self.load_stop.wait(max(0.0, next_at - time.monotonic()))
+                next_at = max(next_at, time.monotonic() - 1)  # a stall (a fault) is not caught up in a burst
+        except BaseException as exc:  # noqa: BLE001 - reported by finish()
+            self.load_error = exc
+            log.exception("load thread failed")
+        finally:
+            with contextlib.suppress(Exception):
+                dispatcher.close(5)
+
     def _op_heal(self, _op: dict[str, Any] | None = None) -> None:
         self.env.server.reset()
         now = time.time()
@@ -482,23 +604,28 @@ class Example:
             self.dispatch_error = exc
             log.exception("dispatch thread failed")
 
-    def _send_batch(self, batch: list[dict[str, Any]]) -> None:
-        assert self.dispatcher is not None
+    def _send_batch(self, batch: list[dict[str, Any]], dispatcher: Dispatcher | None = None) -> None:
+        dispatcher = dispatcher or self.dispatcher
+        assert dispatcher is not None
         sent: list[tuple[Dispatch, Outcome]] = []
         for job in batch:
             data = {"n": job["n"], "kind": job["kind"], "fail": job.get("fail", 0), "sleep": job.get("sleep", 0)}
-            if job["queue"] == "ordered":
+            for extra in ("hang", "block_failed"):
+                if job.get(extra):
+                    data[extra] = job[extra]
+            if job["queue"] in ("ordered", "strict"):
                 data["k"] = job["key"]
-            env = self.dispatcher.build(job["queue"], data, delay_ms=job.get("delay_ms") or None)
+            env = dispatcher.build(job["queue"], data, delay_ms=job.get("delay_ms") or None)
             d = Dispatch(env.id, job["queue"], env.key, env.available_at, job["kind"], INDEFINITE,
-                         self.recorder.next_seq(), job.get("fail", 0), bool(job.get("delay_ms")), now_ms())
+                         self.recorder.next_seq(), job.get("fail", 0), bool(job.get("delay_ms")), now_ms(),
+                         dispatched_at=env.dispatched_at)
             outcome = Outcome(env.id)
             try:
-                self.dispatcher.send(env, outcome)
+                dispatcher.send(env, outcome)
             except DispatchError as err:
                 outcome.error, outcome.done = err, True
             sent.append((d, outcome))
-        self.dispatcher.wait([o for _, o in sent])
+        dispatcher.wait([o for _, o in sent])
         for d, outcome in sent:
             err = outcome.error
             d.outcome = ACKED if err is None else INDEFINITE if isinstance(err, DeliveryUncertain) else FAILED
@@ -510,15 +637,22 @@ class Example:
     def finish(self) -> Outcome_:
         """Heal, let every job settle (bounded), stop the workers, drain over DIRECT, check."""
         try:
+            left = self.min_seconds - (time.monotonic() - self.t0)
+            if left > 0:  # the load goes on through whatever faults are still on
+                time.sleep(left)
             self._op_heal()
             self.schedule["ops"].append({"op": "heal", "at": round(time.monotonic() - self.t0, 3), "teardown": True})
             self.batches.put(None)
+            self.load_stop.set()
             self.sender.join(float(profile.PRODUCER["message.timeout.ms"]) / 1000 + 15)
+            if self.load_thread is not None:
+                self.load_thread.join(float(profile.PRODUCER["message.timeout.ms"]) / 1000 + 15)
             self._supervise()
             for w in self.workers:
                 if w.proc is None:
                     w.start()
-            dead_topics = {q.dead_letter_topic for q in self.queue_info.values()}
+            dead_topics = {q.dead_letter_topic for q in self.queue_info.values()} | {
+                self.settings.kafka.dead_letter_topic}
             queue_topics = {q.topic for q in self.queue_info.values()}
             names = sorted(queue_topics | dead_topics
                            | {topics.delay_topic(self.prefix, t) for t in self.settings.tiers_ms})
@@ -533,8 +667,9 @@ class Example:
             finally:
                 reader.close()
             history = self.recorder.history()
-            if self.dispatch_error is not None:
-                drain.complete, drain.note = False, f"the dispatch thread failed: {self.dispatch_error!r}"
+            if self.dispatch_error is not None or self.load_error is not None:
+                drain.complete, drain.note = False, \
+                    f"a dispatch thread failed: {self.dispatch_error or self.load_error!r}"
             result = check(history, drain)
             exits = sum(len(w.unexpected_exits) for w in self.workers)
             faults: dict[str, int] = {}
@@ -563,7 +698,8 @@ class Example:
         return round(time.monotonic() - start, 2)
 
     def close(self) -> None:
-        for w in self.workers:
+        self.load_stop.set()
+        for w in self.workers + self.churning:
             with contextlib.suppress(Exception):
                 w.stop(10)
         self.batches.put(None)
@@ -572,6 +708,62 @@ class Example:
                 self.dispatcher.close(5)
         with contextlib.suppress(Exception):
             self.env.server.reset()
+
+
+# --- hostile records and the background workload ----------------------------------------------
+
+RAW_SHAPES = {"bad_utf8", "bad_version", "oversize_raw", "control"}  # no job id a dead-letter record keeps
+RUNNABLE_SHAPES = {"bad_header", "bad_attempt_header"}  # decodable jobs of the normal kind: they run
+HOSTILE_SHAPES = ["bad_utf8", "lone_surrogate", "oversize", "oversize_raw", "deep", "bad_version", "bad_header",
+                  "bad_attempt_header", "control"]
+
+
+def hostile_record(prefix: str, spec: dict[str, Any], now: int) -> tuple[str, bytes, bytes | None,
+                                                                        list[tuple[str, bytes]]]:
+    """(topic, value, key, headers) of one hostile record. spec: shape, role (queue | tier |
+    control), queue, id (a job id, for the shapes that carry one)."""
+    shape, queue_name, job_id = spec["shape"], spec.get("queue", "plain"), spec.get("id", "hostile")
+
+    def hand_written(data_json: str, version: int = 1) -> bytes:
+        return (f'{{"v":{version},"id":"{job_id}","queue":"{queue_name}","job":"x","attempt":1,"dispatched_at":{now},'
+                f'"available_at":{now},"key":null,"data":{data_json}}}').encode()
+
+    headers: list[tuple[str, bytes]] = []
+    if spec["role"] == "control":
+        return topics.control_topic(prefix), b"\xff\xfe{not a control record", f"clear/{queue_name}".encode(), []
+    if shape == "bad_utf8":
+        value = b'{"v":1,"id":"\xff\xfe\xc3\x28","data":{}}'
+    elif shape == "lone_surrogate":  # valid JSON, as a JavaScript producer may write it
+        value = hand_written('{"kind":"poison","n":-1,"s":"\\ud800 alone"}')
+    elif shape == "oversize":  # a valid job just under message.max.bytes: its copies must be cut down
+        value = hand_written('{"kind":"poison","n":-2,"pad":"' + "x" * 990_000 + '"}')
+    elif shape == "oversize_raw":
+        value = b"\x00\xff" * 450_000
+    elif shape == "deep":
+        value = hand_written('{"kind":"poison","n":-3,"d":' + '{"d":' * 420 + "1" + "}" * 420 + "}")
+    elif shape == "bad_version":
+        value = hand_written('{"kind":"normal","n":-4}', version=99)
+    elif shape == "bad_header":  # '²'.isdigit() is True, int('²') raises
+        value = hand_written('{"kind":"normal","n":-5}')
+        headers = [(envelope.H_QUEUE, queue_name.encode()), (envelope.H_AVAILABLE_AT, str(now).encode()),
+                   (envelope.H_DISPATCHED_AT, "²".encode())]
+    elif shape == "bad_attempt_header":
+        value = hand_written('{"kind":"normal","n":-6}')
+        headers = [(envelope.H_ATTEMPT, "²".encode()), (envelope.H_ID, b"\xff")]
+    else:
+        raise ValueError(f"unknown hostile shape {shape!r}")
+    tier = spec["role"] == "tier"
+    return topics.delay_topic(prefix, 200) if tier else topics.queue_topic(prefix, queue_name), value, None, headers
+
+
+def load_job(rng: random.Random, n: int) -> dict[str, Any]:
+    """One job of the background workload: mostly normal, some flaky, a few poison, some delayed."""
+    queue_name = rng.choice(["plain", "plain", "ordered"])
+    kind = rng.choices(["normal", "flaky", "poison"], [90, 7, 3])[0]
+    return {"n": n, "queue": queue_name, "kind": kind, "fail": rng.randint(1, 2) if kind == "flaky" else 0,
+            # its own keys: key order holds per producer, and the rules' jobs come from another one
+            "key": f"load{rng.randrange(8)}" if queue_name == "ordered" else None,
+            "delay_ms": rng.randint(300, 3000) if rng.random() < 0.1 else 0, "sleep": 0}
 
 
 def load_schedule(path: Path) -> dict[str, Any]:
@@ -583,6 +775,7 @@ def run_schedule(env: ChaosEnv, schedule: dict[str, Any], out: Path, meta: dict[
     ops = [op for op in schedule["ops"] if not op.get("teardown")]
     example = Example(env, schedule.get("mode", "at_least_once"), out, int(schedule.get("workers", 2)),
                       {"replay_of": meta or {}})
+    example.min_seconds = max([float(op.get("at", 0)) for op in schedule["ops"] if op.get("teardown")], default=0.0)
     example.start()
     try:
         example.replay(ops)

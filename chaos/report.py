@@ -2,8 +2,10 @@
 
 One row per (scenario, mode, cluster): examples, jobs, faults injected, lost, phantom, duplicate
 executions (max and distribution, and executions beyond the first per worker SIGKILL), order
-violations, early runs, dead-letter problems, recovery time (max), plus the Kafka and librdkafka
-versions and the hypothesis seed of the run.
+violations, early runs, dead-letter problems, hostile records and how each ended, crash loops,
+cleared and replayed jobs, recovery time (max), plus the Kafka and librdkafka versions and the
+hypothesis seed of the run. Faults are also counted by class (`toxic@internal:latency` is in
+class `toxic@internal`, `worker:kill` in `worker`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,12 @@ class Row:
     dead_letter_violations: int = 0
     exactly_once_violations: int = 0
     other_violations: int = 0
+    hostile: int = 0
+    hostile_states: Counter[str] = field(default_factory=Counter)
+    hostile_violations: int = 0
+    crash_loops: int = 0
+    cleared: int = 0
+    replayed: int = 0
     recovery_max_s: float | None = None
     unexpected_worker_exits: int = 0
     failing_schedules: list[str] = field(default_factory=list)
@@ -67,6 +75,12 @@ class Row:
         self.dead_letter_violations += result.dead_letter_violations
         self.exactly_once_violations += result.exactly_once_violations
         self.other_violations += len(result.flagged("drain"))
+        self.hostile += result.hostile
+        self.hostile_states.update(result.hostile_states)
+        self.hostile_violations += result.hostile_violations
+        self.crash_loops += result.crash_loops
+        self.cleared += result.cleared
+        self.replayed += result.replayed
         if result.recovery_s is not None:
             self.recovery_max_s = max(self.recovery_max_s or 0.0, result.recovery_s)
         self.unexpected_worker_exits += worker_exits
@@ -77,6 +91,10 @@ class Row:
         return {"scenario": self.scenario, "mode": self.mode, "cluster": self.cluster, "examples": self.examples,
                 "jobs": self.jobs, "acked": self.acked, "indefinite": self.indefinite, "failed": self.failed,
                 "faults_injected": sum(self.faults.values()), "faults": dict(sorted(self.faults.items())),
+                "fault_classes": dict(sorted(fault_classes(self.faults).items())),
+                "hostile_records": self.hostile, "hostile_states": dict(sorted(self.hostile_states.items())),
+                "hostile_violations": self.hostile_violations, "crash_loops": self.crash_loops,
+                "cleared": self.cleared, "replayed": self.replayed,
                 "lost": self.lost, "phantom": self.phantom,
                 "duplicate_executions": {"max": max(self.duplicates, default=0),
                                          "distribution": {str(k): v for k, v in sorted(self.duplicates.items())}},
@@ -88,6 +106,14 @@ class Row:
                 "exactly_once_violations": self.exactly_once_violations, "drain_incomplete": self.other_violations,
                 "recovery_max_s": self.recovery_max_s, "unexpected_worker_exits": self.unexpected_worker_exits,
                 "failing_schedules": self.failing_schedules, "skipped": self.skipped, "ok": self.ok}
+
+
+def fault_classes(faults: Counter[str]) -> Counter[str]:
+    """Faults by class: the kind up to its ':' (`toxic@internal:latency` -> `toxic@internal`)."""
+    out: Counter[str] = Counter()
+    for kind, n in faults.items():
+        out[kind.split(":")[0]] += n
+    return out
 
 
 class Report:
@@ -133,15 +159,20 @@ def markdown(data: dict[str, Any]) -> str:
         f"CHAOS_SEED={v['hypothesis_seed']} draws the same examples again); {data['duration_s']} s.", "",
         "| scenario | mode | cluster | examples | jobs (acked/indef./failed) | faults injected | lost | phantom "
         "| dup. executions max (distribution) | dup. executions per crash | order violations | early runs "
-        "| dead-letter problems | recovery max | result |",
-        "| --- | --- | --- | ---: | --- | --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | --- |",
+        "| dead-letter problems | hostile records (ended as) | crash loops | cleared / replayed | recovery max "
+        "| result |",
+        "| --- | --- | --- | ---: | --- | --- | ---: | ---: | --- | --- | ---: | ---: | ---: | --- | ---: | --- "
+        "| ---: | --- |",
     ]
     for r in data["rows"]:
         if r["skipped"]:
             lines.append(f"| {r['scenario']} | {r['mode']} | {r['cluster']} | - | - | - | - | - | - | - | - | - | - "
-                         f"| - | skipped: {r['skipped']} |")
+                         f"| - | - | - | - | skipped: {r['skipped']} |")
             continue
-        faults = ", ".join(f"{k} {n}" for k, n in r["faults"].items()) or "none"
+        faults = ", ".join(f"{k} {n}" for k, n in r["fault_classes"].items()) or "none"
+        ended = ", ".join(f"{k} {n}" for k, n in r["hostile_states"].items())
+        hostile = f"{r['hostile_records']} ({ended})" + (f", {r['hostile_violations']} bad" if r["hostile_violations"]
+                                                          else "")
         dist = ", ".join(f"{k}x: {n}" for k, n in r["duplicate_executions"]["distribution"].items())
         dead = r["dead_letter_violations"] + r["exactly_once_violations"]
         rec = "-" if r["recovery_max_s"] is None else f"{r['recovery_max_s']:.1f} s"
@@ -152,7 +183,8 @@ def markdown(data: dict[str, Any]) -> str:
                      f"({r['acked']}/{r['indefinite']}/{r['failed']}) | {r['faults_injected']}: {faults} | {r['lost']} "
                      f"| {r['phantom']} | {r['duplicate_executions']['max']} ({dist}) | {per_crash} "
                      f"| {r['order_violations']} | {r['early_runs']} "
-                     f"| {dead} (dup. dead letters {r['dead_letter_duplicates']}) | {rec} | {verdict} |")
+                     f"| {dead} (dup. dead letters {r['dead_letter_duplicates']}) | {hostile} | {r['crash_loops']} "
+                     f"| {r['cleared']} / {r['replayed']} | {rec} | {verdict} |")
     extra = [r for r in data["rows"] if r["unexpected_worker_exits"] or r["drain_incomplete"]]
     if extra:
         lines += ["", "Notes:"]

@@ -29,6 +29,8 @@ from hypothesis.stateful import (
 
 from chaos.conftest import SEED, env_for, replay_path
 from chaos.harness import (
+    HOSTILE_SHAPES,
+    MIN_SECONDS,
     ChaosEnv,
     Example,
     Outcome_,
@@ -37,22 +39,28 @@ from chaos.harness import (
     run_schedule,
 )
 from chaos.report import REPORTS
+from protojobs.engine.dispatch import now_ms
+from protojobs.model import envelope
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(int(os.environ.get("CHAOS_TEST_TIMEOUT", "1500")))]
 MODES = ["at_least_once", "exactly_once"]
 CLUSTERS = ["single", "cluster"]
 STEPS = int(os.environ.get("CHAOS_STEPS") or "8")
 FAILING = REPORTS / "failing"
-EXAMPLES = int(os.environ.get("CHAOS_EXAMPLES") or "4")  # per (cluster, mode)
+EXAMPLES = int(os.environ.get("CHAOS_EXAMPLES") or "3")  # per (cluster, mode)
+RATE = float(os.environ.get("CHAOS_RATE") or "150")  # background jobs per second in every example
 
 JOB = st.fixed_dictionaries({
-    "queue": st.sampled_from(["plain", "ordered"]),
-    "kind": st.sampled_from(["normal"] * 6 + ["flaky"] * 2 + ["poison"]),
+    "queue": st.sampled_from(["plain", "ordered", "strict"]),
+    "kind": st.sampled_from(["normal"] * 6 + ["flaky"] * 2 + ["poison", "hang"]),
     "fail": st.integers(1, 2),
     "key": st.sampled_from(["k0", "k1", "k2", "k3"]),
     "delay_ms": st.one_of(st.just(0), st.just(0), st.integers(300, 4000)),
     "sleep": st.sampled_from([0, 0, 0.01, 0.05]),
+    "hang": st.sampled_from([1.5, 2.5]),  # seconds: past the strict queue's 1 s timeout
+    "block_failed": st.sampled_from([0, 0, 3]),  # seconds a strict poison job's failed() blocks
 })
+HOSTILE = st.lists(st.tuples(st.sampled_from(HOSTILE_SHAPES), st.booleans()), min_size=1, max_size=4)
 BATCH = st.lists(JOB, min_size=8, max_size=30)
 HOLD = st.sampled_from([1, 3, 6])
 TOXICS = st.one_of(
@@ -75,10 +83,25 @@ TOXICS = st.one_of(
 def jobs_of(batch: list[dict[str, Any]], first: int) -> list[dict[str, Any]]:
     out = []
     for i, job in enumerate(batch):
-        ordered = job["queue"] == "ordered"
-        out.append({"n": first + i, "queue": job["queue"], "kind": job["kind"],
-                    "fail": job["fail"] if job["kind"] == "flaky" else 0, "key": job["key"] if ordered else None,
-                    "delay_ms": job["delay_ms"], "sleep": job["sleep"]})
+        keyed = job["queue"] in ("ordered", "strict")
+        strict = job["queue"] == "strict"
+        kind = job["kind"] if strict or job["kind"] != "hang" else "flaky"  # hangs only where the timeout is 1 s
+        out.append({"n": first + i, "queue": job["queue"], "kind": kind,
+                    "fail": job["fail"] if kind in ("flaky", "hang") else 0, "key": job["key"] if keyed else None,
+                    "delay_ms": job["delay_ms"], "sleep": job["sleep"],
+                    "hang": job["hang"] if kind == "hang" else 0,
+                    "block_failed": job["block_failed"] if strict and kind == "poison" else 0})
+    return out
+
+
+def hostile_of(drawn: list[tuple[str, bool]]) -> list[dict[str, Any]]:
+    """Concrete hostile records: where each goes (tier or queue, for the shapes that can go to
+    either) and the job id of those that carry one."""
+    out = []
+    for shape, on_tier in drawn:
+        role = "control" if shape == "control" else "tier" if shape == "bad_header" or (
+            on_tier and shape in ("oversize_raw", "bad_utf8")) else "queue"
+        out.append({"shape": shape, "role": role, "queue": "plain", "id": envelope.new_id(now_ms())})
     return out
 
 
@@ -89,10 +112,14 @@ def machine_for(env: ChaosEnv, mode: str, outcomes: list[Outcome_], numbers: Any
         def __init__(self) -> None:
             super().__init__()
             self.example = Example(env, mode, numbers.next(), meta={"seed": SEED}).start()
+            self.example.min_seconds = MIN_SECONDS
             self.jobs = 0
+            self.cleared = False  # clear_replay runs at most once per example
 
-        @initialize(batch=BATCH)
-        def first_batch(self, batch: list[dict[str, Any]]) -> None:
+        @initialize(batch=BATCH, load_seed=st.integers(0, 2**31))
+        def first_batch(self, batch: list[dict[str, Any]], load_seed: int) -> None:
+            if RATE > 0:
+                self.example.apply({"op": "load", "rate": RATE, "seed": load_seed})
             self.dispatch(batch)
 
         @rule(batch=BATCH)
@@ -108,6 +135,27 @@ def machine_for(env: ChaosEnv, mode: str, outcomes: list[Outcome_], numbers: Any
         @rule(where=targets, hold=st.sampled_from([2, 8]))  # shorter / longer than session.timeout (6 s)
         def disable(self, where: Any, hold: int) -> None:
             self.example.apply({"op": "disable", "target": where, "hold": hold})
+
+        @precondition(lambda self: env.nodes >= 3)  # the peer and controller listeners are proxied
+        @rule(where=targets, role=st.sampled_from(["internal", "controller"]), toxic=TOXICS,
+              stream=st.sampled_from(["downstream", "upstream"]), hold=HOLD)
+        def peer_toxic(self, where: Any, role: str, toxic: dict[str, Any], stream: str, hold: int) -> None:
+            self.example.apply({"op": "toxic", "role": role, "target": where, "stream": stream, "hold": hold,
+                                **toxic})
+
+        @rule(records=HOSTILE)
+        def hostile(self, records: list[tuple[str, bool]]) -> None:
+            self.example.apply({"op": "hostile", "records": hostile_of(records)})
+
+        @rule(cycles=st.integers(2, 4), up=st.sampled_from([1, 2, 3]))
+        def churn(self, cycles: int, up: int) -> None:
+            self.example.apply({"op": "churn", "cycles": cycles, "up": up})
+
+        @precondition(lambda self: not self.cleared)
+        @rule()
+        def clear_replay(self) -> None:
+            self.cleared = True
+            self.example.apply({"op": "clear_replay", "queue": "plain"})
 
         @precondition(lambda self: env.nodes >= 3)
         @rule(node=st.integers(0, 2), hold=st.sampled_from([3, 8]))

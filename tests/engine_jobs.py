@@ -13,6 +13,8 @@ import threading
 import time
 from typing import Any
 
+from protojobs import Job
+
 RUNS: list[dict[str, Any]] = []
 _lock = threading.Lock()
 HANG = threading.Event()  # `record` jobs with "hang": N wait on it (at most N s); tests set it when done
@@ -64,3 +66,27 @@ def chain(data: dict[str, Any], ctx: Any) -> None:
     _record(data, ctx)
     time.sleep(float(data.get("sleep", 0)))
     ctx.dispatch("followups", {"n": data.get("n")})
+
+
+FAILED_CALLS: list[dict[str, Any]] = []  # BlockingFailure.failed() calls
+
+
+class BlockingFailure(Job):
+    """Always raises ValueError; its failed() blocks up to `block` seconds (on HANG)."""
+
+    def handle(self, data: Any, ctx: Any) -> None:
+        _record(data, ctx)
+        raise ValueError("this job can never succeed")
+
+    def failed(self, error: BaseException, data: Any) -> None:
+        with _lock:
+            FAILED_CALLS.append({"n": data.get("n"), "error": type(error).__name__})
+        HANG.wait(float(data.get("block", 0)))
+
+
+def hang_once(data: dict[str, Any], ctx: Any) -> None:
+    """Hangs (on HANG, at most `hang` s) in its first attempt only, then records its run."""
+    if ctx.attempt == 1 and data.get("hang"):
+        HANG.wait(float(data["hang"]))
+        return
+    _record(data, ctx)

@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from chaos.checker import DeadRecord, Drain, Record, check  # noqa: E402
-from chaos.history import Dispatch, Execution, FaultEvent, History, QueueInfo  # noqa: E402
+from chaos.history import Dispatch, Execution, FaultEvent, History, Hostile, QueueInfo, WorkerExit  # noqa: E402
 
 T0 = 1_700_000_000.0
 QUEUES = {
@@ -151,6 +151,17 @@ def test_retry_before_previous_attempt_failed_is_flagged() -> None:
     assert [v.job_id for v in check(history, drain).flagged("early")] == ["f"]
 
 
+def test_stopped_workers_late_attempt_does_not_make_the_new_owners_retry_early() -> None:
+    """A SIGSTOPped worker's attempt 1 ends (fails) after the new owner ran attempt 1 and, once
+    that one failed, attempt 2: attempt 2 is judged against the first failure of attempt 1."""
+    history, drain = clean()
+    history.executions = [e for e in history.executions if e.job_id != "f"] + [
+        Execution("f", 1, 1111, T0 + 0.7, T0, False, end=T0 + 13.0),  # stopped for 12 s inside its handler
+        Execution("f", 1, 2222, T0 + 12.0, T0, False, end=T0 + 12.1),
+        Execution("f", 2, 2222, T0 + 12.5, T0 + 12.4, True, end=T0 + 12.6)]
+    assert check(history, drain).ok
+
+
 def test_order_violation_is_flagged() -> None:
     history, drain = clean()
     history.executions = [e for e in history.executions if e.job_id not in ("o1", "o2")] + [
@@ -197,3 +208,75 @@ def test_history_and_drain_round_trip_through_json() -> None:
     history, drain = clean()
     again = check(History.from_json(history.to_json()), Drain.from_json(drain.to_json()))
     assert again.to_json() == check(history, drain).to_json()
+
+
+def hostile(shape: str, offset: int, job_id: str | None = None, may_run: bool = False,
+            topic: str = "p-plain", partition: int = 1) -> Hostile:
+    return Hostile(shape, topic, partition, offset, int(T0 * 1000), job_id, may_run, "plain")
+
+
+def raw_dead(offset: int, reason: str = "undecodable: not UTF-8") -> DeadRecord:
+    return DeadRecord("p-dead-letter", 0, 40 + offset, int((T0 + 2) * 1000), None, None, None, "EnvelopeError",
+                      1, reason, "p-plain", None, int((T0 + 2) * 1000), "raw record", 1, offset)
+
+
+def test_each_hostile_record_ends_in_exactly_one_state() -> None:
+    history, drain = clean()
+    history.hostile = [hostile("bad_utf8", 10), hostile("lone_surrogate", 11, "hs"),
+                       hostile("bad_header", 12, "hh", True), hostile("control", 0, topic="p-control", partition=0)]
+    drain.queue_records += [Record("p-plain", 1, 10, None, None), Record("p-plain", 1, 11, "hs", 1),
+                            Record("p-plain", 1, 12, "hh", 1)]
+    drain.dead += [raw_dead(10), dead("hs")]
+    history.executions.append(run("hh", T0 + 1))
+    history.parked = [("p-control", 0, 0), ("p-control", 0, 0)]  # every worker start skips it again
+    result = check(history, drain)
+    assert result.ok, result.violations
+    assert result.hostile == 4 and result.hostile_states == {"dead_lettered": 2, "ran": 1, "parked": 1}
+
+
+def test_hostile_record_that_never_ended_or_ended_twice_is_flagged() -> None:
+    history, drain = clean()
+    history.hostile = [hostile("bad_utf8", 10), hostile("deep", 11, "hd"), hostile("bad_header", 12, "hh", True)]
+    drain.queue_records += [Record("p-plain", 1, 10, None, None)]
+    drain.dead += [dead("hd"), dead("hh")]
+    history.parked = [("p-plain", 1, 11)]
+    history.executions.append(run("hh", T0 + 1))
+    result = check(history, drain)
+    assert [(v.check, v.job_id) for v in result.violations] == [
+        ("hostile", None), ("hostile", "hd"), ("hostile", "hh")], result.violations
+    assert result.hostile_violations == 3
+
+
+def test_a_raw_dead_letter_record_of_no_hostile_record_is_still_a_phantom() -> None:
+    history, drain = clean()
+    history.hostile = [hostile("bad_utf8", 10)]
+    drain.dead += [raw_dead(10), raw_dead(99)]
+    assert [v.check for v in check(history, drain).violations] == ["phantom"]
+
+
+def test_a_crash_loop_is_flagged() -> None:
+    history, drain = clean()
+    history.worker_exits = [WorkerExit(0, 1, T0 + 1), WorkerExit(1, -9, T0 + 2), WorkerExit(0, 1, T0 + 3)]
+    assert check(history, drain).ok and check(history, drain).worker_exits == 3
+    history.worker_exits.append(WorkerExit(0, 1, T0 + 4))
+    result = check(history, drain)
+    assert [v.check for v in result.violations] == ["crash"] and result.crash_loops == 1
+
+
+def test_cleared_jobs_may_stay_unrun_and_replayed_jobs_must_run_again() -> None:
+    history, drain = clean()
+    history.mode = "exactly_once"
+    history.dispatches.append(dispatch("late", 50))  # dispatched after the clear: must run
+    history.executions = [e for e in history.executions if e.job_id not in ("a", "b")]
+    cleared_at = int((T0 + 0.3) * 1000)
+    replayed_at = int((T0 + 6) * 1000)
+    history.faults.append(FaultEvent("clear_replay", "plain", T0 + 0.3, T0 + 6,
+                                     {"queue": "plain", "cleared_at": cleared_at, "replayed": ["p"],
+                                      "replayed_at": replayed_at}))
+    drain.dead.append(dead("p", t=T0 + 9))  # the replayed poison job failed again: a second record, allowed
+    result = check(history, drain)
+    assert [(v.check, v.job_id) for v in result.violations] == [("lost", "p"), ("lost", "late")], result.violations
+    assert result.cleared == 2
+    history.executions += [run("p", T0 + 7, ok=False, due=T0 + 6), run("late", T0 + 1)]
+    result = check(history, drain)
+    assert result.ok, result.violations

@@ -142,6 +142,51 @@ def test_hung_handlers_keep_the_lane_running_and_wedge_it(make_settings, start_w
     assert time.monotonic() - started < 10
 
 
+def test_failed_hook_blocking_past_the_timeout_keeps_the_handlers_failure(make_settings, start_worker,
+                                                                          kafka: Cluster) -> None:
+    """A Job's failed() that blocks past the queue's timeout: it is called once, the job is
+    dead-lettered with the handler's own error (not a TimeoutError decided a second time, which
+    called failed() again on the replacement thread), and the jobs behind it run."""
+    engine_jobs.FAILED_CALLS.clear()
+    settings = make_settings({"work": {"handler": "engine_jobs:BlockingFailure", "partitions": 1, "concurrency": 2,
+                                       "timeout": "1s", "retry": "once"},
+                              "quick": {"handler": "engine_jobs:record", "partitions": 1}},
+                             retry={"once": {"max_attempts": 1}})
+    dispatcher = Dispatcher(settings)
+    assert dispatcher.dispatch_many("work", [{"n": i, "block": 4} for i in range(2)]).ok
+    assert dispatcher.dispatch_many("quick", [{"n": i} for i in range(2, 7)]).ok
+    worker = start_worker(settings)
+    records = [dead_letter.decode_dead_letter(v) for v in read_all(kafka.bootstrap,
+                                                                     settings.kafka.dead_letter_topic, 2, timeout=30)]
+    assert [r.error_type for r in records] == ["ValueError", "ValueError"], [r.reason for r in records]
+    wait_for(lambda: committed_equals_end(settings, "work") and committed_equals_end(settings, "quick"),
+             what="both queues committed")
+    assert sorted(c["n"] for c in engine_jobs.FAILED_CALLS) == [0, 1]  # once per job
+    assert {c["error"] for c in engine_jobs.FAILED_CALLS} == {"ValueError"}
+    assert sorted(r["n"] for r in engine_jobs.RUNS if r["n"] >= 2) == [2, 3, 4, 5, 6]
+    assert worker.worker.counters.dead == 2
+
+
+def test_timed_out_attempt_in_a_blocking_retries_queue_keeps_its_key_waiting(make_settings, start_worker) -> None:
+    """ordering = "key" with blocking retries, backoff (2 s) longer than the timeout (1 s): the
+    first job of a key hangs past its timeout; its retry waits out the backoff in place and the
+    key's later jobs start only after it succeeded (they ran first, and the retry went through a
+    delay tier, before)."""
+    settings = make_settings({"work": {"handler": "engine_jobs:hang_once", "partitions": 1, "concurrency": 2,
+                                       "timeout": "1s", "ordering": "key", "key": "k", "blocking_retries": True,
+                                       "retry": "slow"}},
+                             retry={"slow": {"max_attempts": 3, "backoff": "fixed", "base": "2s", "jitter": 0}})
+    dispatcher = Dispatcher(settings)
+    assert dispatcher.dispatch_many("work", [{"n": 0, "k": "a", "hang": 3}]
+                                    + [{"n": i, "k": "a"} for i in range(1, 4)]).ok
+    start_worker(settings)
+    wait_for(lambda: len(engine_jobs.RUNS) >= 4, timeout=40, what="four runs")
+    runs = sorted(engine_jobs.RUNS, key=lambda r: r["t"])
+    assert [r["n"] for r in runs] == [0, 1, 2, 3], runs
+    assert runs[0]["attempt"] == 2 and runs[0]["offset"] == 0  # retried in place, not through a tier
+    wait_for(lambda: committed_equals_end(settings, "work"), what="the queue committed")
+
+
 def test_shutdown_waits_for_running_jobs_at_most_shutdown_timeout(make_settings, start_worker) -> None:
     settings = make_settings({"work": {"handler": "engine_jobs:record", "partitions": 1, "timeout": "60s"}})
     assert Dispatcher(settings).dispatch_many("work", [{"n": 0, "hang": 120}, {"n": 1}]).ok

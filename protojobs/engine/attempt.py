@@ -99,6 +99,7 @@ class JobRun:
     started: float = 0.0  # monotonic
     deadline: float = 0.0  # monotonic
     outputs: list[Output] = field(default_factory=list)  # exactly-once: published on success
+    decided: Result | None = None  # its failure, decided while the handler's failed() runs
 
 
 @dataclass(slots=True)
@@ -226,7 +227,9 @@ class Attempt:
                 if isinstance(decision, retry.Retry) and self.queues[job.topic].blocking_retries \
                         and self._wait_in_place(job, exc, decision, timer):
                     continue
-                return self.failed(job, exc, handler, started, decision)
+                if not timer.hold(job):  # timed out meanwhile: the thread replacing this one decides
+                    return Result(job, exc, None, time.perf_counter() - started)
+                return self.failed(job, exc, handler, started, decision, timer)
             duration = time.perf_counter() - started
             self.hooks.after_process(job.env, value, duration)
             return Result(job, None, value, duration)
@@ -286,8 +289,11 @@ class Attempt:
         return decision
 
     def failed(self, job: JobRun, error: BaseException, handler: Handler | None, started: float,
-               decision: retry.Retry | retry.DeadLetter | None = None) -> Result:
-        """The result of a failed attempt: its retry copy, or its dead-letter copy."""
+               decision: retry.Retry | retry.DeadLetter | None = None, timer: Timer | None = None) -> Result:
+        """The result of a failed attempt: its retry copy, or its dead-letter copy. The handler's
+        `failed()` runs once, after the copy is decided, with a timeout of its own (`timer`
+        re-armed): if it overruns, the lane's replacement thread publishes this same result
+        (`job.decided`) instead of deciding the failure again."""
         q = self.queues[job.topic]
         decision = decision or self.decide(job, error, handler)
         tiers = self.settings.tiers_ms
@@ -313,11 +319,15 @@ class Attempt:
                     return Result(job, error, None, duration, move)
                 reason = (f"retry copy refused: MSG_SIZE_TOO_LARGE (the copy is {size} bytes, "
                           f"message.max.bytes is {self.max_bytes})")
-        if handler is not None:
-            handler.failed(error, job.env.data, self.loop)
         move = dead_letter(job.env, error, reason, job.topic, job.partition, job.offset, job.env.attempt,
                            q.dead_letter_topic, self.max_bytes)
-        return Result(job, error, None, duration, move)
+        result = Result(job, error, None, duration, move)
+        if handler is not None:
+            job.decided = result
+            if timer is not None:
+                timer.rearm(job)
+            handler.failed(error, job.env.data, self.loop)
+        return result
 
     def _dispatch_from(self, job: JobRun, queue: str, data: Any, **options: Any) -> str:
         """`ctx.dispatch(...)`: in an exactly-once queue the job is published with the transaction

@@ -11,6 +11,8 @@ cancelled; a sync handler cannot be killed (Python threads cannot be), so the wo
 declares it timed out at its deadline, the lane starts a fresh thread in its place (the lane
 keeps `concurrency` threads working, however many are stuck), and whatever the old thread
 returns later is ignored. Handlers see the deadline in their context (`ctx.deadline`, epoch s).
+With `blocking_retries`, a timed-out job keeps its key held: its replacement thread waits out
+the retry's backoff and runs the next attempt itself, so the key's later jobs never pass it.
 
 The hard limit (docs/architecture.md, "Threads of a worker process"): lane threads are daemon
 threads the lane starts itself, so an abandoned one never keeps the process alive. `hung`
@@ -46,6 +48,8 @@ from protojobs.engine.attempt import (
     JobRun,
     Result,
 )
+from protojobs.kafka.clock import now_ms
+from protojobs.model import envelope, retry
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +157,8 @@ class Lane:
     def handler_for(self, job: JobRun) -> Handler | None:
         return self.handlers.get(job.env.job) or self.handlers.get("*")
 
-    def _work(self) -> None:
-        job = self._next(None)
+    def _work(self, first: JobRun | None = None) -> None:
+        job = first or self._next(None)
         while job is not None:
             try:
                 result = self.attempt.run(job, self.handler_for(job), self)
@@ -172,17 +176,47 @@ class Lane:
             self.done.put(result)
 
     def _timed_out(self, job: JobRun) -> None:
-        """On the thread that replaces a stuck one: decide the timed-out attempt's failure, then work."""
+        """On the thread that replaces a stuck one: decide the timed-out attempt's failure, then work.
+        With blocking retries the job's key stays held (expire() kept its chain): a retry waits
+        out its backoff here and runs on this thread, so nothing later of the key passes it."""
         error = TimeoutError(f"handler ran past its timeout of {self.queue.timeout_ms / 1000:g}s")
+        held = self.queue.blocking_retries
         try:
-            result = self.attempt.failed(job, error, self.handler_for(job),
-                                         time.perf_counter() - self.queue.timeout_ms / 1000)
+            if job.decided is not None:  # the handler had failed; its failed() overran: keep that failure
+                result = job.decided
+            else:
+                handler = self.handler_for(job)
+                decision = self.attempt.decide(job, error, handler)
+                if held and isinstance(decision, retry.Retry) and not self.halted:
+                    self._work(self._again(job, error, decision))
+                    return
+                result = self.attempt.failed(job, error, handler, time.perf_counter() - self.queue.timeout_ms / 1000,
+                                             decision)
         except BaseException as exc:  # noqa: BLE001
             result = Result(job, exc, None, 0.0)
         self.done.put(result)
         with self.lock:
             self.deciding.pop(id(job), None)
+            if held:
+                self._release_chain_locked(job)
         self._work()
+
+    def _again(self, job: JobRun, error: BaseException, decision: retry.Retry) -> JobRun:
+        """A blocking retry of a timed-out attempt: wait out the backoff, then the next attempt
+        runs as a new JobRun of the same record (the stuck thread still holds the old one)."""
+        log.warning("job failed: %s", f"{type(error).__name__}: {error}", extra={
+            "queue": self.queue.name, "topic": job.topic, "partition": job.partition, "offset": job.offset,
+            "job_id": job.env.id, "attempt": job.env.attempt})
+        self.attempt.hooks.after_failure(job.env, error, False)
+        time.sleep(decision.delay_ms / 1000)
+        env = envelope.with_attempt(job.env, job.env.attempt + 1, decision.available_at, failed_at=now_ms())
+        again = JobRun(job.topic, job.partition, job.offset, env, job.generation, job.chain, state=RUNNING)
+        with self.lock:
+            again.started = time.monotonic()
+            again.deadline = again.started + self.queue.timeout_ms / 1000
+            self.deciding.pop(id(job), None)
+            self.running[id(again)] = again
+        return again
 
     def hold(self, job: JobRun) -> bool:
         """Suspend `job`'s timeout (a blocking retry's backoff); False if it already timed out."""
@@ -206,7 +240,8 @@ class Lane:
                     job.state = TIMED_OUT
                     self.running.pop(id(job), None)
                     self.deciding[id(job)] = job
-                    self._release_chain_locked(job)
+                    if not self.queue.blocking_retries:  # else its key waits for its retry (_timed_out)
+                        self._release_chain_locked(job)
                     expired.append(job)
             self.hung += len(expired)
             self.timed_out += len(expired)

@@ -26,8 +26,6 @@ offset finished).
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import threading
 import time
@@ -50,7 +48,7 @@ from protojobs.kafka.clients import (
 )
 from protojobs.kafka.clock import now_ms
 from protojobs.kafka.control import ClearEpochs
-from protojobs.kafka.outbox import Outbox, describe, permanent, record_size, resend_delay
+from protojobs.kafka.outbox import Outbox, Resends, describe, permanent, record_size
 from protojobs.kafka.partitions import Key, Partitions
 from protojobs.kafka.transactions import Fenced, Output, TransactionalProducer, Transactions
 from protojobs.model import dead_letter, delays, envelope, names
@@ -104,8 +102,7 @@ class Router:
         self.max_bytes = max_message_bytes(settings.kafka, **self.producer_extra)
         self.hooks = HookSet(hooks)  # after_park
         self.held: dict[Key, int] = {}  # paused partition -> due time (epoch ms)
-        self._resend: list[tuple[float, int, Forward]] = []  # (due, seq, forward): deliveries to try again
-        self._seq = itertools.count()
+        self._resend: Resends[Forward] = Resends()  # deliveries to try again, with backoff
         self.forwarded = 0
         self.parked = 0
         self.epochs: ClearEpochs | None = None
@@ -278,9 +275,8 @@ class Router:
             return  # revoked meanwhile: the next owner forwards it
         if not permanent(move.code):
             move.tries += 1
-            delay = resend_delay(move.tries)
+            delay = self._resend.later(move, move.tries)
             log.warning("forward to %s failed (%s); sending it again in %.1fs", move.target, move.error, delay)
-            heapq.heappush(self._resend, (time.monotonic() + delay, next(self._seq), move))
             return
         where = f"{move.topic}[{move.partition}]@{move.offset}"
         queue = envelope.header_value(move.headers, envelope.H_QUEUE)
@@ -312,9 +308,7 @@ class Router:
         self.hooks.after_park(move.topic, move.partition, move.offset, reason)
 
     def _resend_due(self) -> None:
-        now = time.monotonic()
-        while self._resend and self._resend[0][0] <= now:
-            move = heapq.heappop(self._resend)[2]
+        for move in self._resend.due():
             if self.partitions.owns(move.topic, move.partition, move.generation):
                 self._send(move)
 

@@ -38,8 +38,6 @@ finished so the partition moves on.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import sys
 import time
@@ -66,7 +64,7 @@ from protojobs.kafka.clients import (
     until_reachable,
 )
 from protojobs.kafka.control import ClearEpochs
-from protojobs.kafka.outbox import Outbox, describe, permanent, record_size, resend_delay
+from protojobs.kafka.outbox import Outbox, Resends, describe, permanent, record_size
 from protojobs.kafka.partitions import Key, Partitions, Quiet
 from protojobs.kafka.transactions import Fenced, Output, TransactionalProducer, Transactions
 from protojobs.model import dead_letter as dead_letters
@@ -164,8 +162,7 @@ class Worker(Quiet):
         self.wedged_on: dict[str, int] = {}  # queue -> hung handlers, when a wedged queue stopped the worker
         self._reported_wedged: set[str] = set()
         self._shutdown_by: float | None = None  # monotonic: when shutdown stops waiting for running jobs
-        self._resend: list[tuple[float, int, Sent]] = []  # (due, seq, move): deliveries to try again
-        self._seq = itertools.count()
+        self._resend: Resends[Sent] = Resends()  # deliveries to try again, with backoff
         self.burst = Burst() if self.options.burst else None
 
     @property
@@ -398,9 +395,8 @@ class Worker(Quiet):
         move = sent.move
         if not permanent(sent.code):
             sent.tries += 1
-            delay = resend_delay(sent.tries)
+            delay = self._resend.later(sent, sent.tries)
             log.warning("delivery to %s failed (%s); sending it again in %.1fs", move.target, sent.error, delay)
-            heapq.heappush(self._resend, (time.monotonic() + delay, next(self._seq), sent))
             return
         where = f"{sent.topic}[{sent.partition}]@{sent.offset}"
         if not move.dead and sent.env is not None:
@@ -423,9 +419,7 @@ class Worker(Quiet):
                    f"its {'dead-letter' if move.dead else 'retry'} copy was refused by {move.target}: {sent.error}")
 
     def _resend_due(self) -> None:
-        now = time.monotonic()
-        while self._resend and self._resend[0][0] <= now:
-            sent = heapq.heappop(self._resend)[2]
+        for sent in self._resend.due():
             if self.partitions.owns(sent.topic, sent.partition, sent.generation):
                 self._send(sent)
 

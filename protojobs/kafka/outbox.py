@@ -10,11 +10,15 @@ the same `produce_all`).
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from confluent_kafka import KafkaError, Message, Producer
 
+T = TypeVar("T")
 Headers = list[tuple[str, bytes]]
 Delivered = Callable[[KafkaError | None], None]
 BACKOFF_S = 0.05  # how long to serve delivery reports when the local queue is full
@@ -50,6 +54,33 @@ def record_size(value: bytes | None, key: bytes | None, headers: Headers | None)
 def resend_delay(tries: int) -> float:
     """Seconds to wait before sending a record again after its `tries`-th retriable failure."""
     return float(min(30.0, 0.5 * 2 ** max(0, tries - 1)))
+
+
+class Resends(Generic[T]):
+    """Deliveries to try again after a passing failure, each at its own due time (backoff
+    `resend_delay(tries)`, doubling up to 30 s). The worker and the delay router keep one each
+    and, on every loop, send again what `due()` returns (if they still own its partition)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._heap: list[tuple[float, int, T]] = []  # (due, seq, item): seq keeps equal due times in order
+        self._seq = itertools.count()
+
+    def later(self, item: T, tries: int) -> float:
+        """Queue `item` for its `tries`-th send again; return the delay in seconds."""
+        delay = resend_delay(tries)
+        heapq.heappush(self._heap, (self.clock() + delay, next(self._seq), item))
+        return delay
+
+    def due(self) -> list[T]:
+        """The items whose time has come, soonest first (removed from the queue)."""
+        now, out = self.clock(), []
+        while self._heap and self._heap[0][0] <= now:
+            out.append(heapq.heappop(self._heap)[2])
+        return out
+
+    def __len__(self) -> int:
+        return len(self._heap)
 
 
 def produce(producer: Producer, topic: str, value: bytes | None, key: bytes | None = None,

@@ -138,6 +138,14 @@ class Partitions:
         record must not run (it would be committed for a partition we do not own)."""
         if (topic, partition) not in self.assigned:
             return False
+        if not self.offsets.partition(topic, partition).ascends(offset):
+            # librdkafka moved the fetch position back by itself (an offset reset, e.g. after a
+            # leader change under faults): the records after it come again. Like a rewind, the
+            # partition's progress is forgotten (work in flight for it is dropped when it ends)
+            # and tracking starts over here, never a crash of the consuming thread.
+            log.warning("%s[%d] went back to offset %d by itself; its records from there run again",
+                        topic, partition, offset)
+            self.forget({(topic, partition)}, keep_assigned=True)
         self.offsets.started(topic, partition, offset)
         return True
 

@@ -45,6 +45,10 @@ class PartitionOffsets:
         self._open.add(offset)
         self._next_min = offset + 1
 
+    def ascends(self, offset: int) -> bool:
+        """True when `offset` may start now (it is past every offset started since the last reset)."""
+        return offset >= self._next_min
+
     def finished(self, offset: int) -> bool:
         """Record that the job at `offset` finished (done, or its retry / dead-letter copy is
         acknowledged). False, and nothing changes, if `offset` is not a started, unfinished
