@@ -42,7 +42,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
               "max_hung": args.max_hung, "shutdown_timeout": args.shutdown_timeout}
     return runner.run(args.config, queues=args.queue or None, max_jobs=args.max_jobs, processes=args.processes,
                       router=router, slot=args.slot, metrics_port=args.metrics_port,
-                      scheduler=not args.no_scheduler, limits=limits, metrics_host=args.metrics_host)
+                      scheduler=not args.no_scheduler, limits=limits, metrics_host=args.metrics_host, app=args.app)
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
@@ -171,6 +171,7 @@ def _seconds(text: str) -> float:
 def _add_run(add: Add) -> None:
     run = add("run", _cmd_run, "run workers for the queues of jobs.toml")
     run.add_argument("--queue", action="append", help="only this queue (repeatable)")
+    run.add_argument("--app", help="module:attribute of a protojobs.App: run its decorated jobs too")
     run.add_argument("--max-jobs", type=_count, default=0,
                      help="run exactly N jobs, commit them and stop; the rest stay queued (0: run until stopped)")
     run.add_argument("--processes", type=int, default=1, help="worker processes in the group (default 1)")

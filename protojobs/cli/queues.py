@@ -11,7 +11,7 @@ from typing import Any
 from protojobs.cli.common import load, parse_time_ms
 from protojobs.config import Settings
 from protojobs.engine.dispatch import Dispatcher, DispatchError
-from protojobs.model.durations import parse_ms
+from protojobs.model.durations import delay_ms
 from protojobs.ops import clear as clearing
 from protojobs.ops import topics
 from protojobs.ops.dispatch_json import FileDispatch, JobFileError, dispatch_file, dispatch_payload
@@ -29,7 +29,8 @@ def dispatch(path: str | None, queue: str, payload: str | None, file: str | None
     options: dict[str, Any] = {"key": key, "job": job, "job_id": job_id}
     try:
         if delay:
-            options["delay_ms"] = parse_ms(delay)
+            options["delay"] = delay
+            delay_ms(delay)  # a bad delay is a usage error (exit 2), before anything is sent
         if at:
             options["at_ms"] = parse_time_ms(at)
     except ValueError as err:

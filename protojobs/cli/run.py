@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from protojobs import config
+from protojobs.api.app import load_app
+from protojobs.engine.attempt import Handler
 from protojobs.engine.router import Router, RouterThread
 from protojobs.engine.scheduler import Scheduler, SchedulerThread
 from protojobs.engine.supervisor import supervise
@@ -32,14 +34,15 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def work(settings: config.Settings, options: WorkerOptions, router: str = "on", scheduler: bool = True) -> int:
+def work(settings: config.Settings, options: WorkerOptions, router: str = "on", scheduler: bool = True,
+         handlers: dict[str, dict[str, Handler]] | None = None) -> int:
     """One process: the worker (unless `router="only"`), the delay router (unless "off") and the
     scheduler (unless False) until stopped. Installs SIGTERM/SIGINT handlers. A router or
     scheduler thread that dies stops the process (exit 1; /healthz names it meanwhile), so that
     its supervisor restarts it instead of letting retries, delays and schedules stall."""
     stop = threading.Event()
     observed = health.Observed(options.slot) if router != "only" else None
-    worker = Worker(settings, options, hooks=observed.hooks) if observed is not None else None
+    worker = Worker(settings, options, hooks=observed.hooks, handlers=handlers) if observed is not None else None
     on_exit = worker.stop if worker is not None else stop.set
     scheduling = SchedulerThread(Scheduler(settings, options.slot), on_exit=on_exit) if scheduler else None
     if scheduling is not None:
@@ -125,11 +128,19 @@ def _died(scheduling: SchedulerThread | None) -> int:
 
 
 def _child(path: str | None, queues: Sequence[str] | None, max_jobs: int, router: str, scheduler: bool,
-           limits: Mapping[str, Any], slot: int) -> None:
+           limits: Mapping[str, Any], app: str | None, slot: int) -> None:
     logs.configure_from_env()
-    settings = config.load(path)
+    settings, handlers = _load(path, app)
     options = WorkerOptions(queues=queues, max_jobs=max_jobs, slot=slot, exit_when_wedged=True, **limits)
-    sys.exit(work(settings, options, router, scheduler))
+    sys.exit(work(settings, options, router, scheduler, handlers))
+
+
+def _load(path: str | None, app: str | None) -> tuple[config.Settings, dict[str, dict[str, Handler]] | None]:
+    """jobs.toml, or with `--app module:app` the App's settings and its decorated jobs' handlers."""
+    if app is None:
+        return config.load(path), None
+    loaded = load_app(app)
+    return loaded.settings, loaded.handlers()
 
 
 def _restarted(slot: int, pid: int | None, code: int | None) -> None:
@@ -142,11 +153,14 @@ def _restarted(slot: int, pid: int | None, code: int | None) -> None:
 def run(path: str | None, queues: Sequence[str] | None = None, max_jobs: int = 0, processes: int = 1,
         status: bool | None = None, router: str = "on", slot: int = 0, metrics_port: int | None = None,
         scheduler: bool = True, limits: Mapping[str, Any] | None = None,
-        metrics_host: str = health.DEFAULT_HOST) -> int:
+        metrics_host: str = health.DEFAULT_HOST, app: str | None = None) -> int:
     try:
-        settings = config.load(path)
+        settings, handlers = _load(path, app)
     except config.ConfigError as err:
         print(err, file=sys.stderr)
+        return 1
+    except (ImportError, AttributeError, TypeError, ValueError) as err:
+        print(f"protojobs: --app {app}: {err}", file=sys.stderr)
         return 1
     if metrics_port is not None:  # /metrics, /healthz, /readyz for every process of this command
         try:
@@ -157,12 +171,13 @@ def run(path: str | None, queues: Sequence[str] | None = None, max_jobs: int = 0
             return 1
         say(f"protojobs: /metrics, /healthz and /readyz on {metrics_host} port {server.port}")
         try:
-            return run(path, queues, max_jobs, processes, status, router, slot, scheduler=scheduler, limits=limits)
+            return run(path, queues, max_jobs, processes, status, router, slot, scheduler=scheduler, limits=limits,
+                       app=app)
         finally:
             server.stop()
     limits = dict(limits or {})
     if processes <= 1:
         show = sys.stderr.isatty() if status is None else status
         return work(settings, WorkerOptions(queues=queues, max_jobs=max_jobs, status=show, slot=slot, **limits), router,
-                    scheduler)
-    return supervise(_child, (path, queues, max_jobs, router, scheduler, limits), processes, _restarted)
+                    scheduler, handlers)
+    return supervise(_child, (path, queues, max_jobs, router, scheduler, limits, app), processes, _restarted)
