@@ -57,6 +57,17 @@ async def twice(n: int, ctx: JobContext) -> None:
     raise RuntimeError("async, and fails")
 
 
+@app.job(queue="eo")
+def chain(n: int) -> None:
+    ok.dispatch(n=n)  # inside an exactly-once job: joins its transaction
+
+
+@app.job(queue="eo")
+def chain_then_fail(n: int) -> None:
+    ok.dispatch(n=n)
+    raise PermanentError("after dispatching")  # the dispatch above is never published
+
+
 @dataclass
 class Address:
     street: str

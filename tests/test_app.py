@@ -14,7 +14,7 @@ from typing import Any
 
 import app_jobs
 import pytest
-from app_jobs import Address, doomed, flaky, ok, refused, send, twice
+from app_jobs import Address, chain, chain_then_fail, doomed, flaky, ok, refused, send, twice
 from conftest import ROOT, settings_tree
 
 from protojobs.api.app import App, load_app
@@ -127,7 +127,7 @@ def test_eager_and_the_real_broker_agree(protojobs_kafka, protojobs_fresh_prefix
     assert sorted(set(expected.values())) == [("dead", 1), ("dead", 2), ("dead", 5), ("done", 1), ("done", 2)]
     app = app_jobs.configure(tree(protojobs_fresh_prefix, protojobs_kafka.bootstrap))
     _dispatch_all()
-    counters = protojobs_worker(app).drain(timeout=120)
+    counters = protojobs_worker(app, ["work"]).drain(timeout=120)
     attempts: dict[tuple[str, int], int] = {}
     for job, n, attempt in app_jobs.RUNS:
         attempts[(job, n)] = max(attempts.get((job, n), 0), attempt)
@@ -137,6 +137,19 @@ def test_eager_and_the_real_broker_agree(protojobs_kafka, protojobs_fresh_prefix
     assert real == expected
     assert all(dead[key] == expected[key][1] for key in dead)
     assert (counters.done, counters.dead, counters.retried) == (3, 3, 1 + 4 + 1)
+
+
+@pytest.mark.broker
+def test_decorated_jobs_join_an_exactly_once_transaction(protojobs_kafka, protojobs_fresh_prefix,
+                                                         protojobs_worker) -> None:
+    config = tree(protojobs_fresh_prefix, protojobs_kafka.bootstrap)
+    config["queues"] = {**QUEUES, "eo": {"delivery": "exactly_once", "retry": "quick"}}
+    app = app_jobs.configure(config)
+    chain.dispatch(n=1)
+    chain_then_fail.dispatch(n=2)
+    counters = protojobs_worker(app).drain(timeout=120)
+    assert [n for job, n, _ in app_jobs.RUNS if job == "ok"] == [1]  # n=2 was never published
+    assert (counters.done, counters.dead) == (2, 1)
 
 
 @pytest.mark.broker

@@ -13,10 +13,13 @@ import threading
 import time
 from typing import Any
 
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
 from protojobs.config import Settings
 from protojobs.engine.router import Router, RouterThread
 from protojobs.engine.worker import Counters, Worker, WorkerOptions
 from protojobs.kafka import admin
+from protojobs.kafka.clients import ErrorWatch, consumer_config
 from protojobs.model import names
 
 POLL_S = 0.2
@@ -46,15 +49,39 @@ class DrainingWorker:
         return self.worker.counters
 
     def pending(self) -> int:
-        """Jobs not finished and committed: in the worker's queues and in the delay tiers."""
+        """Jobs not finished and committed: in the worker's queues and in the delay tiers. Past
+        a group's committed offset, only records a read_committed consumer sees count (an
+        exactly-once queue leaves transaction markers and aborted records behind)."""
         client = admin.client(self.settings)
         prefix, group = self.settings.kafka.topic_prefix, self.settings.kafka.group_id
-        total = sum(sum(admin.topic_depth(client, names.worker_group(group), names.queue_topic(prefix, q.name))
-                        .values()) for q in self.worker.queues.values())
-        for tier in self.settings.tiers_ms:
-            total += sum(admin.topic_depth(client, names.router_group(group), names.delay_topic(prefix, tier))
-                         .values())
-        return total
+        topics = [(names.worker_group(group), names.queue_topic(prefix, q.name)) for q in self.worker.queues.values()]
+        topics += [(names.router_group(group), names.delay_topic(prefix, t)) for t in self.settings.tiers_ms]
+        behind: list[TopicPartition] = []
+        for reader, topic in topics:
+            marks = admin.watermarks(client, topic)
+            done = admin.committed(client, reader, topic, marks)
+            behind += [TopicPartition(topic, p, max(low, done.get(p, low)))
+                       for p, (low, high) in marks.items() if high > max(low, done.get(p, low))]
+        return self._visible(behind) if behind else 0
+
+    def _visible(self, behind: list[TopicPartition]) -> int:
+        """How many records a read_committed consumer reads from these positions to the end."""
+        extra = {"enable.partition.eof": True, "isolation.level": "read_committed"}
+        consumer = Consumer(consumer_config(self.settings.kafka, ErrorWatch(), "protojobs-drain-peek", **extra))
+        try:
+            consumer.assign(behind)
+            seen, ended = 0, set[tuple[str | None, int | None]]()
+            deadline = time.monotonic() + 10
+            while len(ended) < len(behind) and time.monotonic() < deadline:
+                for msg in consumer.consume(100, 0.2):
+                    err = msg.error()
+                    if err is not None and err.code() == KafkaError._PARTITION_EOF:
+                        ended.add((msg.topic(), msg.partition()))
+                    elif err is None:
+                        seen += 1
+            return seen if len(ended) == len(behind) else max(seen, 1)
+        finally:
+            consumer.close()
 
     def drain(self, timeout: float = 60.0) -> Counters:
         """Wait until every job dispatched so far is finished; TimeoutError names what is left."""
