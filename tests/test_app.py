@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import app_jobs
+import msgspec
+import pydantic
 import pytest
 from app_jobs import Address, chain, chain_then_fail, doomed, flaky, ok, refused, send, twice
 from conftest import ROOT, settings_tree
@@ -204,3 +206,29 @@ def test_old_fixture_names_warn(tmp_path: Path) -> None:
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert "1 failed, 1 passed" in done.stdout or "1 passed, 1 error" in done.stdout, done.stdout
     assert "use 'protojobs_fresh_prefix'" in done.stdout
+
+
+class Item(pydantic.BaseModel):
+    sku: str
+    qty: int = 1
+
+
+class Point(msgspec.Struct):
+    x: float
+    y: float
+
+
+def test_models_of_pydantic_and_msgspec_are_payloads() -> None:
+    app = App({"queues": {}}, eager=True)
+
+    @app.job(queue="orders")
+    def place(items: list[Item], at: Point) -> str:
+        assert all(isinstance(i, Item) for i in items) and isinstance(at, Point)
+        return f"{sum(i.qty for i in items)} at {at.x},{at.y}"
+
+    props = place.schema["properties"]
+    assert props["items"]["items"]["required"] == ["sku"] and props["at"]["required"] == ["x", "y"]
+    place.dispatch(items=[Item(sku="a", qty=2), Item(sku="b")], at=Point(1.5, 2))
+    assert [(r.status, r.value) for r in app.eager_results] == [("done", "3 at 1.5,2.0")]
+    with pytest.raises(PayloadError, match="qty"):
+        place.dispatch(items=[{"sku": "a", "qty": "many"}], at={"x": 0, "y": 0})

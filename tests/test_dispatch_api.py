@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT, settings_tree
 from test_engine import read_all
 
-from protojobs import config
+from protojobs import Jobs, config
 from protojobs.engine.dispatch import Dispatcher, build
 from protojobs.model import envelope
 from protojobs.model.durations import delay_ms, due_ms, epoch_ms
@@ -86,13 +86,22 @@ def test_await_and_futures_share_the_producer(kafka, fresh_prefix) -> None:
         assert many.ok
         return list(single), many.ids, ticks
 
+    jobs = Jobs(settings)
+
+    async def facade() -> list[str]:
+        one = await jobs.dispatch_async("record", {"n": 1000}, queue="work")
+        bulk = await jobs.dispatch_many_async("record", [{"n": 1001}, {"n": 1002}], queue="work")
+        return [one, *bulk.ids]
+
     try:
         single, many, ticks = asyncio.run(main())
         future = dispatcher.submit("work", {"n": 999})
         last = future.result(timeout=60)
+        via_jobs = asyncio.run(facade())
     finally:
         assert dispatcher.close() == 0
+        jobs.reset()
     assert ticks > 0
-    assert len(single) == 20 and len(many) == 50
-    stored = [envelope.decode(value).id for value in read_all(kafka.bootstrap, f"{fresh_prefix}work", 71)]
-    assert sorted(stored) == sorted([*single, *many, last])
+    assert len(single) == 20 and len(many) == 50 and len(via_jobs) == 3
+    stored = [envelope.decode(value).id for value in read_all(kafka.bootstrap, f"{fresh_prefix}work", 74)]
+    assert sorted(stored) == sorted([*single, *many, last, *via_jobs])

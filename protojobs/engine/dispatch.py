@@ -7,6 +7,10 @@ Guarantees
   raises `DeliveryUncertain` (the record may or may not be stored: re-dispatch with the same
   `job_id` to stay idempotent downstream).
 - `dispatch_many` produces every job before waiting once (no flush per job), then reports each.
+- `submit` (a Future of the id), `await dispatch_async` and `await dispatch_many_async` give the
+  same guarantees without blocking the caller: the same producer, resolved by the same delivery
+  reports, served by one background thread per Dispatcher (`kafka.reports.ReportPump`, started
+  on first use); never a thread per call. Validation errors still raise at once.
 - Kafka refusing the client itself (wrong credentials, no authorization) raises
   `ClientRefused` (both a DispatchError and a protojobs.clients.ClientError) within about a
   second, instead of after librdkafka's retry loop; its message never includes the config.
