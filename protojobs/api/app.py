@@ -161,7 +161,7 @@ def _when(delay_or_at: Delay | datetime) -> dict[str, Any]:
 
 class App:
     """Decorated jobs over one jobs.toml (a path, a dict of its tables, or None: $PROTOJOBS_CONFIG
-    or ./jobs.toml). Thread-safe; one per application."""
+    or ./jobs.toml, else the built-in defaults). Thread-safe; one per application."""
 
     def __init__(self, config: str | Path | Mapping[str, Any] | None = None, *, eager: bool = False) -> None:
         self.config = config

@@ -19,6 +19,7 @@ Every finished job is an `EagerResult` in the list the App exposes as `app.eager
 from __future__ import annotations
 
 import json
+import threading
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -83,7 +84,8 @@ class EagerRunner:
         self.attempt = Attempt(settings, {self.topics[n]: q for n, q in settings.queues.items()}, HookSet(()),
                                self._event_loop, lambda: cast(Any, self), lambda _topic: False)
         self._pending: deque[tuple[envelope.Envelope, EagerResult]] = deque()
-        self._running = False
+        self._running = False  # a drain is under way (on some thread): new jobs queue up for it
+        self._lock = threading.Lock()
         self._offset = 0
 
     def _event_loop(self) -> EventLoop:
@@ -96,9 +98,12 @@ class EagerRunner:
         now = now_ms()
         env = build(self.settings, queue, data, now=now, **options)
         result = EagerResult(env.id, env.queue, env.job, env.data, delayed_ms=max(0, env.available_at - now))
-        self._pending.append((env, result))
-        if not self._running:
-            self._drain()
+        with self._lock:
+            self._pending.append((env, result))
+            if self._running:  # dispatched by a running job (or another thread): runs after it
+                return env.id
+            self._running = True
+        self._drain()
         return env.id
 
     def dispatch_many(self, queue: str, items: Iterable[Any], **options: Any) -> BulkResult:
@@ -111,14 +116,19 @@ class EagerRunner:
         return result
 
     def _drain(self) -> None:
-        self._running = True
         try:
-            while self._pending:
-                env, result = self._pending.popleft()
+            while True:
+                with self._lock:
+                    if not self._pending:
+                        self._running = False
+                        return
+                    env, result = self._pending.popleft()
                 self._run(env, result)
                 self.results.append(result)
-        finally:
-            self._running = False
+        except BaseException:
+            with self._lock:
+                self._running = False
+            raise
 
     def _run(self, env: envelope.Envelope, result: EagerResult) -> None:
         q = self.settings.queues[env.queue]
