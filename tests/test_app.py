@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -232,3 +233,18 @@ def test_models_of_pydantic_and_msgspec_are_payloads() -> None:
     assert [(r.status, r.value) for r in app.eager_results] == [("done", "3 at 1.5,2.0")]
     with pytest.raises(PayloadError, match="qty"):
         place.dispatch(items=[{"sku": "a", "qty": "many"}], at={"x": 0, "y": 0})
+
+
+def test_times_and_ids_travel_as_text() -> None:
+    app = App({"queues": {}}, eager=True)
+    when = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+
+    @app.job(queue="times")
+    def remind(at: datetime, ref: uuid.UUID) -> str:
+        assert isinstance(at, datetime) and isinstance(ref, uuid.UUID)
+        return f"{at.isoformat()} {ref.hex[:4]}"
+
+    assert remind.schema["properties"]["at"] == {"type": "string", "format": "date-time"}
+    remind.dispatch(at=when, ref=uuid.UUID(int=0xABCD << 112))
+    assert app.eager_results[-1].value == "2026-12-01T09:30:00+00:00 abcd"
+    assert app.eager_results[-1].data["at"] == "2026-12-01T09:30:00+00:00"

@@ -72,15 +72,25 @@ class AppJob(Generic[P, R]):
         self.name = name
         self.queue = queue
         self.max_retries = max_attempts  # read by engine.attempt.Handler.policy (jobs.toml wins)
-        self.schema = dict(schema) if schema is not None else signature.schema_for(func, _is_context)
+        self._schema = dict(schema) if schema is not None else None
         self._types = signature.hints(func)
         self._params = {p.name for p in signature.payload_params(func, _is_context)}
+        self._extra = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(func).parameters.values())
         self._context = next((n for n, t in self._types.items() if _is_context(t)), None)
         self.__name__ = getattr(func, "__name__", name)
         self.__doc__ = func.__doc__
         self.__wrapped__ = func
         if inspect.iscoroutinefunction(func):
             self.handle = self._handle_async  # type: ignore[method-assign]
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        """The payload's JSON Schema: the decorator's `schema=`, else derived from the signature
+        (on first use: TypeError for an annotation with no JSON form, unless jobs.toml names a
+        schema for the queue, which is then used instead)."""
+        if self._schema is None:
+            self._schema = signature.schema_for(self.func, _is_context)
+        return self._schema
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function here and now (no queue, no retry)."""
@@ -94,7 +104,7 @@ class AppJob(Generic[P, R]):
     def payload(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """The JSON payload of a call's keyword arguments (TypeError: not this signature's)."""
         unknown = sorted(set(kwargs) - self._params)
-        if unknown and not self.schema.get("additionalProperties"):
+        if unknown and not self._extra:
             raise TypeError(f"{self.name}() got unexpected argument(s) {', '.join(unknown)}")
         return {k: signature.to_json(v) for k, v in kwargs.items()}
 

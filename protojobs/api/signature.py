@@ -3,9 +3,9 @@
 The payload of `@app.job def f(a: int, order: Order)` is the JSON object of its keyword
 arguments, `{"a": 1, "order": {...}}`. From the annotations come
 - the JSON Schema (`schema_for`): str, int, float, bool, None, list[X], dict[str, X], tuple,
-  Optional[X] / X | None, unions, Literal, dataclasses, TypedDict, and msgspec Structs and
-  pydantic models when those libraries are installed (they describe themselves); an
-  unannotated parameter accepts any JSON value;
+  Optional[X] / X | None, unions, Literal, datetime / date / UUID (as text), dataclasses,
+  TypedDict, and msgspec Structs and pydantic models when those libraries are installed (they
+  describe themselves); an unannotated parameter accepts any JSON value;
 - `to_json` at dispatch (dataclasses, Structs and models become plain JSON values) and
   `from_json` on the worker (they are rebuilt from it), so the handler gets what it declared.
 
@@ -16,10 +16,12 @@ the payload: the worker passes the job's context there.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import inspect
 import sys
 import types
 import typing
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints, is_typeddict
 
@@ -59,10 +61,19 @@ def schema_for(func: Callable[..., Any], skip: Callable[[Any], bool]) -> dict[st
     }
 
 
+_TEXT: dict[Any, tuple[dict[str, Any], Callable[[str], Any]]] = {  # sent as ISO 8601 / canonical text
+    datetime.datetime: ({"type": "string", "format": "date-time"}, datetime.datetime.fromisoformat),
+    datetime.date: ({"type": "string", "format": "date"}, datetime.date.fromisoformat),
+    uuid.UUID: ({"type": "string", "format": "uuid"}, uuid.UUID),
+}
+
+
 def type_schema(tp: Any) -> dict[str, Any]:
     """The JSON Schema of one annotation."""
     if tp in _SCALARS:
         return dict(_SCALARS[tp])
+    if tp in _TEXT:
+        return dict(_TEXT[tp][0])
     origin, args = get_origin(tp), get_args(tp)
     if origin in (Union, types.UnionType):
         return {"anyOf": [type_schema(a) for a in args]}
@@ -133,7 +144,10 @@ def _inline(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def to_json(value: Any) -> Any:
-    """A dispatched argument as a JSON value (dataclasses, Structs and models become objects)."""
+    """A dispatched argument as a JSON value (dataclasses, Structs and models become objects;
+    datetimes, dates and UUIDs their ISO 8601 / canonical text)."""
+    if isinstance(value, datetime.date | uuid.UUID):
+        return value.isoformat() if isinstance(value, datetime.date) else str(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
     pydantic = sys.modules.get("pydantic")
@@ -151,6 +165,8 @@ def to_json(value: Any) -> Any:
 
 def from_json(tp: Any, value: Any) -> Any:
     """A payload value as the annotation `tp` wants it (the inverse of `to_json`)."""
+    if tp in _TEXT and isinstance(value, str):
+        return _TEXT[tp][1](value)
     if value is None or tp is Any or tp in _SCALARS:
         return tuple(value) if tp is tuple and isinstance(value, list) else value
     origin, args = get_origin(tp), get_args(tp)
