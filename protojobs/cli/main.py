@@ -171,7 +171,8 @@ def _seconds(text: str) -> float:
 def _add_run(add: Add) -> None:
     run = add("run", _cmd_run, "run workers for the queues of jobs.toml")
     run.add_argument("--queue", action="append", help="only this queue (repeatable)")
-    run.add_argument("--app", help="module:attribute of a protojobs.App: run its decorated jobs too")
+    run.add_argument("--app", help="module:attribute of a protojobs.App: run its decorated jobs too, with the "
+                                   "config the App names (--config is not read)")
     run.add_argument("--max-jobs", type=_count, default=0,
                      help="run exactly N jobs, commit them and stop; the rest stay queued (0: run until stopped)")
     run.add_argument("--processes", type=int, default=1, help="worker processes in the group (default 1)")

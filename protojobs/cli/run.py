@@ -136,7 +136,8 @@ def _child(path: str | None, queues: Sequence[str] | None, max_jobs: int, router
 
 
 def _load(path: str | None, app: str | None) -> tuple[config.Settings, dict[str, dict[str, Handler]] | None]:
-    """jobs.toml, or with `--app module:app` the App's settings and its decorated jobs' handlers."""
+    """jobs.toml, or with `--app module:app` the App's settings (from the config it names:
+    `--config` is not read) and its decorated jobs' handlers."""
     if app is None:
         return config.load(path), None
     loaded = load_app(app)
