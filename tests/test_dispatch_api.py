@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import warnings
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import ROOT, settings_tree
+from conftest import ROOT, settings_tree, write_config
 from test_engine import read_all
 
 from protojobs import Jobs, config
@@ -105,3 +107,21 @@ def test_await_and_futures_share_the_producer(kafka, fresh_prefix) -> None:
     assert len(single) == 20 and len(many) == 50 and len(via_jobs) == 3
     stored = [envelope.decode(value).id for value in read_all(kafka.bootstrap, f"{fresh_prefix}work", 74)]
     assert sorted(stored) == sorted([*single, *many, last, *via_jobs])
+
+
+@pytest.mark.broker
+def test_cli_dispatch_speaks_the_vocabulary(kafka, fresh_prefix, tmp_path) -> None:
+    tree = settings_tree(kafka.bootstrap, fresh_prefix, {"work": {"handler": "protojobs.demo:send_email"}})
+    tree["delays"] = {"tiers": ["1s", "1h"]}
+    path = write_config(tmp_path / "jobs.toml", tree)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "protojobs.cli", "dispatch", "--config", str(path), *args],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+    done = cli("work", '{"n": 1}', "--delay", "1h30m")
+    assert done.returncode == 0, done.stderr
+    assert cli("work", '{"n": 2}', "--delay", "soon").returncode == 2  # a usage error, nothing sent
+    held = [envelope.decode(v) for v in read_all(kafka.bootstrap, f"{fresh_prefix}delay-1h", 1)]
+    assert [e.id for e in held] == [done.stdout.strip()]
+    assert held[0].available_at - held[0].dispatched_at == 5_400_000
