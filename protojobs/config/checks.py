@@ -121,7 +121,8 @@ def _check_queue(q: QueueSettings, settings: Settings, data: Mapping[str, Any],
     if q.handler is None and not q.jobs and data.get("queues") and not from_code:
         issues.append(ConfigIssue(f"{at}.handler", (
             "required key is missing: set handler (module:callable) "
-            "or jobs (an array of module:Class), here or in [defaults]")))
+            "or jobs (an array of module:Class), here or in [defaults] "
+            "(jobs declared in code with @app.job need none: give the App, e.g. run --app module:app)")))
     if q.ordering == "key" and q.key is None:
         issues.append(ConfigIssue(origin(data, q.name, "key"), 'required when ordering = "key"'))
     if q.blocking_retries and q.ordering == "none":
