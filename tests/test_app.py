@@ -248,3 +248,18 @@ def test_times_and_ids_travel_as_text() -> None:
     remind.dispatch(at=when, ref=uuid.UUID(int=0xABCD << 112))
     assert app.eager_results[-1].value == "2026-12-01T09:30:00+00:00 abcd"
     assert app.eager_results[-1].data["at"] == "2026-12-01T09:30:00+00:00"
+
+
+def test_a_bare_decorator_uses_the_default_queue_and_the_function_name() -> None:
+    app = App({"queues": {}}, eager=True)
+
+    @app.job
+    def add(a: int, b: int = 1) -> int:
+        return a + b
+
+    assert (add.name, add.queue, add(2)) == ("add", "default", 3)
+    add.dispatch(a=2)
+    assert [(r.queue, r.job, r.value) for r in app.eager_results] == [("default", "add", 3)]
+    assert app.handlers()["default"]["add"].instance is add
+    with pytest.raises(ValueError, match="two jobs named 'add'"):
+        app.job(name="add")(lambda a: a)
