@@ -160,11 +160,6 @@ def build(settings: Settings, queue: str, data: Any, *, job: str | None = None, 
                                  id=job_id, trace=trace)
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
 def _job_name(q: QueueSettings, job: str | None) -> str:
     if q.jobs:
         names = {target.rsplit(":", 1)[-1]: target for target in q.jobs}
@@ -347,25 +342,9 @@ class Dispatcher:
     # --- futures and await: the same producer and delivery reports, served by `pump` ----------
 
     def submit(self, queue: str, data: Any, **options: Any) -> Future[str]:
-        """`dispatch` without waiting: a Future of the job's id, resolved by the broker's ack
-        (or its DispatchError) on the pump's thread. Validation errors raise here, at once;
-        inside an exactly-once job the job joins its transaction and the future is already done."""
-        txn = self.joined()
-        env, topic = self.prepare(queue, data, **options)
-        future: Future[str] = Future()
-        if txn is not None:
-            self.deliver(env, topic, txn)
-            future.set_result(env.id)
-            return future
-
-        def settle(outcome: Outcome) -> None:
-            if outcome.error is None:
-                future.set_result(outcome.job_id)
-            else:
-                future.set_exception(outcome.error)
-
-        self.send(env, Outcome(env.id, on_done=settle), topic)
-        return future
+        """`dispatch` without waiting: a Future of the job's id (`engine.awaited.submit`)."""
+        from protojobs.engine import awaited
+        return awaited.submit(self, queue, data, **options)
 
     async def dispatch_async(self, queue: str, data: Any, **options: Any) -> str:
         """`dispatch` for an event loop: the loop runs on while the broker acknowledges."""
@@ -373,43 +352,8 @@ class Dispatcher:
 
     async def dispatch_many_async(self, queue: str, items: Iterable[Any], **options: Any) -> BulkResult:
         """`dispatch_many` for an event loop: every job produced, then one await for all reports."""
-        result, outcomes = BulkResult(), []
-        txn = self.joined()
-        loop = asyncio.get_running_loop()
-        all_done: asyncio.Future[None] = loop.create_future()
-        left = [1]  # reports outstanding, plus one until every job is sent
-        lock = threading.Lock()
-
-        def one_done(_outcome: Outcome | None = None) -> None:
-            with lock:
-                left[0] -= 1
-                last = left[0] == 0
-            if last:
-                loop.call_soon_threadsafe(_resolve, all_done)
-
-        for index, data in enumerate(items):
-            try:
-                env, topic = self.prepare(queue, data, **dict(options))
-            except (PayloadError, DispatchError) as err:
-                result.errors[index] = err if isinstance(err, DispatchError) else DispatchError(str(err))
-                continue
-            if txn is not None:
-                self.deliver(env, topic, txn)
-                result.ids.append(env.id)
-                continue
-            with lock:
-                left[0] += 1
-            outcome = Outcome(env.id, on_done=one_done)
-            outcomes.append((index, outcome))
-            self.send(env, outcome, topic)
-        one_done()
-        await all_done
-        for index, outcome in outcomes:
-            if outcome.error is None:
-                result.ids.append(outcome.job_id)
-            else:
-                result.errors[index] = outcome.error
-        return result
+        from protojobs.engine import awaited
+        return await awaited.dispatch_many(self, queue, items, **options)
 
     def _fail_if_refused(self) -> None:
         """The pump's check: a refused client fails every awaited delivery (ClientRefused)."""
