@@ -54,6 +54,8 @@ def test_the_payload_schema_comes_from_the_signature() -> None:
         send.dispatch(to="x", address={"street": 5}, options={"urgent": True})
     with pytest.raises(TypeError, match="unexpected"):
         ok.dispatch(n=1, m=2)
+    with pytest.raises(TypeError, match="missing argument.s. address, options"):
+        send.dispatch(to="x")
     assert send("x", Address("s"), {"urgent": False}) == "x at s (, urgent=False)"  # a plain call runs here
 
 

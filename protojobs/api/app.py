@@ -74,7 +74,9 @@ class AppJob(Generic[P, R]):
         self.max_retries = max_attempts  # read by engine.attempt.Handler.policy (jobs.toml wins)
         self._schema = dict(schema) if schema is not None else None
         self._types = signature.hints(func)
-        self._params = {p.name for p in signature.payload_params(func, _is_context)}
+        params = signature.payload_params(func, _is_context)
+        self._params = {p.name for p in params}
+        self._required = [p.name for p in params if p.default is p.empty]
         self._extra = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(func).parameters.values())
         self._context = next((n for n, t in self._types.items() if _is_context(t)), None)
         self.__name__ = getattr(func, "__name__", name)
@@ -106,6 +108,9 @@ class AppJob(Generic[P, R]):
         unknown = sorted(set(kwargs) - self._params)
         if unknown and not self._extra:
             raise TypeError(f"{self.name}() got unexpected argument(s) {', '.join(unknown)}")
+        missing = [name for name in self._required if name not in kwargs]
+        if missing:
+            raise TypeError(f"{self.name}() is missing argument(s) {', '.join(missing)}")
         return {k: signature.to_json(v) for k, v in kwargs.items()}
 
     @overload
