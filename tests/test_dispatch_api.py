@@ -9,6 +9,7 @@ import warnings
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from confluent_kafka import KafkaException
 from conftest import ROOT, settings_tree, write_config
 from test_engine import read_all
 
@@ -125,3 +126,17 @@ def test_cli_dispatch_speaks_the_vocabulary(kafka, fresh_prefix, tmp_path) -> No
     held = [envelope.decode(v) for v in read_all(kafka.bootstrap, f"{fresh_prefix}delay-1h", 1)]
     assert [e.id for e in held] == [done.stdout.strip()]
     assert held[0].available_at - held[0].dispatched_at == 5_400_000
+
+
+@pytest.mark.broker
+def test_a_job_refused_before_it_is_queued_raises_at_once(kafka, fresh_prefix) -> None:
+    tree = settings_tree(kafka.bootstrap, fresh_prefix, {"work": {"handler": "engine_jobs:record"}})
+    tree["kafka"]["producer"] = {**tree["kafka"]["producer"], "message.max.bytes": 2000}
+    dispatcher = Dispatcher(config.from_dict(tree, ROOT))
+    try:
+        with pytest.raises(KafkaException):
+            dispatcher.submit("work", {"blob": "x" * 5000})
+        assert dispatcher.submit("work", {"n": 1}).result(timeout=60)  # the next one goes through
+    finally:
+        assert dispatcher.close() == 0
+    assert dispatcher.pump._outstanding == 0 and not dispatcher._awaited

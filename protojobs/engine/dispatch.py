@@ -280,8 +280,16 @@ class Dispatcher:
                 self._awaited.add(outcome)
         if tracked:
             self.pump.track()
-        self.outbox.send(topic or self.topic_for(env, now_ms()), envelope.encode(env), key, envelope.headers(env),
-                         delivered)
+        try:
+            self.outbox.send(topic or self.topic_for(env, now_ms()), envelope.encode(env), key,
+                             envelope.headers(env), delivered)
+        except BaseException:  # refused before it was queued (e.g. too large): no report will come
+            with self._count_lock:
+                self._unreported -= 1
+                self._awaited.discard(outcome)
+            if tracked:
+                self.pump.settle()
+            raise
 
     def wait(self, outcomes: Iterable[Outcome], timeout: float | None = None) -> None:
         """Serve delivery reports until every outcome is known (or raise DeliveryUncertain)."""
