@@ -18,6 +18,7 @@ import msgspec
 import pydantic
 import pytest
 from app_jobs import Address, chain, chain_then_fail, doomed, flaky, ok, refused, send, twice
+from confluent_kafka import KafkaException
 from conftest import ROOT, settings_tree
 
 from protojobs.api.app import App, load_app
@@ -262,6 +263,8 @@ def test_a_bare_decorator_uses_the_default_queue_and_the_function_name() -> None
     assert (add.name, add.queue, add(2)) == ("add", "default", 3)
     add.dispatch(a=2)
     assert [(r.queue, r.job, r.value) for r in app.eager_results] == [("default", "add", 3)]
+    with pytest.raises(KafkaException, match="message.max.bytes"):  # as the producer refuses it
+        add.dispatch(a=1, _key="k" * 1_100_000)
     assert app.handlers()["default"]["add"].instance is add
     with pytest.raises(ValueError, match="two jobs named 'add'"):
         app.job(name="add")(lambda a: a)

@@ -1,11 +1,13 @@
 """Eager mode: every dispatch runs at once in this process, for unit tests without a broker.
 
 What is the same as on a worker: the payload is validated and wrapped by the same code
-(`engine.dispatch.build`), goes through the JSON envelope codec, is checked again on "consume"
-(`validate_on_consume`), and runs through `engine.attempt.Attempt`: the same handler call and
-context, the same failure decision (the retry policy, `max_attempts`, `RetryLater`,
-`PermanentError`, `dead_letter_on` / `retry_on`, `should_retry`, `failed`) and the same retry and
-dead-letter copies (`model.retry`, `model.dead_letter`).
+(`engine.dispatch.build`), a job over the producer's `message.max.bytes` is refused as the
+producer refuses it (KafkaException MSG_SIZE_TOO_LARGE), it goes through the JSON envelope
+codec, is checked again on "consume" (`validate_on_consume`), and runs through
+`engine.attempt.Attempt`: the same handler call and context, the same failure decision (the
+retry policy, `max_attempts`, `RetryLater`, `PermanentError`, `dead_letter_on` / `retry_on`,
+`should_retry`, `failed`) and the same retry and dead-letter copies (`model.retry`,
+`model.dead_letter`).
 
 What is not (say so in tests that rely on it): nothing reaches Kafka; a delayed job or a retry
 runs at once instead of after its delay (the delay it would have waited is recorded); jobs
@@ -25,12 +27,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from confluent_kafka import KafkaError, KafkaException
+
 from protojobs.config import PayloadError, Settings, payload_validator
 from protojobs.engine.attempt import Attempt, Handler, JobRun, dead_letter
 from protojobs.engine.dispatch import BulkResult, DispatchError, build
 from protojobs.engine.hooks import HookSet
 from protojobs.engine.lanes import EventLoop
 from protojobs.kafka.clock import now_ms
+from protojobs.kafka.outbox import record_size
 from protojobs.model import envelope, names
 
 __all__ = ["EagerResult", "EagerRunner"]
@@ -97,6 +102,10 @@ class EagerRunner:
         """Validate and wrap as a real dispatch does, then run it (and what it dispatches)."""
         now = now_ms()
         env = build(self.settings, queue, data, now=now, **options)
+        size = record_size(envelope.encode(env), env.key.encode() if env.key else None, envelope.headers(env))
+        if size > self.attempt.max_bytes:  # what the producer refuses before sending anything
+            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, f"the job is {size} bytes, over "
+                                            f"message.max.bytes ({self.attempt.max_bytes}): not sent"))
         result = EagerResult(env.id, env.queue, env.job, env.data, delayed_ms=max(0, env.available_at - now))
         with self._lock:
             self._pending.append((env, result))
