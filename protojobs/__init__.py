@@ -5,16 +5,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Dispatcher", "Hooks", "Job", "Jobs", "PermanentError", "RetryLater"]
+__all__ = ["App", "Dispatcher", "Hooks", "Job", "Jobs", "PermanentError", "RetryLater"]
 
 if TYPE_CHECKING:
+    from protojobs.api.app import App
     from protojobs.api.facade import Jobs
     from protojobs.api.job import Job
     from protojobs.engine.dispatch import Dispatcher
     from protojobs.engine.hooks import Hooks
     from protojobs.model.retry import PermanentError, RetryLater
 
-_LAZY = {"Job": "protojobs.api.job", "Jobs": "protojobs.api.facade", "Hooks": "protojobs.engine.hooks",
+_LAZY = {"App": "protojobs.api.app", "Job": "protojobs.api.job", "Jobs": "protojobs.api.facade",
+         "Hooks": "protojobs.engine.hooks",
          "Dispatcher": "protojobs.engine.dispatch",
          "PermanentError": "protojobs.model.retry", "RetryLater": "protojobs.model.retry"}
 

@@ -19,6 +19,38 @@ from protojobs.testing import Cluster, profile
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# The plugin's fixtures are `protojobs_*`; its unprefixed names warn (deprecated). This suite
+# keeps the short names as plain forwards (no warning): new tests use the prefixed names.
+@pytest.fixture(scope="session")
+def kafka(protojobs_kafka: Cluster) -> Cluster:
+    return protojobs_kafka
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(protojobs_kafka_cluster: Cluster) -> Cluster:
+    return protojobs_kafka_cluster
+
+
+@pytest.fixture(scope="session")
+def toxiproxy_server(protojobs_toxiproxy_server: Any) -> Any:
+    return protojobs_toxiproxy_server
+
+
+@pytest.fixture
+def toxiproxy(protojobs_toxiproxy: Any) -> Any:
+    return protojobs_toxiproxy
+
+
+@pytest.fixture
+def fresh_prefix(protojobs_fresh_prefix: str) -> str:
+    return protojobs_fresh_prefix
+
+
+@pytest.fixture
+def fresh_topic(protojobs_fresh_topic: Callable[[str], str]) -> Callable[[str], str]:
+    return protojobs_fresh_topic
+
+
 def settings_tree(bootstrap: str, prefix: str, queues: dict[str, dict[str, Any]], **sections: Any) -> dict[str, Any]:
     tree: dict[str, Any] = {
         "kafka": {"brokers": bootstrap, "group_id": f"{prefix}group", "topic_prefix": prefix,

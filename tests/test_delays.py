@@ -57,7 +57,7 @@ def test_delayed_jobs_never_run_early(make_settings, start_worker, router) -> No
     engine_jobs.RUNS.clear()
     delays_ms = [0, 50, 150, 200, 350, 800, 1000, 1500, 2500, 3000, 4200, 6500] * 3
     random.Random(7).shuffle(delays_ms)
-    ids = {dispatcher.dispatch("work", {"n": i}, delay_ms=d): d for i, d in enumerate(delays_ms)}
+    ids = {dispatcher.dispatch("work", {"n": i}, delay=f"{d}ms"): d for i, d in enumerate(delays_ms)}
     wait_for(lambda: len(engine_jobs.RUNS) >= len(ids), timeout=40, what="every delayed job")
     worker.stop()
     assert sorted(r["id"] for r in engine_jobs.RUNS) == sorted(ids)  # each ran once
@@ -69,7 +69,7 @@ def test_delayed_jobs_never_run_early(make_settings, start_worker, router) -> No
 
 def test_long_delay_hops_through_tiers(make_settings, kafka: Cluster) -> None:
     settings = make_settings({"work": {"handler": "engine_jobs:record"}})
-    job_id = Dispatcher(settings).dispatch("work", {"n": 1}, delay_ms=60_000)
+    job_id = Dispatcher(settings).dispatch("work", {"n": 1}, delay="60s")
     prefix = settings.kafka.topic_prefix
     (value,) = read_all(kafka.bootstrap, topics.delay_topic(prefix, 3000), 1, timeout=10)
     env = envelope.decode(value)
@@ -154,7 +154,7 @@ def test_worker_killed_while_jobs_wait_in_tiers(kafka: Cluster, fresh_prefix: st
     settings = config.from_dict(tree, tmp_path)
     dispatcher = Dispatcher(settings)
     delays_ms = [1500, 2500, 3500, 4500, 5500] * 4
-    ids = {dispatcher.dispatch("work", {"n": i}, delay_ms=d) for i, d in enumerate(delays_ms)}
+    ids = {dispatcher.dispatch("work", {"n": i}, delay=f"{d}ms") for i, d in enumerate(delays_ms)}
     record = tmp_path / "runs.jsonl"
     proc = spawn_worker(path, record)
     time.sleep(2.5)  # the router holds paused tier partitions now; some jobs may have run
@@ -174,13 +174,13 @@ def test_clear_drops_the_queues_jobs_waiting_in_tiers(make_settings, start_worke
     from protojobs.cli import queues
     settings = make_settings({"work": {"handler": "engine_jobs:record"}, "other": {"handler": "engine_jobs:record"}})
     dispatcher = Dispatcher(settings)
-    doomed = {dispatcher.dispatch("work", {"n": i}, delay_ms=1500) for i in range(5)}
+    doomed = {dispatcher.dispatch("work", {"n": i}, delay="1500ms") for i in range(5)}
     doomed |= set(dispatcher.dispatch_many("work", [{"n": i} for i in range(5, 10)]).ids)
-    kept_other = dispatcher.dispatch("other", {"n": 100}, delay_ms=1500)
+    kept_other = dispatcher.dispatch("other", {"n": 100}, delay="1500ms")
     path = write_config(tmp_path / "jobs.toml", dict(settings.raw))
     time.sleep(0.05)
     assert queues.clear(str(path), "work", yes=True) == 0
-    kept = dispatcher.dispatch("work", {"n": 200}, delay_ms=500)
+    kept = dispatcher.dispatch("work", {"n": 200}, delay="500ms")
     router(settings)
     worker = start_worker(settings)
     wait_for(lambda: {kept, kept_other} <= {r["id"] for r in engine_jobs.RUNS}, timeout=30, what="kept jobs")

@@ -277,7 +277,7 @@ def test_router_survives_hostile_tier_records(make_settings, kafka: Cluster, sta
     produce(producer, tier, b"\x00\xff" * 450_000)  # no headers, undecodable, 900 KB
     routing = router(settings)
     worker = start_worker(settings)
-    later = Dispatcher(settings).dispatch("work", {"n": 2}, delay_ms=300)
+    later = Dispatcher(settings).dispatch("work", {"n": 2}, delay="300ms")
     wait_for(lambda: alive(worker, routing) and {"odd-header", later} <= {r["id"] for r in engine_jobs.RUNS},
              timeout=40, what="both jobs forwarded and run")
     wait_for(lambda: alive(routing) and group_committed_to_end(settings, routing.router.group, tier),
@@ -442,7 +442,7 @@ def test_malformed_control_records_stop_no_worker_or_router(make_settings, kafka
     routing = router(settings)
     worker = start_worker(settings)
     dispatcher = Dispatcher(settings)
-    ids = {dispatcher.dispatch("work", {"n": 1}), dispatcher.dispatch("work", {"n": 2}, delay_ms=300)}
+    ids = {dispatcher.dispatch("work", {"n": 1}), dispatcher.dispatch("work", {"n": 2}, delay="300ms")}
     wait_for(lambda: alive(worker, routing) and ids <= {r["id"] for r in engine_jobs.RUNS}, timeout=40,
              what="a job and a delayed job")
     assert worker.worker.epochs is not None and worker.worker.epochs.epochs == {"other": future}

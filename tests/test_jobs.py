@@ -207,7 +207,7 @@ def test_dispatch_later_waits_in_a_delay_tier(make_settings) -> None:
     assert delayed == 3 and Jobs.stats("default")["delayed"] == 3
     with pytest.raises(ValueError, match="0 or more seconds"):
         Jobs.dispatch_later(-1, CleanupJob, {})
-    with pytest.raises(ValueError, match="not a duration"):
+    with pytest.raises(ValueError, match="not a delay"):
         Jobs.dispatch_later("soon", CleanupJob, {})
 
 

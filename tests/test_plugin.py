@@ -54,9 +54,9 @@ from pathlib import Path
 from conftest import started
 
 
-def test_uses_toxiproxy(toxiproxy_server):
+def test_uses_toxiproxy(protojobs_toxiproxy_server):
     state = Path(os.environ["PROTOJOBS_TEST_STATE"])
-    pids = started(state) | {"toxiproxy": int(toxiproxy_server.pidfile.read_text())}
+    pids = started(state) | {"toxiproxy": int(protojobs_toxiproxy_server.pidfile.read_text())}
     Path(os.environ["INNER_REPORT"]).write_text(json.dumps(pids))
 ''',
 }

@@ -9,6 +9,7 @@ so each connection authenticates.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -169,6 +170,17 @@ def test_wrong_password_fails_dispatch_fast_when_topics_exist(sasl_kafka: Cluste
     started = time.monotonic()
     assert dispatcher.close() == 1
     assert time.monotonic() - started < 3
+
+
+def test_wrong_password_fails_dispatch_async_fast(sasl_kafka: Cluster, fresh_prefix: str) -> None:
+    """An awaited dispatch is failed by the Dispatcher's delivery-report thread as soon as the
+    producer is refused, as the synchronous one is."""
+    admin.ensure_topics(config.from_dict(sasl_tree(sasl_kafka, fresh_prefix), ROOT, env={}))
+    settings = config.from_dict(sasl_tree(sasl_kafka, fresh_prefix, producer=WRONG), ROOT, env={})
+    dispatcher = Dispatcher(settings)
+    err, elapsed = timed_raise(asyncio.run, dispatcher.dispatch_async("emails", {"n": 1}))
+    assert_auth_error(err, elapsed)
+    assert dispatcher.close() == 1
 
 
 @pytest.mark.parametrize("wrong", ["consumer", "producer", "consumer-with-topics"])

@@ -23,7 +23,7 @@ from protojobs.engine.hooks import Hooks
 
 if TYPE_CHECKING:
     from protojobs.config import Settings
-    from protojobs.engine.dispatch import Dispatcher
+    from protojobs.engine.dispatch import BulkResult, Dispatcher
     from protojobs.engine.worker import Counters, Worker
     from protojobs.ops.dlq import Entry
 
@@ -91,10 +91,27 @@ class Jobs:
     @_either
     def dispatch(self, job: type[Job] | Job | str, data: Any = None, queue: str | None = None,
                  delay: float | str | datetime.timedelta | None = None, *, key: str | None = None,
-                 job_id: str | None = None) -> str:
+                 job_id: str | None = None, at: datetime.datetime | None = None) -> str:
         """Send a job (Job class, instance or name) to `queue` (default: the class's); return its
-        id once the broker acknowledged it. `delay`: as in dispatch_later."""
-        return self._send(job, data, queue, _delay_ms(delay), key, job_id)
+        id once the broker acknowledged it. `delay`: as in dispatch_later; `at`: an aware datetime."""
+        return self._send(job, data, queue, _when(delay, at), key, job_id)
+
+    @_either
+    async def dispatch_async(self, job: type[Job] | Job | str, data: Any = None, queue: str | None = None,
+                             delay: float | str | datetime.timedelta | None = None, *, key: str | None = None,
+                             job_id: str | None = None, at: datetime.datetime | None = None) -> str:
+        """`dispatch` for an event loop: awaits the broker's ack without blocking the loop (the
+        Dispatcher's delivery reports resolve it; no thread per call)."""
+        name, queue, dispatcher = self._route_for(job, queue, _when(delay, at))
+        return await dispatcher.dispatch_async(queue, data, job=name, key=key, job_id=job_id, **_when(delay, at))
+
+    @_either
+    async def dispatch_many_async(self, job: type[Job] | Job | str, items: Any, queue: str | None = None,
+                                  delay: float | str | datetime.timedelta | None = None, *,
+                                  at: datetime.datetime | None = None) -> BulkResult:
+        """Send many jobs of one kind (each item is a payload) at producer speed; await every ack."""
+        name, queue, dispatcher = self._route_for(job, queue, _when(delay, at))
+        return await dispatcher.dispatch_many_async(queue, items, job=name, **_when(delay, at))
 
     @_either
     def dispatch_later(self, delay: float | str | datetime.timedelta, job: type[Job] | Job | str,
@@ -102,7 +119,7 @@ class Jobs:
                        job_id: str | None = None) -> str:
         """Send a job that runs no earlier than `delay` (seconds, "5m" or a timedelta) from now;
         it waits in the delay tiers. Without tiers: DispatchError, nothing is sent."""
-        return self._send(job, data, queue, _delay_ms(delay), key, job_id)
+        return self._send(job, data, queue, _when(delay, None), key, job_id)
 
     dispatchLater = dispatch_later  # noqa: N815 - the seed's spelling
 
@@ -122,13 +139,14 @@ class Jobs:
         returns the job id. It cannot be unscheduled (unschedule returns False)."""
         import uuid
 
-        return self._send(job, data, queue, _delay_ms(delay), None, f"sched-in-{uuid.uuid4().hex[:16]}")
+        return self._send(job, data, queue, _when(delay, None), None, f"sched-in-{uuid.uuid4().hex[:16]}")
 
     @_either
     def schedule_every(self, job: type[Job] | Job | str, interval: float | str | datetime.timedelta,
                        data: Any = None, queue: str | None = None, *, catch_up: str = "once") -> str:
         """Run `job` every `interval` (seconds, "5m" or a timedelta), the first one interval from now."""
-        return self._schedule(job, data, queue, every_ms=_delay_ms(interval), catch_up=catch_up)
+        from protojobs.model.durations import delay_ms
+        return self._schedule(job, data, queue, every_ms=delay_ms(interval), catch_up=catch_up)
 
     @_either
     def schedule_daily(self, job: type[Job] | Job | str, time_of_day: str, data: Any = None,
@@ -150,20 +168,26 @@ class Jobs:
         name, queue = _route(job, queue, self.settings)
         return schedules.schedule(self.settings, queue, name, data, producer=self._producer().producer, **rule)
 
-    def _send(self, job: type[Job] | Job | str, data: Any, queue: str | None, delay_ms: int,
-              key: str | None, job_id: str | None) -> str:
-        """Inside a running exactly-once job the job joins its transaction (Dispatcher.joined):
-        "job.queued" then means buffered, published with the job's commit or never."""
+    def _route_for(self, job: type[Job] | Job | str, queue: str | None,
+                   when: dict[str, Any]) -> tuple[str, str, Dispatcher]:
         from protojobs.engine.dispatch import DispatchError
+        from protojobs.kafka.clock import now_ms
+        from protojobs.model.durations import due_ms
 
         settings = self.settings
-        if delay_ms > 0 and not settings.tiers_ms:
+        if due_ms(0, **when) > (now_ms() if "at" in when else 0) and not settings.tiers_ms:
             raise DispatchError("dispatch_later needs delay tiers: add [delays] tiers to jobs.toml "
                                 "(the job was not sent)")
         name, queue = _route(job, queue, settings)
-        dispatcher = self._producer()
+        return name, queue, self._producer()
+
+    def _send(self, job: type[Job] | Job | str, data: Any, queue: str | None, when: dict[str, Any],
+              key: str | None, job_id: str | None) -> str:
+        """Inside a running exactly-once job the job joins its transaction (Dispatcher.joined):
+        "job.queued" then means buffered, published with the job's commit or never."""
+        name, queue, dispatcher = self._route_for(job, queue, when)
         txn = dispatcher.joined()
-        env, topic = dispatcher.prepare(queue, data, job=name, key=key, delay_ms=delay_ms or None, job_id=job_id)
+        env, topic = dispatcher.prepare(queue, data, job=name, key=key, job_id=job_id, **when)
         self._listeners.emit("job.queuing", job=env, queue=env.queue, id=env.id)
         dispatcher.deliver(env, topic, txn)
         self._listeners.emit("job.queued", job=env, queue=env.queue, id=env.id)
@@ -380,18 +404,13 @@ def _install_signals(stop: Callable[[], None]) -> Callable[[], None]:
     return restore
 
 
-def _delay_ms(delay: float | str | datetime.timedelta | None) -> int:
-    """Seconds (int or float), a duration string ("5m") or a timedelta -> ms."""
-    from protojobs.model.durations import parse_ms
+def _when(delay: float | str | datetime.timedelta | None, at: datetime.datetime | None) -> dict[str, Any]:
+    """The Dispatcher's `delay` / `at` options (model.durations checks them: one vocabulary)."""
+    from protojobs.model.durations import delay_ms, epoch_ms
 
-    if delay is None or isinstance(delay, str):
-        return parse_ms(delay) if delay else 0
-    if isinstance(delay, datetime.timedelta):
-        seconds = delay.total_seconds()
-    elif isinstance(delay, int | float) and not isinstance(delay, bool):
-        seconds = float(delay)
-    else:
-        raise TypeError(f"a delay is seconds, a duration string or a timedelta, not {delay!r}")
-    if not seconds >= 0:
-        raise ValueError(f"a delay must be 0 or more seconds, not {delay!r}")
-    return round(seconds * 1000)
+    if at is not None:
+        if delay is not None:
+            raise ValueError("give either a delay or at=, not both")
+        epoch_ms(at)  # a naive datetime is refused here, before anything is built
+        return {"at": at}
+    return {"delay": delay} if delay_ms(delay) > 0 else {}

@@ -22,7 +22,7 @@ import click
 from protojobs.cli import base
 from protojobs.cli.common import load, parse_time_ms
 from protojobs.engine.dispatch import Dispatcher, DispatchError
-from protojobs.model.durations import parse_ms
+from protojobs.model.durations import delay_ms
 from protojobs.ops.dispatch_json import Line, dispatch_payload, stream_lines
 
 
@@ -40,7 +40,8 @@ def dispatch(path: str | None, queue: str, payload: str | None, file: str | None
     options: dict[str, Any] = {"key": key, "job": job, "job_id": job_id}
     try:
         if delay:
-            options["delay_ms"] = parse_ms(delay)
+            delay_ms(delay)  # a bad delay is a usage error (exit 2), before anything is sent
+            options["delay"] = delay
         if at:
             options["at_ms"] = parse_time_ms(at)
     except ValueError as err:

@@ -28,7 +28,9 @@ from typing import Any
 import click
 
 from protojobs import config
+from protojobs.api.app import load_app
 from protojobs.cli import base
+from protojobs.engine.attempt import Handler
 from protojobs.engine.router import Router, RouterThread
 from protojobs.engine.scheduler import Scheduler, SchedulerThread
 from protojobs.engine.supervisor import supervise
@@ -41,14 +43,15 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def work(settings: config.Settings, options: WorkerOptions, router: str = "on", scheduler: bool = True) -> int:
+def work(settings: config.Settings, options: WorkerOptions, router: str = "on", scheduler: bool = True,
+         handlers: dict[str, dict[str, Handler]] | None = None) -> int:
     """One process: the worker (unless `router="only"`), the delay router (unless "off") and the
     scheduler (unless False) until stopped. Installs SIGTERM/SIGINT handlers. A router or
     scheduler thread that dies stops the process (exit 1; /healthz names it meanwhile), so that
     its supervisor restarts it instead of letting retries, delays and schedules stall."""
     stop = threading.Event()
     observed = health.Observed(options.slot) if router != "only" else None
-    worker = Worker(settings, options, hooks=observed.hooks) if observed is not None else None
+    worker = Worker(settings, options, hooks=observed.hooks, handlers=handlers) if observed is not None else None
     on_exit = worker.stop if worker is not None else stop.set
     scheduling = SchedulerThread(Scheduler(settings, options.slot), on_exit=on_exit) if scheduler else None
     if scheduling is not None:
@@ -143,11 +146,21 @@ def with_concurrency(settings: config.Settings, concurrency: Mapping[str, int] |
 
 
 def _child(path: str | None, queues: Sequence[str] | None, max_jobs: int, router: str, scheduler: bool,
-           limits: Mapping[str, Any], concurrency: Mapping[str, int], slot: int) -> None:
+           limits: Mapping[str, Any], concurrency: Mapping[str, int], app: str | None, slot: int) -> None:
     logs.configure_from_env()
-    settings = with_concurrency(config.load(path), concurrency)
+    settings, handlers = _load(path, app)
+    settings = with_concurrency(settings, concurrency)
     options = WorkerOptions(queues=queues, max_jobs=max_jobs, slot=slot, exit_when_wedged=True, **limits)
-    sys.exit(work(settings, options, router, scheduler))
+    sys.exit(work(settings, options, router, scheduler, handlers))
+
+
+def _load(path: str | None, app: str | None) -> tuple[config.Settings, dict[str, dict[str, Handler]] | None]:
+    """jobs.toml, or with `--app module:app` the App's settings (from the config it names:
+    `--config` is not read) and its decorated jobs' handlers."""
+    if app is None:
+        return config.load(path), None
+    loaded = load_app(app)
+    return loaded.settings, loaded.handlers()
 
 
 def _restarted(slot: int, pid: int | None, code: int | None) -> None:
@@ -160,11 +173,15 @@ def _restarted(slot: int, pid: int | None, code: int | None) -> None:
 def run(path: str | None, queues: Sequence[str] | None = None, max_jobs: int = 0, processes: int = 1,
         status: bool | None = None, router: str = "on", slot: int = 0, metrics_port: int | None = None,
         scheduler: bool = True, limits: Mapping[str, Any] | None = None,
-        metrics_host: str = health.DEFAULT_HOST, concurrency: Mapping[str, int] | None = None) -> int:
+        metrics_host: str = health.DEFAULT_HOST, concurrency: Mapping[str, int] | None = None,
+        app: str | None = None) -> int:
     try:
-        settings = config.load(path)
+        settings, handlers = _load(path, app)
     except config.ConfigError as err:
         print(err, file=sys.stderr)
+        return 1
+    except (ImportError, AttributeError, TypeError, ValueError) as err:
+        print(f"protojobs: --app {app}: {err}", file=sys.stderr)
         return 1
     unknown = sorted(set(concurrency or ()) - set(settings.queues) - {"*"})
     if unknown:
@@ -181,16 +198,16 @@ def run(path: str | None, queues: Sequence[str] | None = None, max_jobs: int = 0
         say(f"protojobs: /metrics, /healthz and /readyz on {metrics_host} port {server.port}")
         try:
             return run(path, queues, max_jobs, processes, status, router, slot, scheduler=scheduler, limits=limits,
-                       concurrency=concurrency)
+                       concurrency=concurrency, app=app)
         finally:
             server.stop()
     limits = dict(limits or {})
     if processes <= 1:
         show = sys.stderr.isatty() if status is None else status
         return work(settings, WorkerOptions(queues=queues, max_jobs=max_jobs, status=show, slot=slot, **limits), router,
-                    scheduler)
-    return supervise(_child, (path, queues, max_jobs, router, scheduler, limits, dict(concurrency or {})), processes,
-                     _restarted)
+                    scheduler, handlers)
+    return supervise(_child, (path, queues, max_jobs, router, scheduler, limits, dict(concurrency or {}), app),
+                     processes, _restarted)
 
 
 def _concurrency(values: Sequence[str]) -> dict[str, int]:
@@ -207,6 +224,8 @@ def _concurrency(values: Sequence[str]) -> dict[str, int]:
 
 @base.command("run")
 @click.option("--queue", "queues", multiple=True, help="only this queue (repeatable)")
+@click.option("--app", default=None, metavar="MODULE:APP",
+              help="run the decorated jobs of this App (its own config is used; --config is not read)")
 @click.option("--concurrency", "concurrency", multiple=True, metavar="N|QUEUE=N",
               help="handlers run at once per queue, overriding jobs.toml (QUEUE=N: that queue only; repeatable)")
 @click.option("--burst", is_flag=True,
@@ -237,7 +256,7 @@ def _concurrency(values: Sequence[str]) -> dict[str, int]:
 @click.option("--shutdown-timeout", type=base.SECONDS, default=0.0,
               help="on SIGTERM wait at most this long for running jobs, then commit what finished and exit "
                    "(default 0: the longest queue timeout + 5 s)")
-def run_cmd(queues: tuple[str, ...], concurrency: tuple[str, ...], burst: bool, log_format: str,
+def run_cmd(queues: tuple[str, ...], app: str | None, concurrency: tuple[str, ...], burst: bool, log_format: str,
             log_level: str | None, no_router: bool, router_only: bool, no_scheduler: bool, **options: Any) -> int:
     """Run workers for the queues of jobs.toml (exit 0 stopped, 1 failed, 3 fenced, 4 wedged)."""
     if no_router and router_only:
@@ -254,4 +273,4 @@ def run_cmd(queues: tuple[str, ...], concurrency: tuple[str, ...], burst: bool, 
     return run(base.config_path(), queues=list(queues) or None, max_jobs=options["max_jobs"],
                processes=options["processes"], router="off" if no_router else "only" if router_only else "on",
                slot=options["slot"], metrics_port=options["metrics_port"], scheduler=not no_scheduler, limits=limits,
-               metrics_host=options["metrics_host"], concurrency=per_queue)
+               metrics_host=options["metrics_host"], concurrency=per_queue, app=app)

@@ -54,11 +54,13 @@ def origin(data: Mapping[str, Any], queue: str, key: str) -> str:
     return key_path(["queues", queue, key])
 
 
-def check(settings: Settings, data: Mapping[str, Any], *, import_handlers: bool) -> list[ConfigIssue]:
-    """Every cross-check, on a tree the schema accepted and the Settings built from it."""
+def check(settings: Settings, data: Mapping[str, Any], *, import_handlers: bool,
+          from_code: frozenset[str] = frozenset()) -> list[ConfigIssue]:
+    """Every cross-check, on a tree the schema accepted and the Settings built from it. Queues
+    in `from_code` get their handlers from code (decorated jobs): no handler key is required."""
     issues = _check_tiers(settings, data) + _check_policies(settings, data)
     for queue in settings.queues.values():
-        issues += _check_queue(queue, settings, data)
+        issues += _check_queue(queue, settings, data, queue.name in from_code)
         if import_handlers:
             issues += _check_handlers(queue, settings, data)
     return issues + _check_schedules(settings, data) + _check_consumer(settings)
@@ -109,16 +111,18 @@ def _check_policies(settings: Settings, data: Mapping[str, Any]) -> list[ConfigI
     return issues
 
 
-def _check_queue(q: QueueSettings, settings: Settings, data: Mapping[str, Any]) -> list[ConfigIssue]:
+def _check_queue(q: QueueSettings, settings: Settings, data: Mapping[str, Any],
+                 from_code: bool = False) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
     at = key_path(["queues", q.name])
     if q.retry not in settings.retry:
         issues.append(ConfigIssue(origin(data, q.name, "retry"),
                                   f"no retry policy named {q.retry!r}{suggest(q.retry, settings.retry)}"))
-    if q.handler is None and not q.jobs and data.get("queues"):
+    if q.handler is None and not q.jobs and data.get("queues") and not from_code:
         issues.append(ConfigIssue(f"{at}.handler", (
             "required key is missing: set handler (module:callable) "
-            "or jobs (an array of module:Class), here or in [defaults]")))
+            "or jobs (an array of module:Class), here or in [defaults] "
+            "(jobs declared in code with @app.job need none: give the App, e.g. run --app module:app)")))
     if q.ordering == "key" and q.key is None:
         issues.append(ConfigIssue(origin(data, q.name, "key"), 'required when ordering = "key"'))
     if q.blocking_retries and q.ordering == "none":

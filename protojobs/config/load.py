@@ -77,8 +77,11 @@ def load(
     env: Mapping[str, str] | None = None,
     *,
     import_handlers: bool = True,
+    code_queues: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Settings:
-    """Read, merge, validate and build; raises ConfigError listing every problem found."""
+    """Read, merge, validate and build; raises ConfigError listing every problem found.
+    `code_queues`: queue tables declared in code (`App.job`), the lowest layer under the file's
+    own table of each queue; their handlers come from code, so they need no `handler` key."""
     env = os.environ if env is None else env
     source = config_path(path, env)
     data = _read_toml(source)
@@ -92,7 +95,7 @@ def load(
     base = source.absolute().parent
     if import_handlers and str(base) not in sys.path:
         sys.path.insert(0, str(base))  # handlers are importable relative to jobs.toml, like an app dir
-    return _settings(data, base, source.absolute(), env, import_handlers)
+    return _settings(data, base, source.absolute(), env, import_handlers, code_queues)
 
 
 def from_dict(
@@ -100,6 +103,7 @@ def from_dict(
     base_dir: Path,
     env: Mapping[str, str] | None = None,
     import_handlers: bool = True,
+    code_queues: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Settings:
     """Like `load` for a tree already in memory (env overrides apply; PROTOJOBS_ENV does not)."""
     if not isinstance(data, Mapping):
@@ -108,7 +112,7 @@ def from_dict(
         tree = plain(data)
     except TypeError as exc:
         raise ConfigError([ConfigIssue("config", f"not a TOML value: {exc}")]) from None
-    return _settings(tree, Path(base_dir), None, os.environ if env is None else env, import_handlers)
+    return _settings(tree, Path(base_dir), None, os.environ if env is None else env, import_handlers, code_queues)
 
 
 def _read_toml(path: Path, why: str = "") -> dict[str, Any]:
@@ -129,8 +133,13 @@ def _read_toml(path: Path, why: str = "") -> dict[str, Any]:
         raise fail(f"invalid TOML: {exc}") from None
 
 
-def _settings(data: dict[str, Any], base_dir: Path, source: Path | None,
-              env: Mapping[str, str], import_handlers: bool) -> Settings:
+def _settings(data: dict[str, Any], base_dir: Path, source: Path | None, env: Mapping[str, str],
+              import_handlers: bool, code_queues: Mapping[str, Mapping[str, Any]] | None = None) -> Settings:
+    if code_queues:
+        queues = dict(data.get("queues") or {})
+        for name, table in code_queues.items():  # the file wins key by key
+            queues[name] = {**plain(dict(table)), **queues.get(name, {})}
+        data = {**data, "queues": queues}
     secrets = secret_values(data)
     data, origins, issues = apply_env(copy.deepcopy(data), env)
     secrets |= secret_values(data)
@@ -138,7 +147,7 @@ def _settings(data: dict[str, Any], base_dir: Path, source: Path | None,
     if issues:
         raise ConfigError(finish(issues, origins, secrets))
     settings, issues = _build(data, base_dir, source)
-    issues += checks.check(settings, data, import_handlers=import_handlers)
+    issues += checks.check(settings, data, import_handlers=import_handlers, from_code=frozenset(code_queues or ()))
     if issues:
         raise ConfigError(finish(issues, origins, secrets))
     return settings

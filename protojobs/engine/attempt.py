@@ -124,13 +124,14 @@ class Result:
 
 
 class Handler:
-    """A resolved `handler = "module:callable"` (function, coroutine function or Job class). A Job
-    class instance may offer `max_retries`, `should_retry(attempts, error)` and `failed(error,
-    data)` (protojobs.Job has them); they are looked up by name, so the engine needs no Job type."""
+    """A resolved `handler = "module:callable"` (function, coroutine function or Job class), or a
+    job object (`App.job`: it has `handle`, used as a Job instance). A Job instance may offer
+    `max_retries`, `should_retry(attempts, error)` and `failed(error, data)` (protojobs.Job has
+    them); they are looked up by name, so the engine needs no Job type."""
 
     def __init__(self, target: Any) -> None:
         self.target = target
-        self.instance: Any = target() if is_job_class(target) else None
+        self.instance: Any = target() if is_job_class(target) else target if _job_object(target) else None
         func = self.instance.handle if self.instance is not None else target
         self.func = func
         self.is_async = inspect.iscoroutinefunction(func)
@@ -176,6 +177,12 @@ class Handler:
                 loop().run(result, 60.0)
         except Exception:  # noqa: BLE001 - a broken hook must not crash the worker
             log.exception("the failed() hook of %r raised", self.target)
+
+
+def _job_object(obj: Any) -> bool:
+    """A job object (`protojobs.App.job`'s): not a class, with a callable `handle` and the
+    optional `max_retries` / `should_retry` / `failed` of a Job instance."""
+    return not inspect.isclass(obj) and callable(getattr(obj, "handle", None))
 
 
 def _positional_count(func: Callable[..., Any]) -> int:

@@ -7,10 +7,15 @@ Guarantees
   raises `DeliveryUncertain` (the record may or may not be stored: re-dispatch with the same
   `job_id` to stay idempotent downstream).
 - `dispatch_many` produces every job before waiting once (no flush per job), then reports each.
+- `submit` (a Future of the id), `await dispatch_async` and `await dispatch_many_async` give the
+  same guarantees without blocking the caller: the same producer, resolved by the same delivery
+  reports, served by one background thread per Dispatcher (`kafka.reports.ReportPump`, started
+  on first use); never a thread per call. Validation errors still raise at once.
 - Kafka refusing the client itself (wrong credentials, no authorization) raises
   `ClientRefused` (both a DispatchError and a protojobs.clients.ClientError) within about a
   second, instead of after librdkafka's retry loop; its message never includes the config.
-- A delayed job (`delay_ms` / `at_ms` in the future) goes to the delay tier the routing rule
+- A delayed job (`delay`: seconds, "5m", "1h30m" or a timedelta; `at`: an aware datetime; or
+  `at_ms`, epoch ms) goes to the delay tier the routing rule
   picks (model.delays); it never runs before its `available_at`.
 - Hooks (`engine.hooks`): `before_dispatch` may add options (tracing sets `trace`) before the
   job is built; `after_enqueue` sees every job handed to the producer.
@@ -24,11 +29,15 @@ Guarantees
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from confluent_kafka import KafkaError, Producer
@@ -39,7 +48,8 @@ from protojobs.kafka import admin
 from protojobs.kafka.clients import ClientError, ErrorWatch, producer_config
 from protojobs.kafka.clock import now_ms
 from protojobs.kafka.outbox import Outbox
-from protojobs.model import delays, envelope, names
+from protojobs.kafka.reports import ReportPump
+from protojobs.model import delays, durations, envelope, names
 
 
 class DispatchError(RuntimeError):
@@ -55,13 +65,22 @@ class ClientRefused(DispatchError, ClientError):
     DispatchError, so callers that report dispatch failures report this one too."""
 
 
-@dataclass
+@dataclass(eq=False)
 class Outcome:
-    """One job's delivery: `error` None means acknowledged."""
+    """One job's delivery: `error` None means acknowledged. `on_done` (futures, await) is called
+    once, on the thread that serves the delivery report."""
 
     job_id: str
     error: DispatchError | None = None
     done: bool = False
+    on_done: Callable[[Outcome], None] | None = None
+
+    def finish(self, error: DispatchError | None) -> None:
+        if self.done:
+            return
+        self.error, self.done = error, True
+        if self.on_done is not None:
+            self.on_done(self)
 
 
 @dataclass
@@ -107,6 +126,51 @@ def delivery_error(err: KafkaError) -> DispatchError:
     return DispatchError(f"the broker refused the job: {err.str()}")
 
 
+def queue_of(settings: Settings, name: str) -> QueueSettings:
+    try:
+        return settings.queues[name]
+    except KeyError:
+        known = ", ".join(sorted(settings.queues))
+        raise DispatchError(f"unknown queue {name!r} (jobs.toml declares: {known})") from None
+
+
+def build(settings: Settings, queue: str, data: Any, *, job: str | None = None, key: str | None = None,
+          delay: durations.Delay | None = None, at: datetime | None = None, at_ms: int | None = None,
+          job_id: str | None = None, now: int | None = None, trace: str | None = None,
+          delay_ms: int | None = None) -> envelope.Envelope:
+    """`Dispatcher.build` without a Dispatcher (no I/O): also what eager mode runs. `delay_ms` is
+    deprecated (one release): pass `delay` (seconds, "5m", a timedelta) or `at` (aware datetime)."""
+    q = queue_of(settings, queue)
+    payload_validator(q)(data)
+    job_name = _job_name(q, job)
+    if key is None and q.key is not None and isinstance(data, Mapping) and data.get(q.key) is not None:
+        key = str(data[q.key])
+    if q.ordering == "key" and key is None:
+        raise PayloadError(f"data.{q.key}: queue {queue!r} orders by key {q.key!r}; the payload must have it")
+    now = now_ms() if now is None else now
+    if delay_ms is not None:
+        warnings.warn("delay_ms= is deprecated and goes in the next release: pass delay= (seconds, a duration "
+                      "such as \"5m\", or a timedelta) or at= (an aware datetime)", DeprecationWarning, stacklevel=5)
+    if sum(x is not None for x in (delay, delay_ms, at, at_ms)) > 1:
+        raise ValueError("give one of delay=, at= (or at_ms=), not several")
+    due = at_ms if at_ms is not None else durations.due_ms(now, delay if delay_ms is None else delay_ms / 1000, at)
+    if due > now and not settings.tiers_ms:
+        raise DispatchError("a delayed job needs delay tiers: add [delays] tiers to jobs.toml")
+    return envelope.new_envelope(queue, job_name, data, now_ms=now, available_at=due, key=key,
+                                 id=job_id, trace=trace)
+
+
+def _job_name(q: QueueSettings, job: str | None) -> str:
+    if q.jobs:
+        names = {target.rsplit(":", 1)[-1]: target for target in q.jobs}
+        if job is None and len(q.jobs) == 1:
+            return q.jobs[0].rsplit(":", 1)[-1]
+        if job not in names and job not in q.jobs:
+            raise DispatchError(f"job {job!r} is not on queue {q.name!r}'s jobs list ({', '.join(names)})")
+        return str(job).rsplit(":", 1)[-1]
+    return job or (q.handler or q.name)
+
+
 class Dispatcher:
     """Sends jobs to the queues of one Settings. Thread-safe; one per process is enough."""
 
@@ -122,33 +186,22 @@ class Dispatcher:
         self._ensure = ensure_topics
         self._lock = threading.Lock()
         self._queue_topics: dict[str, str] = {}
+        self._awaited: set[Outcome] = set()  # deliveries a future or an await waits for
+        self.pump = ReportPump(self.producer, self._fail_if_refused)
 
     # --- building records --------------------------------------------------------------------
 
     def queue(self, name: str) -> QueueSettings:
-        try:
-            return self.settings.queues[name]
-        except KeyError:
-            known = ", ".join(sorted(self.settings.queues))
-            raise DispatchError(f"unknown queue {name!r} (jobs.toml declares: {known})") from None
+        return queue_of(self.settings, name)
 
     def build(self, queue: str, data: Any, *, job: str | None = None, key: str | None = None,
-                 delay_ms: int | None = None, at_ms: int | None = None, job_id: str | None = None,
-                 now: int | None = None, trace: str | None = None) -> envelope.Envelope:
-        """Validate and wrap one job (no I/O). Raises PayloadError / DispatchError."""
-        q = self.queue(queue)
-        payload_validator(q)(data)
-        job_name = self._job_name(q, job)
-        if key is None and q.key is not None and isinstance(data, Mapping) and data.get(q.key) is not None:
-            key = str(data[q.key])
-        if q.ordering == "key" and key is None:
-            raise PayloadError(f"data.{q.key}: queue {queue!r} orders by key {q.key!r}; the payload must have it")
-        now = now_ms() if now is None else now
-        due = at_ms if at_ms is not None else now + (delay_ms or 0)
-        if due > now and not self.settings.tiers_ms:
-            raise DispatchError("a delayed job needs delay tiers: add [delays] tiers to jobs.toml")
-        return envelope.new_envelope(queue, job_name, data, now_ms=now, available_at=due, key=key,
-                                     id=job_id, trace=trace)
+              delay: durations.Delay | None = None, at: datetime | None = None, at_ms: int | None = None,
+              job_id: str | None = None, now: int | None = None, trace: str | None = None,
+              delay_ms: int | None = None) -> envelope.Envelope:
+        """Validate and wrap one job (no I/O). Raises PayloadError / DispatchError; a delay or
+        `at` that is not one (`model.durations.delay_ms`) raises ValueError / TypeError."""
+        return build(self.settings, queue, data, job=job, key=key, delay=delay, at=at, at_ms=at_ms,
+                     job_id=job_id, now=now, trace=trace, delay_ms=delay_ms)
 
     def prepare(self, queue: str, data: Any, **options: Any) -> tuple[envelope.Envelope, str]:
         """Hooks, then `build`, then the destination topic: a job ready to produce (no I/O)."""
@@ -159,16 +212,6 @@ class Dispatcher:
         if self.hooks:
             self.hooks.after_enqueue(env, topic)
         return env, topic
-
-    def _job_name(self, q: QueueSettings, job: str | None) -> str:
-        if q.jobs:
-            names = {target.rsplit(":", 1)[-1]: target for target in q.jobs}
-            if job is None and len(q.jobs) == 1:
-                return q.jobs[0].rsplit(":", 1)[-1]
-            if job not in names and job not in q.jobs:
-                raise DispatchError(f"job {job!r} is not on queue {q.name!r}'s jobs list ({', '.join(names)})")
-            return str(job).rsplit(":", 1)[-1]
-        return job or (q.handler or q.name)
 
     def topic_for(self, env: envelope.Envelope, now: int) -> str:
         """The queue's topic when due, else the delay tier the routing rule picks."""
@@ -220,17 +263,33 @@ class Dispatcher:
         is filled by the delivery report (served by `wait`)."""
         self._ensure_topics()
 
+        tracked = outcome.on_done is not None
+
         def delivered(err: KafkaError | None) -> None:
-            outcome.error = None if err is None else delivery_error(err)
-            outcome.done = True
             with self._count_lock:
                 self._unreported -= 1
+                self._awaited.discard(outcome)
+            outcome.finish(None if err is None else delivery_error(err))
+            if tracked:
+                self.pump.settle()
 
         key = env.key.encode() if env.key is not None else None
         with self._count_lock:
             self._unreported += 1
-        self.outbox.send(topic or self.topic_for(env, now_ms()), envelope.encode(env), key, envelope.headers(env),
-                         delivered)
+            if tracked:
+                self._awaited.add(outcome)
+        if tracked:
+            self.pump.track()
+        try:
+            self.outbox.send(topic or self.topic_for(env, now_ms()), envelope.encode(env), key,
+                             envelope.headers(env), delivered)
+        except BaseException:  # refused before it was queued (e.g. too large): no report will come
+            with self._count_lock:
+                self._unreported -= 1
+                self._awaited.discard(outcome)
+            if tracked:
+                self.pump.settle()
+            raise
 
     def wait(self, outcomes: Iterable[Outcome], timeout: float | None = None) -> None:
         """Serve delivery reports until every outcome is known (or raise DeliveryUncertain)."""
@@ -288,6 +347,31 @@ class Dispatcher:
                 result.errors[index] = outcome.error
         return result
 
+    # --- futures and await: the same producer and delivery reports, served by `pump` ----------
+
+    def submit(self, queue: str, data: Any, **options: Any) -> Future[str]:
+        """`dispatch` without waiting: a Future of the job's id (`engine.awaited.submit`)."""
+        from protojobs.engine import awaited
+        return awaited.submit(self, queue, data, **options)
+
+    async def dispatch_async(self, queue: str, data: Any, **options: Any) -> str:
+        """`dispatch` for an event loop: the loop runs on while the broker acknowledges."""
+        return await asyncio.wrap_future(self.submit(queue, data, **options))
+
+    async def dispatch_many_async(self, queue: str, items: Iterable[Any], **options: Any) -> BulkResult:
+        """`dispatch_many` for an event loop: every job produced, then one await for all reports."""
+        from protojobs.engine import awaited
+        return await awaited.dispatch_many(self, queue, items, **options)
+
+    def _fail_if_refused(self) -> None:
+        """The pump's check: a refused client fails every awaited delivery (ClientRefused)."""
+        if self.watch.fatal is None:
+            return
+        with self._count_lock:
+            awaited, self._awaited = list(self._awaited), set()
+        for outcome in awaited:
+            outcome.finish(ClientRefused(str(self.watch.fatal)))
+
     def close(self, timeout: float = 30) -> int:
         """Flush what is still buffered; return how many records could not be delivered.
         A refused client cannot deliver anything: its buffer is dropped instead of waited out."""
@@ -295,5 +379,8 @@ class Dispatcher:
             undelivered = self._unreported  # records only (len(producer) also counts requests)
             self.producer.purge()
             self.producer.flush(1)  # serves the purged records' delivery reports
+            self.pump.close()
             return undelivered
-        return int(self.producer.flush(timeout))
+        left = int(self.producer.flush(timeout))
+        self.pump.close()
+        return left

@@ -188,16 +188,19 @@ def _wait(futures: Mapping[Any, Any], ignore: str = "") -> None:
             raise AdminError(f"{name}: {err}") from err
 
 
-_ensured: set[tuple[str, str]] = set()
+_ensured: set[tuple[str, frozenset[str]]] = set()
 
 
 def ensure_topics(settings: Settings, admin: AdminClient | None = None) -> None:
-    """Create the topics jobs.toml implies that do not exist yet (once per process)."""
-    key = (settings.kafka.brokers, settings.kafka.topic_prefix)
+    """Create the topics jobs.toml implies that do not exist yet (once per process and set of
+    topics: settings that imply more topics, e.g. an App that declared a job on a new queue,
+    create those too)."""
+    specs = topic_specs(settings)
+    key = (settings.kafka.brokers, frozenset(spec.name for spec in specs))
     if key in _ensured:
         return
     admin = admin or client(settings)
-    apply(admin, [c for c in plan(admin, topic_specs(settings)) if c.action == "create"], allow=("create",))
+    apply(admin, [c for c in plan(admin, specs) if c.action == "create"], allow=("create",))
     _ensured.add(key)
 
 

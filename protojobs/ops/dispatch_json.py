@@ -1,6 +1,6 @@
 """Dispatch jobs given as JSON text (`protojobs dispatch`): one payload, or a stream of JSON lines.
 
-The options are Dispatcher.dispatch's (`key`, `job`, `job_id`, `delay_ms`, `at_ms`).
+The options are Dispatcher.dispatch's (`key`, `job`, `job_id`, `delay`, `at`, `at_ms`).
 """
 
 from __future__ import annotations

@@ -1,11 +1,18 @@
 """pytest plugin (entry point `pytest11`): real Kafka and toxiproxy as session fixtures.
 
-Fixtures
-- `kafka`: a single combined broker+controller node (`Cluster`), started once per session.
-- `kafka_cluster`: three nodes, replication factor 3, min.insync.replicas 2.
-- `toxiproxy`: the toxiproxy server with one client proxy per broker of both clusters; every
-  proxy is re-enabled and every toxic removed after each test.
-- `fresh_prefix` / `fresh_topic`: names no other test uses (topics, groups).
+Fixtures (prefixed `protojobs_`, so they do not collide with a project's own)
+- `protojobs_kafka`: a single combined broker+controller node (`Cluster`), started once per session.
+- `protojobs_kafka_cluster`: three nodes, replication factor 3, min.insync.replicas 2.
+- `protojobs_toxiproxy`: the toxiproxy server (`protojobs_toxiproxy_server`) with one client
+  proxy per broker of both clusters; every proxy is re-enabled and every toxic removed after
+  each test.
+- `protojobs_fresh_prefix` / `protojobs_fresh_topic`: names no other test uses (topics, groups).
+- `protojobs_worker`: `protojobs_worker(app)` (a `protojobs.App`, or a Settings whose handlers
+  jobs.toml names) runs a worker and the delay router in threads against the real broker;
+  `.drain(timeout=...)` waits until every job (retries included) is finished and committed.
+The unprefixed names of the previous release (`kafka`, `kafka_cluster`, `toxiproxy`,
+`toxiproxy_server`, `fresh_prefix`, `fresh_topic`) still work for this release, with a
+DeprecationWarning.
 
 State (pidfiles, logs, data) lives in `<rootdir>/.protojobs/test` (or $PROTOJOBS_TEST_STATE);
 ports start at `$PROTOJOBS_TEST_PORT_BASE` (default 29100): +0 single node, +100 cluster,
@@ -29,8 +36,10 @@ import atexit
 import os
 import re
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
@@ -44,6 +53,9 @@ from protojobs.local.pidfiles import (
     stop_pidfiles,
 )
 from protojobs.local.toxiproxy import Proxy, Toxiproxy
+
+if TYPE_CHECKING:
+    from protojobs.testing.draining import DrainingWorker
 
 _OWNER: dict[str, Owner] = {}  # "session": this process's session, set by pytest_configure
 _AT_EXIT: set[Path] = set()  # state directories whose processes of this session _stop_own stops
@@ -96,7 +108,7 @@ def stop_left_behind(root: Path, project: str | Path) -> list[int]:
 
 
 @pytest.fixture(scope="session")
-def toxiproxy_server(pytestconfig: pytest.Config) -> Iterator[Toxiproxy]:
+def protojobs_toxiproxy_server(pytestconfig: pytest.Config) -> Iterator[Toxiproxy]:
     server = Toxiproxy(_state_root(pytestconfig) / "toxiproxy", port=_port_base() + 300).start()
     yield server
     if server.spawned:  # not one that another live session runs from the same state directory
@@ -111,15 +123,15 @@ def _start(pytestconfig: pytest.Config, server: Toxiproxy, name: str, nodes: int
 
 
 @pytest.fixture(scope="session")
-def kafka(pytestconfig: pytest.Config, toxiproxy_server: Toxiproxy) -> Iterator[Cluster]:
-    cluster = _start(pytestconfig, toxiproxy_server, "single", 1, 0)
+def protojobs_kafka(pytestconfig: pytest.Config, protojobs_toxiproxy_server: Toxiproxy) -> Iterator[Cluster]:
+    cluster = _start(pytestconfig, protojobs_toxiproxy_server, "single", 1, 0)
     yield cluster
     cluster.stop()
 
 
 @pytest.fixture(scope="session")
-def kafka_cluster(pytestconfig: pytest.Config, toxiproxy_server: Toxiproxy) -> Iterator[Cluster]:
-    cluster = _start(pytestconfig, toxiproxy_server, "cluster", 3, 100)
+def protojobs_kafka_cluster(pytestconfig: pytest.Config, protojobs_toxiproxy_server: Toxiproxy) -> Iterator[Cluster]:
+    cluster = _start(pytestconfig, protojobs_toxiproxy_server, "cluster", 3, 100)
     yield cluster
     cluster.stop()
 
@@ -141,25 +153,67 @@ class Faults:
 
 
 @pytest.fixture
-def toxiproxy(toxiproxy_server: Toxiproxy) -> Iterator[Faults]:
-    faults = Faults(toxiproxy_server)
+def protojobs_toxiproxy(protojobs_toxiproxy_server: Toxiproxy) -> Iterator[Faults]:
+    faults = Faults(protojobs_toxiproxy_server)
     faults.reset()
     yield faults
     faults.reset()
 
 
 @pytest.fixture
-def fresh_prefix(request: pytest.FixtureRequest) -> str:
+def protojobs_fresh_prefix(request: pytest.FixtureRequest) -> str:
     """A topic prefix (and group-name stem) unique to this test: `t-<test>-<random>-`."""
     stem = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)[:40].strip("-").lower()
     return f"t-{stem}-{uuid.uuid4().hex[:8]}-"
 
 
 @pytest.fixture
-def fresh_topic(fresh_prefix: str) -> Callable[[str], str]:
+def protojobs_fresh_topic(protojobs_fresh_prefix: str) -> Callable[[str], str]:
     """`fresh_topic("orders")` -> a topic name unique to this test."""
 
     def name(stem: str = "topic") -> str:
-        return f"{fresh_prefix}{stem}"
+        return f"{protojobs_fresh_prefix}{stem}"
 
     return name
+
+
+# --- the names of the previous release: aliases for one release --------------------------------
+
+
+def _deprecated(old: str, new: str, scope: Literal["session", "function"]) -> Any:
+    def alias(request: pytest.FixtureRequest) -> Any:
+        warnings.warn(f"the pytest fixture {old!r} is deprecated (it goes in the next release): use {new!r}",
+                      DeprecationWarning, stacklevel=2)
+        return request.getfixturevalue(new)
+
+    alias.__name__ = old
+    return pytest.fixture(scope=scope, name=old)(alias)
+
+
+kafka = _deprecated("kafka", "protojobs_kafka", "session")
+kafka_cluster = _deprecated("kafka_cluster", "protojobs_kafka_cluster", "session")
+toxiproxy_server = _deprecated("toxiproxy_server", "protojobs_toxiproxy_server", "session")
+toxiproxy = _deprecated("toxiproxy", "protojobs_toxiproxy", "function")
+fresh_prefix = _deprecated("fresh_prefix", "protojobs_fresh_prefix", "function")
+fresh_topic = _deprecated("fresh_topic", "protojobs_fresh_topic", "function")
+
+
+# --- protojobs_worker: a real worker, drained ------------------------------------------------------
+
+
+@pytest.fixture
+def protojobs_worker() -> Iterator[Callable[..., DrainingWorker]]:
+    """`protojobs_worker(app_or_settings, queues=None, **WorkerOptions)`: a worker (and the delay
+    router) running in threads against the broker the settings name, stopped after the test."""
+    started: list[DrainingWorker] = []
+
+    def start(app: Any, queues: list[str] | None = None, **options: Any) -> DrainingWorker:
+        from protojobs.testing.draining import DrainingWorker
+
+        worker = DrainingWorker(app, queues, **options)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
