@@ -116,6 +116,26 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
     return dlq.purge_command(args.config, args.queue, args.yes)
 
 
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from protojobs.cli.common import load
+    try:
+        from protojobs import dashboard
+    except ImportError as exc:
+        print(f"dashboard: {exc}; install the extra: pip install 'protojobs[dashboard]'", file=sys.stderr)
+        return 1
+    from protojobs.observe import logs
+    logs.configure("text")  # the action log: who did what
+    settings = load(args.config, import_handlers=False)
+    if settings is None:
+        return 1
+    try:
+        dashboard.serve(settings, host=args.host, port=args.port, read_only=args.read_only, token=args.token)
+    except (dashboard.BindRefused, ValueError) as exc:
+        print(f"dashboard: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 Add = Callable[[str, Command, str], argparse.ArgumentParser]
 
 
@@ -131,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.set_defaults(func=func)
         return cmd
 
-    for add_commands in (_add_broker, _add_run, _add_config, _add_dispatch, _add_queues, _add_schedules, _add_dlq):
+    for add_commands in (_add_broker, _add_run, _add_config, _add_dispatch, _add_queues, _add_schedules, _add_dlq,
+                         _add_dashboard):
         add_commands(add)
     return parser
 
@@ -271,6 +292,16 @@ def _add_dlq(add: Add) -> None:
     dlq.add_argument("--max-replays", type=int, default=3,
                      help="replay: skip jobs already replayed this many times (default 3)")
     dlq.add_argument("--yes", action="store_true", help="purge: really delete")
+
+
+def _add_dashboard(add: Add) -> None:
+    dash = add("dashboard", _cmd_dashboard, "serve the web dashboard (the `dashboard` extra)")
+    dash.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s; any other "
+                      "needs --token)")
+    dash.add_argument("--port", type=int, default=8088, help="port (default %(default)s)")
+    dash.add_argument("--read-only", action="store_true", help="hide every action and refuse action requests")
+    dash.add_argument("--token", action="append", metavar="[NAME:]SECRET",
+                      help="let in requests carrying this token (repeatable; default $PROTOJOBS_DASHBOARD_TOKEN)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
