@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 from conftest import read_jsonl, settings_tree, wait_for, write_config
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
@@ -51,6 +52,7 @@ class Stack:
         self.record = root / "runs.jsonl"
         self.procs: list[subprocess.Popen[bytes]] = []
         self.dispatcher = Dispatcher(settings)
+        self.worker: subprocess.Popen[bytes] | None = None
 
     def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         env = dict(os.environ, PROTOJOBS_TEST_RECORD=str(self.record), PYTHONPATH=str(TESTS))
@@ -111,6 +113,7 @@ def stack(kafka: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         "work": {"handler": "dashboard_jobs:work"},
         "flaky": {"handler": "dashboard_jobs:fails_until_fixed", "partitions": 1},
         "idle": {"handler": "dashboard_jobs:work", "partitions": 2},
+        "spare": {"handler": "dashboard_jobs:work", "partitions": 1},
     }, schedules={"nightly": {"queue": "idle", "cron": "0 3 * * *", "tz": "Europe/Paris", "data": {"n": 0}}})
     tree["retry"]["default"]["dead_letter_on"] = ["ValueError"]
     tree["kafka"]["producer"]["sasl.password"] = SECRET
@@ -118,7 +121,7 @@ def stack(kafka: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     settings = config.load(config_file, import_handlers=False)
     s = Stack(root, settings, config_file)
     try:
-        s.spawn("worker", "run", "--queue", "work", "--queue", "flaky")
+        s.worker = s.spawn("worker", "run", "--queue", "work", "--queue", "flaky")
         yield s
     finally:
         s.stop()
@@ -162,11 +165,11 @@ def cell(driver: Any, selector: str) -> str:
 
 
 def page_shows(driver: Any, selector: str, text: str) -> bool:
-    """Whether the element shows `text` now (the live refresh swaps the fragment in place: an
-    element read while it is replaced is simply looked at again)."""
+    """Whether the element shows `text` now (False while it is not on the page yet, or while the
+    live refresh swaps its fragment: the caller looks again)."""
     try:
         return cell(driver, selector) == text
-    except StaleElementReferenceException:
+    except (StaleElementReferenceException, NoSuchElementException):
         return False
 
 
@@ -281,3 +284,25 @@ def test_tokens_guard_a_dashboard_and_a_public_bind_needs_one(stack: Stack, brow
     browser.find_element(By.ID, "login").click()
     assert "ops" in cell(browser, "header .who")
     assert browser.find_elements(By.ID, "queues")
+
+
+def test_workers_report_through_kafka_and_leave_with_a_tombstone(stack: Stack, urls: dict[str, str],
+                                                                  browser: Any) -> None:
+    assert stack.worker is not None
+    browser.get(urls["rw"] + "/workers")
+    wait_for(lambda: page_shows(browser, f'tr[data-pid="{stack.worker.pid}"] .state', "alive"), 30,
+             "the worker's heartbeat")
+    spare = stack.spawn("worker-spare", "run", "--queue", "spare", "--no-scheduler")
+    wait_for(lambda: page_shows(browser, f'tr[data-pid="{spare.pid}"] .state', "alive"), 60, "the second worker")
+    shot(browser, "workers")
+    spare.terminate()
+    assert spare.wait(30) == 0
+    wait_for(lambda: not browser.find_elements(By.CSS_SELECTOR, f'tr[data-pid="{spare.pid}"]'), 30,
+             "the tombstone of the worker that stopped")
+    assert browser.find_elements(By.CSS_SELECTOR, f'tr[data-pid="{stack.worker.pid}"]')
+    # a worker whose heartbeats stopped (killed, host gone) is shown as lost
+    from protojobs.dashboard.pages import worker_problems
+    from protojobs.ops import browse
+    later = browse.workers(browse.Browser(stack.settings), now_s=time.time() + 60)
+    assert [w["pid"] for w in later if w["lost"]] == [stack.worker.pid]
+    assert any("lost" in p for p in worker_problems(later))

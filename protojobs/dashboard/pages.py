@@ -43,9 +43,30 @@ def overview(dash: Dashboard, request: Request, who: str) -> Response:
         problems.append("no worker is in the consumer group, and jobs are waiting")
     if cluster["under_replicated"]:
         problems.append(f"{len(cluster['under_replicated'])} partition(s) under-replicated")
+    problems += worker_problems(browse.workers(dash.browser))
     paused = pause.paused_queues(dash.settings)
     return dash.render(request, "overview.html", who, data=data, cluster=cluster, series=series,
                        problems=problems, paused=paused)
+
+
+def worker_problems(rows: list[dict[str, Any]]) -> list[str]:
+    """What the workers' presence records say is wrong: wedged lanes, dead threads, lost workers."""
+    out = []
+    for w in rows:
+        name = f"worker {w.get('host')} pid {w.get('pid')}"
+        if w["lost"]:
+            out.append(f"{name}: lost (no heartbeat for {w['age']:.0f}s)")
+            continue
+        for queue, (hung, limit) in (w.get("wedged") or {}).items():
+            out.append(f"{name}: queue {queue} wedged ({hung} handlers hung past their timeout, limit {limit})")
+        for thread, why in (w.get("dead_threads") or {}).items():
+            out.append(f"{name}: {thread} thread dead: {why}")
+    return out
+
+
+def workers(dash: Dashboard, request: Request, who: str) -> Response:
+    rows = browse.workers(dash.browser)
+    return dash.render(request, "workers.html", who, workers=rows, problems=worker_problems(rows))
 
 
 # --- a queue --------------------------------------------------------------------------------

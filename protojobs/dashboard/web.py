@@ -41,7 +41,7 @@ class Dashboard:
         self.secrets = secret_values(getattr(settings, "raw", {}))
         self.env = Environment(loader=PackageLoader("protojobs.dashboard", "templates"),
                                autoescape=select_autoescape(["html"]))
-        self.env.globals.update(spark=charts.spark, iso=dlq.iso, since=_since, pretty=_pretty)
+        self.env.globals.update(spark=charts.spark, iso=dlq.iso, since=_since, pretty=_pretty, mib=_mib)
 
     def clean(self, text: Any) -> str:
         """Text with every secret of the configuration removed."""
@@ -66,6 +66,10 @@ def _since(ms: int | None) -> str:
     delta = abs(delta)
     text = (f"{delta:.0f}s" if delta < 120 else f"{delta / 60:.0f}m" if delta < 7200 else f"{delta / 3600:.1f}h")
     return word + text + ("" if word else " ago")
+
+
+def _mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.0f} MiB"
 
 
 def _pretty(obj: Any) -> str:
@@ -111,6 +115,7 @@ def app(settings: Settings, *, read_only: bool = False, tokens: dict[str, str] |
 
     routes = [
         Route("/", page(lambda r, w: pages.overview(dash, r, w))),
+        Route("/workers", page(lambda r, w: pages.workers(dash, r, w))),
         Route("/queues/{name}", page(lambda r, w: pages.queue(dash, r, w))),
         Route("/records", page(lambda r, w: pages.record(dash, r, w))),
         Route("/dead-letters", page(lambda r, w: pages.dead_letters(dash, r, w))),

@@ -13,6 +13,7 @@ Guarantees
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterable
@@ -284,3 +285,39 @@ def replay_matching(browser: Browser, flt: DeadLetterFilter, max_replays: int = 
     known = dlq.read_all(browser.settings)
     chosen = [e for e in known if flt.matches(e)]
     return dlq.replay(browser.settings, chosen, known=known, max_replays=max_replays)
+
+
+# --- workers --------------------------------------------------------------------------------
+
+WORKERS_TAIL = 2000  # records of the workers topic read: the last beats of every live worker
+
+
+def stale_after(interval_s: float) -> float:
+    """Seconds without a presence record after which a worker is shown as lost."""
+    return 3 * interval_s + 5
+
+
+def workers(browser: Browser, now_s: float | None = None, tail: int = WORKERS_TAIL) -> list[dict[str, Any]]:
+    """Every worker process seen in the tail of `{prefix}workers` (`observe.presence`), by host
+    and pid, with `lost` (no record for `stale_after` its interval) and `age` (seconds since its
+    last record); a worker that stopped cleanly (tombstone) is left out."""
+    topic = names.workers_topic(browser.settings.kafka.topic_prefix)
+    offsets = browser.offsets(browser.settings.kafka.group_id, [topic]).get(topic, {})
+    latest: dict[bytes, dict[str, Any] | None] = {}
+    for p, o in offsets.items():
+        start = max(o.low, o.high - tail)
+        for msg in browser.read_range(topic, p, start, o.high - start, end=o.high):
+            key, value = msg.key() or b"", msg.value()
+            try:
+                latest[key] = json.loads(value) if value is not None else None
+            except ValueError:
+                continue
+    now = time.time() if now_s is None else now_s
+    out = []
+    for row in latest.values():
+        if not isinstance(row, dict) or not isinstance(row.get("ts"), int | float):
+            continue
+        age = now - row["ts"]
+        interval = float(row["interval"]) if isinstance(row.get("interval"), int | float) else 3.0
+        out.append(row | {"age": age, "lost": age > stale_after(interval)})
+    return sorted(out, key=lambda r: (str(r.get("host")), int(r.get("pid") or 0), int(r.get("slot") or 0)))
