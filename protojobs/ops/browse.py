@@ -240,7 +240,7 @@ class DeadLetterPage:
 
 
 def dead_letter_page(browser: Browser, flt: DeadLetterFilter, cursor: dict[Key, int] | None = None,
-                     limit: int = 50, budget: int = 2000) -> DeadLetterPage:
+                     limit: int = 50, budget: int = 1000) -> DeadLetterPage:
     """Walk the dead-letter topics backwards from `cursor` (default: their ends), a window of
     records per partition at a time, until `limit` entries match or `budget` records were read."""
     settings = browser.settings
