@@ -67,7 +67,7 @@ class Stack:
         return (self.root / f"{name}.log").read_text(errors="replace")
 
     def dashboard(self, name: str, port: int, *args: str) -> str:
-        proc = self.spawn(name, "dashboard", "--port", str(port), *args)
+        proc = self.spawn(name, "dashboard", "--port", str(port), "--sample-every", "1", *args)
         url = f"http://127.0.0.1:{port}"
         wait_for(lambda: _status(url + "/static/style.css") == 200, 30, f"dashboard {name} listening")
         assert proc.poll() is None, f"dashboard {name} exited (port {port} taken?): {self.log(name)}"
@@ -154,7 +154,8 @@ def browser() -> Iterator[Any]:
 def shot(driver: Any, name: str) -> None:
     if SHOTS:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
-        height = driver.execute_script("return document.body.scrollHeight")
+        height = driver.execute_script(
+            "return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)")
         driver.set_window_size(1400, max(700, min(int(height) + 40, 2400)))
         driver.save_screenshot(str(Path(SHOTS) / f"{name}.png"))
         driver.set_window_size(1400, 1000)
@@ -280,6 +281,7 @@ def test_tokens_guard_a_dashboard_and_a_public_bind_needs_one(stack: Stack, brow
     assert "dashboard login" not in stack.log("dashboard-token")
     browser.get(url + "/")
     assert browser.current_url.endswith("/login")
+    shot(browser, "login")
     browser.find_element(By.ID, "token").send_keys("let-me-in")
     browser.find_element(By.ID, "login").click()
     assert "ops" in cell(browser, "header .who")
@@ -306,3 +308,19 @@ def test_workers_report_through_kafka_and_leave_with_a_tombstone(stack: Stack, u
     later = browse.workers(browse.Browser(stack.settings), now_s=time.time() + 60)
     assert [w["pid"] for w in later if w["lost"]] == [stack.worker.pid]
     assert any("lost" in p for p in worker_problems(later))
+
+
+def test_purge_asks_for_confirmation(stack: Stack, urls: dict[str, str], browser: Any) -> None:
+    before = sum(stats_data(stack.settings)["dead_letter"].values())
+    assert before >= 1  # the dead letter of the replay test is still there (replay keeps it)
+    browser.get(urls["rw"] + "/dead-letters")
+    browser.find_element(By.ID, "purge").click()
+    assert f"{before} record(s)" in browser.page_source
+    shot(browser, "purge")
+    browser.find_element(By.ID, "purge-confirm").click()  # not confirmed: nothing is deleted
+    assert sum(stats_data(stack.settings)["dead_letter"].values()) == before
+    browser.find_element(By.ID, "confirm").send_keys("purge")
+    browser.find_element(By.ID, "purge-confirm").click()
+    assert f"purged {before}" in cell(browser, "#message")
+    assert sum(stats_data(stack.settings)["dead_letter"].values()) == 0
+    assert "dashboard action by local: purge" in stack.log("dashboard")

@@ -129,7 +129,8 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     if settings is None:
         return 1
     try:
-        dashboard.serve(settings, host=args.host, port=args.port, read_only=args.read_only, token=args.token)
+        dashboard.serve(settings, host=args.host, port=args.port, read_only=args.read_only, token=args.token,
+                        sample_every=args.sample_every)
     except (dashboard.BindRefused, ValueError) as exc:
         print(f"dashboard: {exc}", file=sys.stderr)
         return 1
@@ -302,6 +303,8 @@ def _add_dashboard(add: Add) -> None:
     dash.add_argument("--read-only", action="store_true", help="hide every action and refuse action requests")
     dash.add_argument("--token", action="append", metavar="[NAME:]SECRET",
                       help="let in requests carrying this token (repeatable; default $PROTOJOBS_DASHBOARD_TOKEN)")
+    dash.add_argument("--sample-every", type=_seconds, default=5.0, metavar="SECONDS",
+                      help="how often the overview's 15-minute charts sample the cluster (default %(default)s)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

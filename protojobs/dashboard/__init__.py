@@ -34,14 +34,15 @@ def app(settings: Settings, *, read_only: bool = False, token: str | list[str] |
 
 
 def serve(settings: Settings, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, read_only: bool = False,
-          token: list[str] | None = None) -> None:
+          token: list[str] | None = None, sample_every: float = 5.0) -> None:
     """Serve the dashboard until interrupted; BindRefused (before anything listens) when `host`
     is not a loopback address and no token is given (nor $PROTOJOBS_DASHBOARD_TOKEN)."""
     import uvicorn
 
     tokens = parse_tokens(token or ([os.environ[ENV_TOKEN]] if os.environ.get(ENV_TOKEN) else None))
     check_bind(host, tokens)
-    uvicorn.run(app(settings, read_only=read_only, token=tokens), host=host, port=port, log_level="warning")
+    uvicorn.run(app(settings, read_only=read_only, token=tokens, sample_every=sample_every), host=host, port=port,
+                log_level="warning")
 
 
 __all__ = ["BindRefused", "app", "check_bind", "serve"]
