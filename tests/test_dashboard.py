@@ -7,6 +7,7 @@ PROTOJOBS_DASHBOARD_SCREENSHOTS=docs/dashboard saves a screenshot of every page 
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
@@ -152,13 +153,13 @@ def browser() -> Iterator[Any]:
 
 
 def shot(driver: Any, name: str) -> None:
+    """The whole page (at most 2,400 px high) as docs-ready PNG, when SHOTS names a directory."""
     if SHOTS:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
-        height = driver.execute_script(
-            "return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)")
-        driver.set_window_size(1400, max(700, min(int(height) + 40, 2400)))
-        driver.save_screenshot(str(Path(SHOTS) / f"{name}.png"))
-        driver.set_window_size(1400, 1000)
+        size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": 1400, "height": min(int(size["height"]) + 20, 2400), "scale": 1}
+        png = driver.execute_cdp_cmd("Page.captureScreenshot", {"captureBeyondViewport": True, "clip": clip})
+        (Path(SHOTS) / f"{name}.png").write_bytes(base64.b64decode(png["data"]))
 
 
 def cell(driver: Any, selector: str) -> str:
@@ -212,6 +213,11 @@ def test_overview_numbers_equal_what_the_broker_says(stack: Stack, urls: dict[st
     row = browser.find_element(By.CSS_SELECTOR, 'tr[data-schedule="nightly"]')
     assert "CET" in row.text or "CEST" in row.text  # next fire times in the schedule's zone
     shot(browser, "schedules")
+    row.find_element(By.XPATH, ".//button[text()='pause']").click()
+    assert "paused nightly" in cell(browser, "#message")
+    assert "paused" in cell(browser, 'tr[data-schedule="nightly"]')
+    browser.find_element(By.XPATH, "//tr[@data-schedule='nightly']//button[text()='resume']").click()
+    assert "active" in cell(browser, 'tr[data-schedule="nightly"]')
 
 
 def test_open_a_dead_letter_replay_it_and_see_it_processed(stack: Stack, urls: dict[str, str], browser: Any) -> None:

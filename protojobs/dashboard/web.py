@@ -130,7 +130,13 @@ def app(settings: Settings, *, read_only: bool = False, tokens: dict[str, str] |
         Route("/logout", logout, methods=["POST"]),
         Mount("/static", StaticFiles(packages=[("protojobs.dashboard", "static")]), name="static"),
     ]
-    web = Starlette(routes=routes)
+    async def failed(request: Request, exc: Exception) -> Response:
+        log.error("dashboard: %s %s failed: %s", request.method, request.url.path, dash.clean(repr(exc)))
+        html = dash.env.get_template("error.html").render(prefix=request.scope.get("root_path", ""),
+                                                          error=dash.clean(f"{type(exc).__name__}: {exc}"))
+        return HTMLResponse(html, 500)
+
+    web = Starlette(routes=routes, exception_handlers={Exception: failed})
     web.state.dashboard = dash
     return web
 
