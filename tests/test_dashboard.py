@@ -192,8 +192,8 @@ def test_overview_numbers_equal_what_the_broker_says(stack: Stack, urls: dict[st
     assert sum(broker["delayed"].values()) >= 2
     for topic, count in broker["dead_letter"].items():
         assert cell(browser, f'#dead tr[data-topic="{topic}"] .records') == str(count)
-    members = browser.find_elements(By.CSS_SELECTOR, ".member")
-    shown = {row.find_elements(By.TAG_NAME, "td")[0].text for row in members}
+    shown = set(browser.execute_script(  # in one call: the live refresh may swap the rows meanwhile
+        "return [...document.querySelectorAll('.member td:first-child')].map(e => e.textContent)"))
     assert shown == {m["client_id"] for m in broker["members"]}
     brokers = browser.find_elements(By.CSS_SELECTOR, "#brokers .broker")
     assert len(brokers) == len(stack.settings.kafka.brokers.split(","))
@@ -210,10 +210,10 @@ def test_overview_numbers_equal_what_the_broker_says(stack: Stack, urls: dict[st
     assert "pj-id" in browser.page_source
     shot(browser, "records")
     browser.get(urls["rw"] + "/schedules")
-    row = browser.find_element(By.CSS_SELECTOR, 'tr[data-schedule="nightly"]')
-    assert "CET" in row.text or "CEST" in row.text  # next fire times in the schedule's zone
+    row = cell(browser, 'tr[data-schedule="nightly"]')
+    assert "CET" in row or "CEST" in row  # next fire times in the schedule's zone
     shot(browser, "schedules")
-    row.find_element(By.XPATH, ".//button[text()='pause']").click()
+    browser.find_element(By.XPATH, "//tr[@data-schedule='nightly']//button[text()='pause']").click()
     assert "paused nightly" in cell(browser, "#message")
     assert "paused" in cell(browser, 'tr[data-schedule="nightly"]')
     browser.find_element(By.XPATH, "//tr[@data-schedule='nightly']//button[text()='resume']").click()
