@@ -27,6 +27,8 @@ from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.expected_conditions import staleness_of
+from selenium.webdriver.support.ui import WebDriverWait
 
 from protojobs import config
 from protojobs.engine.dispatch import Dispatcher
@@ -162,6 +164,14 @@ def shot(driver: Any, name: str) -> None:
         (Path(SHOTS) / f"{name}.png").write_bytes(base64.b64decode(png["data"]))
 
 
+def go(driver: Any, by: str, value: str) -> None:
+    """Click what loads another page (a link, a form's button) and wait until it replaced this one:
+    a click returns before the navigation it starts."""
+    old = driver.find_element(By.TAG_NAME, "html")
+    driver.find_element(by, value).click()
+    WebDriverWait(driver, 30).until(staleness_of(old))
+
+
 def cell(driver: Any, selector: str) -> str:
     return str(driver.find_element(By.CSS_SELECTOR, selector).text)
 
@@ -206,17 +216,17 @@ def test_overview_numbers_equal_what_the_broker_says(stack: Stack, urls: dict[st
     browser.get(urls["rw"] + "/queues/idle")
     assert len(browser.find_elements(By.CSS_SELECTOR, ".jobs tr")) >= 1 + 10
     shot(browser, "queue")
-    browser.find_element(By.LINK_TEXT, "explore").click()
+    go(browser, By.LINK_TEXT, "explore")
     assert "pj-id" in browser.page_source
     shot(browser, "records")
     browser.get(urls["rw"] + "/schedules")
     row = cell(browser, 'tr[data-schedule="nightly"]')
     assert "CET" in row or "CEST" in row  # next fire times in the schedule's zone
     shot(browser, "schedules")
-    browser.find_element(By.XPATH, "//tr[@data-schedule='nightly']//button[text()='pause']").click()
+    go(browser, By.XPATH, "//tr[@data-schedule='nightly']//button[text()='pause']")
     assert "paused nightly" in cell(browser, "#message")
     assert "paused" in cell(browser, 'tr[data-schedule="nightly"]')
-    browser.find_element(By.XPATH, "//tr[@data-schedule='nightly']//button[text()='resume']").click()
+    go(browser, By.XPATH, "//tr[@data-schedule='nightly']//button[text()='resume']")
     assert "active" in cell(browser, 'tr[data-schedule="nightly"]')
 
 
@@ -227,12 +237,12 @@ def test_open_a_dead_letter_replay_it_and_see_it_processed(stack: Stack, urls: d
     wait_for(lambda: bool(dlq.read(stack.settings, ids=[job_id])), 60, "the job was dead-lettered")
     browser.get(urls["rw"] + "/dead-letters?queue=flaky")
     shot(browser, "dead_letters")
-    browser.find_element(By.LINK_TEXT, job_id).click()
+    go(browser, By.LINK_TEXT, job_id)
     assert "ValueError" in cell(browser, "#detail")
     assert SECRET not in browser.page_source and "***" in cell(browser, "#payload")
     shot(browser, "dead_letter")
     fixed.touch()
-    browser.find_element(By.ID, "replay").click()
+    go(browser, By.ID, "replay")
     assert "replayed 1" in cell(browser, "#message")
     wait_for(lambda: any(r["id"] == job_id and r["ok"] for r in stack.runs()), 60, "the replayed job ran")
     # the loop guard holds in the dashboard too: the record replayed is now superseded or counted
@@ -241,7 +251,7 @@ def test_open_a_dead_letter_replay_it_and_see_it_processed(stack: Stack, urls: d
 
 def test_pause_piles_up_and_resume_drains(stack: Stack, urls: dict[str, str], browser: Any) -> None:
     browser.get(urls["rw"] + "/queues/work")
-    browser.find_element(By.ID, "pause").click()
+    go(browser, By.ID, "pause")
     assert cell(browser, "#state") == "paused"
     wait_for(lambda: "queue work paused across the group: not fetching" in stack.log("worker"), 30,
              "the worker saw the pause")
@@ -251,7 +261,7 @@ def test_pause_piles_up_and_resume_drains(stack: Stack, urls: dict[str, str], br
     assert stats_data(stack.settings)["queues"]["work"]["depth"] == 5
     assert not ids & {r["id"] for r in stack.runs()}
     browser.get(urls["rw"] + "/queues/work")
-    browser.find_element(By.ID, "resume").click()
+    go(browser, By.ID, "resume")
     assert cell(browser, "#state") == "running"
     wait_for(lambda: ids <= {r["id"] for r in stack.runs()}, 60, "the queue drained")
     browser.get(urls["rw"] + "/")
@@ -289,7 +299,7 @@ def test_tokens_guard_a_dashboard_and_a_public_bind_needs_one(stack: Stack, brow
     assert browser.current_url.endswith("/login")
     shot(browser, "login")
     browser.find_element(By.ID, "token").send_keys("let-me-in")
-    browser.find_element(By.ID, "login").click()
+    go(browser, By.ID, "login")
     assert "ops" in cell(browser, "header .who")
     assert browser.find_elements(By.ID, "queues")
 
@@ -324,17 +334,17 @@ def test_purge_asks_for_confirmation(stack: Stack, urls: dict[str, str], browser
     row = browser.find_element(By.CSS_SELECTOR, "tr.dl")
     job_id = row.get_attribute("data-id")
     runs_before = sum(r["id"] == job_id for r in stack.runs())
-    row.find_element(By.CSS_SELECTOR, "input[name=ref]").click()
-    browser.find_element(By.ID, "replay-selected").click()
+    browser.find_element(By.CSS_SELECTOR, f'tr.dl[data-id="{job_id}"] input[name=ref]').click()
+    go(browser, By.ID, "replay-selected")
     assert "replayed 1" in cell(browser, "#message")
     wait_for(lambda: sum(r["id"] == job_id for r in stack.runs()) == runs_before + 1, 60, "the selection ran")
-    browser.find_element(By.ID, "purge").click()
+    go(browser, By.ID, "purge")
     assert f"{before} record(s)" in browser.page_source
     shot(browser, "purge")
-    browser.find_element(By.ID, "purge-confirm").click()  # not confirmed: nothing is deleted
+    go(browser, By.ID, "purge-confirm")  # not confirmed: nothing is deleted
     assert sum(stats_data(stack.settings)["dead_letter"].values()) == before
     browser.find_element(By.ID, "confirm").send_keys("purge")
-    browser.find_element(By.ID, "purge-confirm").click()
+    go(browser, By.ID, "purge-confirm")
     assert f"purged {before}" in cell(browser, "#message")
     assert sum(stats_data(stack.settings)["dead_letter"].values()) == 0
     assert "dashboard action by local: purge" in stack.log("dashboard")

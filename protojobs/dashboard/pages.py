@@ -114,6 +114,12 @@ def queue(dash: Dashboard, request: Request, who: str) -> Response:
             start = max(o.low, o.committed if o.committed is not None else o.low)
             for row in _job_rows(b.read_range(t, p, start, WAITING, end=o.high), queue=name):
                 delayed.append(row | {"tier": tiers[t]})
+    # a job hopping from tier to tier (the router re-sends it for what remains) can be in two
+    # records until the router commits the older one: show it once
+    once: dict[Any, dict[str, Any]] = {}
+    for r in delayed:
+        once.setdefault(r.get("id") or (r["topic"], r["partition"], r["offset"]), r)
+    delayed = list(once.values())
     delayed.sort(key=lambda r: r.get("due", 0))
     paused = name in pause.paused_queues(settings)
     return dash.render(request, "queue.html", who, name=name, topic=topic, parts=parts, waiting=waiting,
