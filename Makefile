@@ -8,9 +8,16 @@ TOXIPROXY := .cache/bin/toxiproxy-server
 TOXIPROXY_VERSION := v2.12.0
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint unit broker-stop clean chaos bench
+.PHONY: install chromium run test lint unit broker-stop clean chaos bench
 
-install: $(VENV)/.installed $(KAFKA_LIB)/.fetched $(TOXIPROXY)
+install: $(VENV)/.installed $(KAFKA_LIB)/.fetched $(TOXIPROXY) chromium
+
+# Debian's chromium and chromedriver for the dashboard's browser tests (tests/test_dashboard.py);
+# nothing downloads a browser of its own.
+chromium:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null \
+		|| echo "make install: chromium could not be installed: the dashboard's browser tests will be skipped"; fi
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

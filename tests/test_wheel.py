@@ -112,6 +112,7 @@ def floors() -> list[str]:
 def test_wheel_carries_the_package_data(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"protojobs/config/protojobs.schema.json", "protojobs/local/pom.xml", "protojobs/py.typed"} <= names
+    assert {"protojobs/dashboard/templates/overview.html", "protojobs/dashboard/static/live.js"} <= names
     assert not [n for n in names if n.startswith(("tests/", "schemas/", "bench/", "chaos/"))]
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -26,6 +26,7 @@ COMMANDS = {
     "clear": "protojobs.cli.queues:clear_cmd",
     "completion": "protojobs.cli.completion:completion",
     "config": "protojobs.cli.config:config_group",
+    "dashboard": "protojobs.cli.dashboard:dashboard",
     "dispatch": "protojobs.cli.dispatch:dispatch_cmd",
     "dlq": "protojobs.cli.dlq:dlq_group",
     "health": "protojobs.cli.health:health",

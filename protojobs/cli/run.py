@@ -36,7 +36,7 @@ from protojobs.engine.scheduler import Scheduler, SchedulerThread
 from protojobs.engine.supervisor import supervise
 from protojobs.engine.worker import Worker, WorkerOptions
 from protojobs.kafka.transactions import Fenced, Uncertain
-from protojobs.observe import health, logs
+from protojobs.observe import health, logs, presence
 
 
 def say(text: str) -> None:
@@ -88,6 +88,7 @@ def _work(settings: config.Settings, worker: Worker | None, observed: health.Obs
             return _stop_router(routing) or _died(scheduling)
         assert observed is not None
         observed.start(worker, (routing, scheduling))
+        present = presence.Presence(settings, options.slot).start(worker, (routing, scheduling))
         say(f"protojobs: worker started for {', '.join(q.name for q in worker.queues.values())} "
             f"(group {settings.kafka.group_id})" + (", delay router on" if routing else ""))
         try:
@@ -96,10 +97,15 @@ def _work(settings: config.Settings, worker: Worker | None, observed: health.Obs
             why = "the next worker of this slot settles it" if isinstance(err, Uncertain) else \
                 "a newer worker owns this slot"
             say(f"protojobs: {err}; stopping ({why})")
+            present.stop(clean=False)
             _stop_router(routing)
             return 3
+        except BaseException:
+            present.stop(clean=False)  # its last record stays: the dashboard shows it as lost
+            raise
         finally:
             observed.stop()
+        present.stop(clean=True)
         say(f"\nprotojobs: worker stopped: {counters.done} done, {counters.retried} retried, "
             f"{counters.dead} dead-lettered" + (f", {counters.parked} parked" if counters.parked else ""))
         code = _stop_router(routing) or _died(scheduling)

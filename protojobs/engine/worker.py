@@ -164,6 +164,8 @@ class Worker(Quiet):
         self._shutdown_by: float | None = None  # monotonic: when shutdown stops waiting for running jobs
         self._resend: Resends[Sent] = Resends()  # deliveries to try again, with backoff
         self.burst = Burst() if self.options.burst else None
+        self.paused_back: set[Key] = set()  # put back because an operator paused their queue
+        self.paused_queues: set[str] = set()  # of this worker's queues, those paused (kafka.control)
 
     @property
     def assigned(self) -> set[Key]:
@@ -257,6 +259,7 @@ class Worker(Quiet):
         self.last_poll = time.monotonic()
         if self.epochs is not None:
             self.epochs.refresh()
+            self._release_resumed(self.epochs.paused)
         self._resend_due()
         self.outbox.poll(0)
         self._drain(0.0)
@@ -264,6 +267,19 @@ class Worker(Quiet):
         self._flow_control()
         if self.partitions.session_lost:
             self.stopping = 2
+
+    def _release_resumed(self, paused: set[str]) -> None:
+        """Fetch again the partitions put back because their queue was paused, once it is resumed."""
+        mine = paused & {q.name for q in self.queues.values()}
+        if mine != self.paused_queues:
+            for name in sorted(mine ^ self.paused_queues):
+                log.info("queue %s %s across the group: %s", name, "paused" if name in mine else "resumed",
+                         "not fetching it" if name in mine else "fetching it again")
+            self.paused_queues = mine
+        resumed = {key for key in self.paused_back if self.queues[key[0]].name not in paused}
+        if resumed:
+            self.paused_back -= resumed
+            self.partitions.release(resumed)
 
     def _busy(self) -> bool:
         return any(lane.running or lane.buffered for lane in self.lanes.values()) or self.partitions.pending() > 0
@@ -275,6 +291,11 @@ class Worker(Quiet):
         assert topic is not None and partition is not None and offset is not None
         if (topic, partition) in self.partitions.withheld:
             return  # put back earlier in this fetch: fetched again from there after the release
+        if self.epochs is not None and self.queues[topic].name in self.epochs.paused and \
+                self.partitions.put_back(topic, partition, offset):
+            self.paused_back.add((topic, partition))  # its queue is paused across the group (kafka.control)
+            log.debug("%s[%d]@%d put back: queue %s is paused", topic, partition, offset, self.queues[topic].name)
+            return
         over_budget = self.budget is not None and self.budget <= 0
         limit = self.options.max_uncommitted
         if (over_budget or (limit and self.partitions.window(topic, partition) >= limit)) and \
@@ -458,7 +479,8 @@ class Worker(Quiet):
         if self.partitions.withheld and (self.budget is None or self.budget > 0):
             limit = self.options.max_uncommitted
             half = limit // 2 if limit else float("inf")
-            self.partitions.release([key for key in self.partitions.withheld if windows.get(key, 0) <= half])
+            self.partitions.release([key for key in self.partitions.withheld
+                                     if windows.get(key, 0) <= half and key not in self.paused_back])
         uncommitted = dict.fromkeys(self.uncommitted, 0)
         for (topic, _partition), n in windows.items():
             if topic in self.queues:

@@ -92,6 +92,10 @@ def topic_specs(settings: Settings) -> list[names.TopicSpec]:
     specs.append(names.TopicSpec(names.control_topic(prefix), 1, rf, {"cleanup.policy": "compact"}))
     # one partition: whoever the scheduler group assigns it to leads (protojobs.scheduler)
     specs.append(names.TopicSpec(names.schedules_topic(prefix), 1, rf, {"cleanup.policy": "compact"}))
+    # worker presence (observe.presence): compacted often, so a reader of its tail sees every live worker
+    specs.append(names.TopicSpec(names.workers_topic(prefix), 1, rf, {
+        "cleanup.policy": "compact", "segment.ms": "600000", "delete.retention.ms": "600000",
+        "min.cleanable.dirty.ratio": "0.1"}))
     return specs
 
 

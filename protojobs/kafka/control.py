@@ -30,6 +30,7 @@ from protojobs.model import names
 log = logging.getLogger(__name__)
 REFRESH_S = 1.0
 CLEAR = b"clear/"
+PAUSE = b"pause/"  # pause/<queue> -> {"paused": bool, "at": epoch ms, "by": who}: workers stop fetching it
 
 
 class ClearEpochs:
@@ -46,6 +47,7 @@ class ClearEpochs:
         self.watch = watch
         self.on_malformed = on_malformed  # (topic, partition, offset, reason)
         self.epochs: dict[str, int] = {}
+        self.paused: set[str] = set()  # queues paused across the group (pause/<queue> records)
         self._next = 0.0
 
     def catch_up(self, timeout: float = 10.0) -> None:
@@ -72,6 +74,9 @@ class ClearEpochs:
 
     def _apply(self, msg: Message) -> None:
         key, value = msg.key(), msg.value()
+        if msg.error() is None and key and key.startswith(PAUSE):
+            self._apply_pause(key, value)
+            return
         if msg.error() is not None or not key or not key.startswith(CLEAR) or not value:
             return  # other keys are for other readers; a tombstone clears nothing
         parsed = parse_clear(key, value)
@@ -83,6 +88,17 @@ class ClearEpochs:
             return
         queue, cleared_at = parsed
         self.epochs[queue] = cleared_at
+
+    def _apply_pause(self, key: bytes, value: bytes | None) -> None:
+        queue = key[len(PAUSE):].decode("utf-8", "replace")
+        try:
+            paused = value is not None and json.loads(value).get("paused") is True
+        except (ValueError, AttributeError, RecursionError):
+            paused = False
+        if paused:
+            self.paused.add(queue)
+        else:
+            self.paused.discard(queue)
 
     def refresh(self, force: bool = False) -> None:
         if not force and time.monotonic() < self._next:
@@ -126,3 +142,16 @@ def record_clear(settings: Settings, queue: str, at_ms: int) -> None:
             f"clear/{queue}".encode(), on_delivery=lambda err: errors.append(err.str()) if err else None)
     if producer.flush(30) or errors:
         raise RuntimeError(f"could not record the clear of {queue!r}: {errors or 'no acknowledgement'}")
+
+
+def record_pause(settings: Settings, queue: str, paused: bool, at_ms: int, by: str) -> None:
+    """Write (and wait for the ack of) "queue is paused / resumed": every worker of the group
+    stops or starts fetching it within about REFRESH_S, and one started later obeys it too."""
+    watch = ErrorWatch()
+    producer = Producer(producer_config(settings.kafka, watch))
+    errors: list[str] = []
+    body = json.dumps({"paused": paused, "at": at_ms, "by": by}).encode()
+    produce(producer, names.control_topic(settings.kafka.topic_prefix), body, PAUSE + queue.encode(),
+            on_delivery=lambda err: errors.append(err.str()) if err else None)
+    if producer.flush(30) or errors:
+        raise RuntimeError(f"could not record the pause of {queue!r}: {errors or 'no acknowledgement'}")

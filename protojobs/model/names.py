@@ -26,6 +26,7 @@ _LEGAL = re.compile(r"^[A-Za-z0-9._-]+$")
 DEAD_LETTER = "dead-letter"
 SCHEDULES = "schedules"
 CONTROL = "control"
+WORKERS = "workers"
 DELAY_PREFIX = "delay-"
 
 
@@ -44,7 +45,7 @@ def check_topic_name(name: str) -> str:
 
 def is_reserved_queue_name(queue: str) -> bool:
     """True if a queue of this name would share a topic with protojobs' own topics."""
-    return queue in (DEAD_LETTER, SCHEDULES, CONTROL) or queue.startswith(DELAY_PREFIX)
+    return queue in (DEAD_LETTER, SCHEDULES, CONTROL, WORKERS) or queue.startswith(DELAY_PREFIX)
 
 
 def queue_topic(prefix: str, queue: str) -> str:
@@ -79,6 +80,16 @@ def schedules_topic(prefix: str) -> str:
 def control_topic(prefix: str) -> str:
     """Compacted control records (per-queue clear epochs): `{prefix}control`."""
     return check_topic_name(f"{prefix}{CONTROL}")
+
+
+def workers_topic(prefix: str) -> str:
+    """Compacted worker presence records (`observe.presence`), one key per process: `{prefix}workers`."""
+    return check_topic_name(f"{prefix}{WORKERS}")
+
+
+def worker_key(host: str, pid: int, slot: int) -> str:
+    """The key of one worker process's presence records."""
+    return f"{host}/{pid}/{slot}"
 
 
 @dataclass(frozen=True)

@@ -190,6 +190,9 @@ def _entry(msg: Message, queue_of_topic: dict[str, str]) -> Entry:
     return Entry(topic, partition, offset, stamp, dead, queue_of_topic.get(dead.topic) or h_queue, h_id)
 
 
+decode_entry = _entry  # msg, {queue topic: queue} -> Entry (never raises)
+
+
 def read_all(settings: config.Settings, timeout: float = READ_TIMEOUT) -> list[Entry]:
     """Every record of every dead-letter topic, oldest failure first (see the module's
     guarantees: a complete snapshot or DlqError)."""
