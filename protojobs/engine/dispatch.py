@@ -55,13 +55,50 @@ class ClientRefused(DispatchError, ClientError):
     DispatchError, so callers that report dispatch failures report this one too."""
 
 
-@dataclass
 class Outcome:
-    """One job's delivery: `error` None means acknowledged."""
+    """One job's delivery, resolved by the producer's delivery report (`delivered`, called on
+    whichever thread serves the producer): `done` once known, then `error` None means
+    acknowledged. `on_done(outcome)`, when set before the record is sent, is called once it is
+    known (on the thread serving the report: keep it short, e.g. resolve a future)."""
 
-    job_id: str
-    error: DispatchError | None = None
-    done: bool = False
+    __slots__ = ("job_id", "error", "done", "on_done", "sender", "waiter")
+
+    def __init__(self, job_id: str, on_done: Callable[[Outcome], None] | None = None) -> None:
+        self.job_id = job_id
+        self.error: DispatchError | None = None
+        self.done = False
+        self.on_done = on_done
+        self.sender: Dispatcher | None = None  # set by `Dispatcher.send`: counts reports
+        self.waiter: threading.Lock | None = None  # held by a thread in `wait_done`, released when known
+
+    def delivered(self, err: KafkaError | None, _msg: Any = None) -> None:
+        """The delivery report (librdkafka's (error, message) callback, this bound method)."""
+        if err is not None:
+            self.error = delivery_error(err)
+        self.done = True
+        waiter = self.waiter
+        if waiter is not None:
+            waiter.release()
+        if self.sender is not None:
+            self.sender._reported()
+        if self.on_done is not None:
+            self.on_done(self)
+
+    def wait_done(self, timeout: float) -> bool:
+        """Block until the delivery report arrived (someone must serve the producer: see
+        `Dispatcher.wait`) or `timeout` passed; True once known. One waiting thread at a time."""
+        if self.done:
+            return True
+        lock = threading.Lock()
+        lock.acquire()
+        self.waiter = lock
+        if not self.done:  # the report may have come between the check above and now
+            lock.acquire(timeout=max(timeout, 0.0))
+        self.waiter = None
+        return self.done
+
+    def __repr__(self) -> str:
+        return f"Outcome({self.job_id!r}, done={self.done}, error={self.error!r})"
 
 
 @dataclass
@@ -118,10 +155,12 @@ class Dispatcher:
         self.outbox = Outbox(self.producer)
         self.hooks = hooks if isinstance(hooks, HookSet) else HookSet(hooks)
         self._unreported = 0  # records sent whose delivery report has not arrived
-        self._count_lock = threading.Lock()
+        self._count_lock = threading.Lock()  # guards _unreported and _polling
+        self._polling = False  # a report thread serves the producer (`_serve_reports`)
         self._ensure = ensure_topics
         self._lock = threading.Lock()
         self._queue_topics: dict[str, str] = {}
+        self._job_names: dict[str, dict[str, str]] = {}  # queue -> {job name: target} of its jobs list
 
     # --- building records --------------------------------------------------------------------
 
@@ -155,14 +194,16 @@ class Dispatcher:
         if self.hooks:
             self.hooks.before_dispatch(queue, data, options)
         env = self.build(queue, data, **options)
-        topic = self.topic_for(env, now_ms())
+        topic = self.topic_for(env, env.dispatched_at)  # built just now: its dispatch time is now
         if self.hooks:
             self.hooks.after_enqueue(env, topic)
         return env, topic
 
     def _job_name(self, q: QueueSettings, job: str | None) -> str:
         if q.jobs:
-            names = {target.rsplit(":", 1)[-1]: target for target in q.jobs}
+            names = self._job_names.get(q.name)
+            if names is None:
+                names = self._job_names[q.name] = {target.rsplit(":", 1)[-1]: target for target in q.jobs}
             if job is None and len(q.jobs) == 1:
                 return q.jobs[0].rsplit(":", 1)[-1]
             if job not in names and job not in q.jobs:
@@ -217,34 +258,74 @@ class Dispatcher:
 
     def send(self, env: envelope.Envelope, outcome: Outcome, topic: str | None = None) -> None:
         """Produce one envelope to `topic` (default: where `topic_for` routes it now); `outcome`
-        is filled by the delivery report (served by `wait`)."""
-        self._ensure_topics()
+        is filled by the delivery report (served by `wait`, or any other poll of the producer).
 
-        def delivered(err: KafkaError | None) -> None:
-            outcome.error = None if err is None else delivery_error(err)
-            outcome.done = True
-            with self._count_lock:
-                self._unreported -= 1
-
-        key = env.key.encode() if env.key is not None else None
-        with self._count_lock:
+        The one internal path every send takes (dispatch, dispatch_many, `dispatch --file`): a
+        prepared envelope in, a resolved `Outcome` out; the delivery report is the Outcome's own
+        bound method (no closure per job). Records not yet reported are counted by `close`."""
+        if self._ensure:
+            self._ensure_topics()
+        key = envelope.text_bytes(env.key) if env.key is not None else None
+        value = envelope.encode(env)
+        outcome.sender = self
+        self.outbox.produce(topic or self.topic_for(env, now_ms()), value, key, envelope.headers(env),
+                            outcome.delivered)
+        with self._count_lock:  # after the produce: a record it refused is never reported
             self._unreported += 1
-        self.outbox.send(topic or self.topic_for(env, now_ms()), envelope.encode(env), key, envelope.headers(env),
-                         delivered)
+
+    def _reported(self) -> None:
+        with self._count_lock:
+            self._unreported -= 1
+
+    def _serve_reports(self) -> None:
+        """Make sure a report thread serves the producer while records await their reports.
+
+        One daemon thread per Dispatcher polls the producer, runs the delivery reports (each
+        resolves its Outcome and wakes the thread waiting on it) and ends when none is awaited:
+        100 threads calling `dispatch()` each wait on their own Outcome instead of all polling
+        the producer (a poll serves whichever reports are ready, often another caller's, so the
+        rest slept out their poll timeout)."""
+        with self._count_lock:
+            if self._polling:
+                return
+            self._polling = True
+        threading.Thread(target=self._report_loop, name="protojobs-dispatch-reports", daemon=True).start()
+
+    def _report_loop(self) -> None:
+        try:
+            while True:
+                self.producer.poll(0.05)
+                with self._count_lock:
+                    if self._unreported <= 0 or self.watch.fatal is not None:
+                        self._polling = False
+                        return
+        except BaseException:
+            with self._count_lock:
+                self._polling = False
+            raise
 
     def wait(self, outcomes: Iterable[Outcome], timeout: float | None = None) -> None:
-        """Serve delivery reports until every outcome is known (or raise DeliveryUncertain)."""
+        """Wait until every outcome is known (an outcome whose report does not come in time is
+        marked DeliveryUncertain); ClientRefused when Kafka refused the client. The reports are
+        served by the report thread (`_serve_reports`), so any number of threads may wait."""
         pending = [o for o in outcomes if not o.done]
         limit = timeout if timeout is not None else self._delivery_timeout()
         deadline = time.monotonic() + limit
-        while pending:
+        i = 0
+        while i < len(pending):
+            if pending[i].done:
+                i += 1
+                continue
             if self.watch.fatal is not None:
                 raise ClientRefused(str(self.watch.fatal))
-            self.producer.poll(0.05)
-            pending = [o for o in pending if not o.done]
-            if pending and time.monotonic() > deadline:
-                for o in pending:
-                    o.error, o.done = DeliveryUncertain(f"no delivery report within {limit:.0f}s"), True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                for o in pending[i:]:
+                    if not o.done:
+                        o.error, o.done = DeliveryUncertain(f"no delivery report within {limit:.0f}s"), True
+                return
+            self._serve_reports()
+            pending[i].wait_done(min(left, 0.05))
 
     def _delivery_timeout(self) -> float:
         conf = self.settings.kafka.producer
@@ -266,8 +347,8 @@ class Dispatcher:
         outcomes: list[tuple[int, Outcome]] = []
         txn = self.joined()
         for index, data in enumerate(items):
-            try:
-                env, topic = self.prepare(queue, data, **dict(options))
+            try:  # `**options` gives each call its own dict: hooks may change theirs
+                env, topic = self.prepare(queue, data, **options)
             except (PayloadError, DispatchError) as err:
                 result.errors[index] = err if isinstance(err, DispatchError) else DispatchError(str(err))
                 continue
