@@ -92,7 +92,7 @@ class Lane:
         self.attempt = attempt
         self.lock = threading.Lock()
         self.wake = threading.Condition(self.lock)  # idle lane threads wait on it for jobs
-        self.idle = 0  # lane threads waiting on `wake` and not yet woken
+        self.idle = 0  # lane threads inside `wake.wait` (some may be notified and not yet running)
         self.results: list[Result] = []  # finished, not yet taken by the loop (`collect`)
         self.ready: deque[JobRun] = deque()
         self.chains: dict[Hashable, deque[JobRun]] = {}
@@ -137,10 +137,9 @@ class Lane:
     def _staff_locked(self) -> None:
         """Wake idle lane threads, and start more (up to `concurrency`), for the ready jobs."""
         want = len(self.ready)
-        if self.idle:
+        if self.idle > 0:  # notify() skips waiters already notified: at worst fewer are woken
             woken = min(want, self.idle)
             self.wake.notify(woken)
-            self.idle -= woken
             want -= woken
         while want > 0 and self.threads < self.queue.concurrency:
             self.threads += 1
@@ -191,8 +190,12 @@ class Lane:
                 if waited or self.halted:
                     self.threads -= 1
                     return None
+                # Counted by the waiter itself, so a wait that times out just as it is notified
+                # is never counted twice; after it, ready jobs are taken before the thread ends.
                 self.idle += 1
-                if not self.wake.wait(IDLE_S):  # timed out: no one counted this thread as woken
+                try:
+                    self.wake.wait(IDLE_S)
+                finally:
                     self.idle -= 1
                 waited = True
 
@@ -273,7 +276,6 @@ class Lane:
         with self.lock:
             self.halted = True
             self.wake.notify_all()
-            self.idle = 0
 
     def busy(self, partitions: set[tuple[str, int]] | None = None) -> int:
         """Running jobs, and timed-out ones whose failure is being decided (of `partitions`, or all)."""
