@@ -1,6 +1,6 @@
 """`make bench`: start the bench broker, run every scenario beside its baselines, report.
 
-    python bench/run.py [--quick] [--only dispatch,drain,...] [--profile] [--repeats N]
+    python bench/run.py [--quick] [--only dispatch,drain,...] [--profile] [--repeats N] [--three-nodes | --one-node]
 
 BENCH_QUICK=1 (or --quick) runs the reduced version (under 3 minutes); the full run stays
 under 20 minutes on 2 cores. The broker is the project's own single node
@@ -9,6 +9,11 @@ it is stopped at the end unless --keep-broker. Results: a printed table,
 bench/results/latest.json and PNG plots (latency percentiles, throughput vs processes).
 The machine is shared and small: each scenario runs `--repeats` times (default 2) and the
 better figure is reported, with every run's figure kept in the JSON.
+
+The 3-node run (default in the full run, `--three-nodes` in the quick one): after the 1-node
+scenarios, a 3-node cluster (RF 3, min ISR 2; producers use acks=all as always) in
+<state>/3node on ports from <port>+100 runs the dispatch and drain scenarios at their quick
+sizes, reported beside the 1-node figures (`three_nodes` in the JSON).
 """
 
 from __future__ import annotations
@@ -43,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state", default="/tmp/pj-bench")
     parser.add_argument("--port", type=int, default=22100)
     parser.add_argument("--keep-broker", action="store_true")
+    parser.add_argument("--three-nodes", action="store_true", default=None, help="also the 3-node run")
+    parser.add_argument("--one-node", dest="three_nodes", action="store_false", help="no 3-node run")
     args = parser.parse_args(argv)
+    if args.three_nodes is None:
+        args.three_nodes = not args.quick and not args.only
     chosen = args.only.split(",") if args.only else list(SCENARIOS)
     cluster = Cluster(Path(args.state), base_port=args.port, profile="bench")
     reused = bool(cluster.running_pids())
@@ -69,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not reused and not args.keep_broker:
             cluster.stop()
+    if args.three_nodes:
+        t0 = time.monotonic()
+        results["three_nodes"] = three_nodes(Path(args.state) / "3node", args.port + 100, args.repeats)
+        results["three_nodes_seconds"] = round(time.monotonic() - t0, 1)
+        save(results)
     results["total_seconds"] = round(time.monotonic() - started, 1)
     save(results)
     import report
@@ -77,6 +91,28 @@ def main(argv: list[str] | None = None) -> int:
     report.plots(results, RESULTS)
     print(f"bench: {RESULTS / 'latest.json'} and plots in {RESULTS}/ ({results['total_seconds']:.0f} s)")
     return 0
+
+
+def three_nodes(state: Path, port: int, repeats: int) -> dict[str, Any]:
+    """Dispatch and drain (quick sizes) on a 3-node cluster: RF 3, min ISR 2, acks=all."""
+    cluster = Cluster(state, base_port=port, nodes=3, profile="bench")
+    out: dict[str, Any] = {"nodes": 3, "replication_factor": 3, "min_insync_replicas": 2}
+    print(f"bench: starting the 3-node bench cluster on {cluster.bootstrap} ...", flush=True)
+    try:
+        cluster.start()
+        env = Env(cluster.bootstrap, True, state / "work", repeats=repeats)
+        for name in ("dispatch", "drain"):
+            print(f"bench: 3 nodes: {name} ...", flush=True)
+            try:
+                out[name] = importlib.import_module(SCENARIOS[name]).run(env)
+            except Exception as exc:  # noqa: BLE001 - reported, like the 1-node scenarios
+                traceback.print_exc()
+                out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    except Exception as exc:  # noqa: BLE001 - a cluster that does not start: reported
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        cluster.stop()
+    return out
 
 
 def machine() -> dict[str, Any]:

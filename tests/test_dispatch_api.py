@@ -139,4 +139,4 @@ def test_a_job_refused_before_it_is_queued_raises_at_once(kafka, fresh_prefix) -
         assert dispatcher.submit("work", {"n": 1}).result(timeout=60)  # the next one goes through
     finally:
         assert dispatcher.close() == 0
-    assert dispatcher.pump._outstanding == 0 and not dispatcher._awaited
+    assert dispatcher._unreported == 0 and not dispatcher._awaited

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -13,7 +12,7 @@ from hypothesis import strategies as st
 
 from protojobs.model import dead_letter as D
 from protojobs.model import envelope as E
-from protojobs.model.envelope import Envelope, EnvelopeError
+from protojobs.model.envelope import Envelope, EnvelopeError, replace
 
 SETTINGS = settings(max_examples=150, deadline=None)
 NOW = 1_760_000_000_000
@@ -507,3 +506,62 @@ def test_dead_letter_unknown_origin_is_minus_one() -> None:
     value = D.dead_letter_record(b"\x00", **{**FAILURE, "partition": -1, "offset": -1})
     dead = D.decode_dead_letter(value)
     assert (dead.partition, dead.offset, dead.raw) == (-1, -1, "\x00")
+
+
+# --- the compiled codec against the records written before it --------------------------------
+
+# Record values exactly as protojobs wrote them with the stdlib json codec (before msgspec):
+# each must decode, through the compiled path or the stdlib one, to the same envelope.
+RECORDED = [
+    (b'{"v":1,"id":"01K6ZR5Q8W4B7N2M3P5R7T9VXY","queue":"emails","job":"app.jobs:send_email","attempt":3,'
+     b'"dispatched_at":1760000000000,"available_at":1760000005000,"key":"a@example.com","replays":2,'
+     b'"trace":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01","first_failed_at":1760000001000,'
+     b'"data":{"to":"a@example.com","n":1,"tiny":1e-07,"big":1e+16,"huge":123456789012345678901234567890,'
+     b'"text":"\xc3\xa9 \xe2\x9c\x93 \\ud800 \\u0000"}}',
+     dict(v=1, id="01K6ZR5Q8W4B7N2M3P5R7T9VXY", queue="emails", job="app.jobs:send_email", attempt=3,
+          dispatched_at=1760000000000, available_at=1760000005000, key="a@example.com", replays=2,
+          trace="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", first_failed_at=1760000001000,
+          data={"to": "a@example.com", "n": 1, "tiny": 1e-07, "big": 1e16, "huge": 123456789012345678901234567890,
+                "text": "\u00e9 \u2713 \ud800 \u0000"})),
+    (b'{"v":1,"id":"01K6ZR5Q8W4B7N2M3P5R7T9VXZ","queue":"jobs","job":"noop","attempt":1,'
+     b'"dispatched_at":1760000000000,"available_at":1760000000000,"key":null,"data":[1,2.5,null,true,"x"]}',
+     dict(v=1, id="01K6ZR5Q8W4B7N2M3P5R7T9VXZ", queue="jobs", job="noop", attempt=1, dispatched_at=1760000000000,
+          available_at=1760000000000, key=None, data=[1, 2.5, None, True, "x"])),
+    (b'{"id": "job-0", "queue": "jobs", "job": "noop", "attempts": 0, "dispatched_at": 5, "available_at": 6, '
+     b'"key": "k", "data": {"a": 1e400}}',  # v0 (no "v"), spaced, a number beyond a double (inf)
+     dict(v=1, id="job-0", queue="jobs", job="noop", attempt=1, dispatched_at=5, available_at=6, key="k",
+          data={"a": float("inf")})),
+]
+
+
+@pytest.mark.parametrize("value, fields", RECORDED, ids=["v1-full", "v1-minimal", "v0"])
+def test_records_written_before_the_compiled_codec_still_decode(value: bytes, fields: dict[str, Any]) -> None:
+    assert E.decode(value) == Envelope(**fields)
+    assert E.decode(value) == E.from_dict(E.loads(value, "job envelope"))
+
+
+@SETTINGS
+@given(envelopes)
+def test_compiled_and_stdlib_codecs_agree(env: Envelope) -> None:
+    old = E.dumps(E.to_dict(env))  # what the stdlib codec writes
+    new = E.encode(env)
+    assert json.loads(new) == json.loads(old)  # the same JSON document (floats may be spelled otherwise)
+    assert E.decode(old) == E.decode(new) == E.from_dict(E.loads(old, "job envelope")) == env
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_compiled_encode_still_refuses_non_finite_numbers_anywhere(value: float) -> None:
+    for data in (value, [1, value], {"a": {"b": [value]}}):
+        with pytest.raises(EnvelopeError, match="not encodable"):
+            E.encode(sample(data=data))
+
+
+def test_compiled_encode_writes_no_types_json_lacks() -> None:
+    import datetime
+    import uuid
+
+    for data in (datetime.datetime(2026, 1, 1), uuid.UUID(int=1), b"bytes", frozenset({1}), {"a": {1, 2}}):
+        with pytest.raises(EnvelopeError, match="not encodable"):
+            E.encode(sample(data=data))
+    assert json.loads(E.encode(sample(data={"t": (1, 2), 3: "int key"})))["data"] == {"t": [1, 2], "3": "int key"}
+

@@ -2,8 +2,8 @@
 
 Both go through the Dispatcher's own path (`prepare`, `send`, the same producer) and are
 resolved by the same delivery reports as a synchronous `dispatch`: each job's `Outcome` calls
-back when its report arrives, on the thread that serves reports (the Dispatcher's
-`kafka.reports.ReportPump`, or a synchronous caller polling meanwhile). A callback resolves a
+back when its report arrives, on the Dispatcher's report thread (the one that also serves
+synchronous waits, running only while reports are outstanding). A callback resolves a
 `concurrent.futures.Future`, or hands an asyncio future to its loop with
 `loop.call_soon_threadsafe`: no thread per call. Validation errors raise at once; inside an
 exactly-once job the jobs join its transaction (`Dispatcher.joined`) and are done at once.

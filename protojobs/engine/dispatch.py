@@ -9,8 +9,9 @@ Guarantees
 - `dispatch_many` produces every job before waiting once (no flush per job), then reports each.
 - `submit` (a Future of the id), `await dispatch_async` and `await dispatch_many_async` give the
   same guarantees without blocking the caller: the same producer, resolved by the same delivery
-  reports, served by one background thread per Dispatcher (`kafka.reports.ReportPump`, started
-  on first use); never a thread per call. Validation errors still raise at once.
+  reports, served by the one report thread of the Dispatcher that also serves synchronous waits
+  (`Dispatcher._serve_reports`, running only while reports are outstanding); never a thread per
+  call. Validation errors still raise at once.
 - Kafka refusing the client itself (wrong credentials, no authorization) raises
   `ClientRefused` (both a DispatchError and a protojobs.clients.ClientError) within about a
   second, instead of after librdkafka's retry loop; its message never includes the config.
@@ -30,6 +31,8 @@ Guarantees
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import threading
 import time
 import warnings
@@ -48,8 +51,9 @@ from protojobs.kafka import admin
 from protojobs.kafka.clients import ClientError, ErrorWatch, producer_config
 from protojobs.kafka.clock import now_ms
 from protojobs.kafka.outbox import Outbox
-from protojobs.kafka.reports import ReportPump
 from protojobs.model import delays, durations, envelope, names
+
+log = logging.getLogger(__name__)
 
 
 class DispatchError(RuntimeError):
@@ -65,22 +69,58 @@ class ClientRefused(DispatchError, ClientError):
     DispatchError, so callers that report dispatch failures report this one too."""
 
 
-@dataclass(eq=False)
 class Outcome:
-    """One job's delivery: `error` None means acknowledged. `on_done` (futures, await) is called
-    once, on the thread that serves the delivery report."""
+    """One job's delivery, resolved by the producer's delivery report (`delivered`, called on
+    whichever thread serves the producer): `done` once known, then `error` None means
+    acknowledged. `on_done(outcome)` (futures, await), when set before the record is sent, is
+    called once it is known, on the thread serving the report: keep it short (resolve a future)."""
 
-    job_id: str
-    error: DispatchError | None = None
-    done: bool = False
-    on_done: Callable[[Outcome], None] | None = None
+    __slots__ = ("job_id", "error", "done", "on_done", "sender", "waiter")
+
+    def __init__(self, job_id: str, on_done: Callable[[Outcome], None] | None = None) -> None:
+        self.job_id = job_id
+        self.error: DispatchError | None = None
+        self.done = False
+        self.on_done = on_done
+        self.sender: Dispatcher | None = None  # set by `Dispatcher.send`: counts reports
+        self.waiter: threading.Lock | None = None  # held by a thread in `wait_done`, released when known
+
+    def delivered(self, err: KafkaError | None, _msg: Any = None) -> None:
+        """The delivery report (librdkafka's (error, message) callback is this bound method: no
+        closure per job)."""
+        sender = self.sender
+        if sender is not None:
+            sender._reported(self)
+        if not self.done:  # else already failed: the client was refused, or a wait timed out
+            self.finish(None if err is None else delivery_error(err))
 
     def finish(self, error: DispatchError | None) -> None:
+        """Resolve the outcome once (later calls are ignored): wake its waiter, call `on_done`."""
         if self.done:
             return
-        self.error, self.done = error, True
+        self.error = error
+        self.done = True
+        waiter = self.waiter
+        if waiter is not None:
+            waiter.release()
         if self.on_done is not None:
             self.on_done(self)
+
+    def wait_done(self, timeout: float) -> bool:
+        """Block until the delivery report arrived (someone must serve the producer: see
+        `Dispatcher.wait`) or `timeout` passed; True once known. One waiting thread at a time."""
+        if self.done:
+            return True
+        lock = threading.Lock()
+        lock.acquire()
+        self.waiter = lock
+        if not self.done:  # the report may have come between the check above and now
+            lock.acquire(timeout=max(timeout, 0.0))
+        self.waiter = None
+        return self.done
+
+    def __repr__(self) -> str:
+        return f"Outcome({self.job_id!r}, done={self.done}, error={self.error!r})"
 
 
 @dataclass
@@ -162,13 +202,19 @@ def build(settings: Settings, queue: str, data: Any, *, job: str | None = None, 
 
 def _job_name(q: QueueSettings, job: str | None) -> str:
     if q.jobs:
-        names = {target.rsplit(":", 1)[-1]: target for target in q.jobs}
+        names = _job_names(q.jobs)
         if job is None and len(q.jobs) == 1:
             return q.jobs[0].rsplit(":", 1)[-1]
         if job not in names and job not in q.jobs:
             raise DispatchError(f"job {job!r} is not on queue {q.name!r}'s jobs list ({', '.join(names)})")
         return str(job).rsplit(":", 1)[-1]
     return job or (q.handler or q.name)
+
+
+@functools.lru_cache(maxsize=1024)
+def _job_names(jobs: tuple[str, ...]) -> dict[str, str]:
+    """{job name: target} of a queue's jobs list, computed once per list (callers never mutate it)."""
+    return {target.rsplit(":", 1)[-1]: target for target in jobs}
 
 
 class Dispatcher:
@@ -182,12 +228,12 @@ class Dispatcher:
         self.outbox = Outbox(self.producer)
         self.hooks = hooks if isinstance(hooks, HookSet) else HookSet(hooks)
         self._unreported = 0  # records sent whose delivery report has not arrived
-        self._count_lock = threading.Lock()
+        self._count_lock = threading.Lock()  # guards _unreported, _awaited and _polling
+        self._polling = False  # a report thread serves the producer (`_serve_reports`)
+        self._awaited: set[Outcome] = set()  # deliveries a future or an await waits for
         self._ensure = ensure_topics
         self._lock = threading.Lock()
         self._queue_topics: dict[str, str] = {}
-        self._awaited: set[Outcome] = set()  # deliveries a future or an await waits for
-        self.pump = ReportPump(self.producer, self._fail_if_refused)
 
     # --- building records --------------------------------------------------------------------
 
@@ -208,7 +254,7 @@ class Dispatcher:
         if self.hooks:
             self.hooks.before_dispatch(queue, data, options)
         env = self.build(queue, data, **options)
-        topic = self.topic_for(env, now_ms())
+        topic = self.topic_for(env, env.dispatched_at)  # built just now: its dispatch time is now
         if self.hooks:
             self.hooks.after_enqueue(env, topic)
         return env, topic
@@ -260,50 +306,106 @@ class Dispatcher:
 
     def send(self, env: envelope.Envelope, outcome: Outcome, topic: str | None = None) -> None:
         """Produce one envelope to `topic` (default: where `topic_for` routes it now); `outcome`
-        is filled by the delivery report (served by `wait`)."""
-        self._ensure_topics()
+        is filled by the delivery report (served by the report thread, see `wait`).
 
-        tracked = outcome.on_done is not None
-
-        def delivered(err: KafkaError | None) -> None:
-            with self._count_lock:
-                self._unreported -= 1
-                self._awaited.discard(outcome)
-            outcome.finish(None if err is None else delivery_error(err))
-            if tracked:
-                self.pump.settle()
-
-        key = env.key.encode() if env.key is not None else None
-        with self._count_lock:
+        The one internal path every send takes (dispatch, dispatch_many, submit, await,
+        `dispatch --file`): a prepared envelope in, a resolved `Outcome` out; the delivery report
+        is the Outcome's own bound method (no closure per job). A record refused before it was
+        queued (e.g. too large) raises here and leaves nothing outstanding: it is counted (and,
+        with `on_done`, awaited) only once produced. Unreported records are counted by `close`."""
+        if self._ensure:
+            self._ensure_topics()
+        key = envelope.text_bytes(env.key) if env.key is not None else None
+        value = envelope.encode(env)
+        outcome.sender = self
+        topic = topic or self.topic_for(env, now_ms())
+        if outcome.on_done is None:
+            self.outbox.produce(topic, value, key, envelope.headers(env), outcome.delivered)
+            with self._count_lock:  # after the produce: a record it refused is never reported
+                self._unreported += 1
+            return
+        with self._count_lock:  # nobody polls for this one: awaited, and the report thread runs
             self._unreported += 1
-            if tracked:
-                self._awaited.add(outcome)
-        if tracked:
-            self.pump.track()
+            self._awaited.add(outcome)
+            start = not self._polling
+            self._polling = True
+        if start:
+            self._start_report_thread()
         try:
-            self.outbox.send(topic or self.topic_for(env, now_ms()), envelope.encode(env), key,
-                             envelope.headers(env), delivered)
+            self.outbox.produce(topic, value, key, envelope.headers(env), outcome.delivered)
         except BaseException:  # refused before it was queued (e.g. too large): no report will come
             with self._count_lock:
                 self._unreported -= 1
                 self._awaited.discard(outcome)
-            if tracked:
-                self.pump.settle()
             raise
 
+    def _reported(self, outcome: Outcome) -> None:
+        with self._count_lock:
+            self._unreported -= 1
+            if outcome.on_done is not None:
+                self._awaited.discard(outcome)
+
+    def _serve_reports(self) -> None:
+        """Make sure a report thread serves the producer while records await their reports.
+
+        One daemon thread per Dispatcher polls the producer, runs the delivery reports (each
+        resolves its Outcome: wakes the thread waiting on it, or calls its `on_done` for a
+        future or an await) and ends when none is outstanding: 100 threads calling `dispatch()`
+        each wait on their own Outcome instead of all polling the producer (a poll serves
+        whichever reports are ready, often another caller's, so the rest slept out their poll
+        timeout). The same thread serves `submit` and `dispatch_async`: never a thread per call."""
+        with self._count_lock:
+            if self._polling:
+                return
+            self._polling = True
+        self._start_report_thread()
+
+    def _start_report_thread(self) -> None:
+        threading.Thread(target=self._report_loop, name="protojobs-dispatch-reports", daemon=True).start()
+
+    def _report_loop(self) -> None:
+        while True:
+            try:
+                self.producer.poll(0.05)
+            except Exception:  # noqa: BLE001 - a report callback's bug (on_done) must not stop the others
+                log.exception("serving delivery reports failed")
+            with self._count_lock:
+                refused = self.watch.fatal is not None
+                if self._unreported <= 0 or refused:
+                    self._polling = False
+                    break
+        if refused:
+            self._fail_awaited()
+
+    def _fail_awaited(self) -> None:
+        """A refused client fails every awaited delivery (ClientRefused): no report will save them.
+        Synchronous waits raise ClientRefused themselves (`wait`)."""
+        with self._count_lock:
+            awaited, self._awaited = list(self._awaited), set()
+        for outcome in awaited:
+            outcome.finish(ClientRefused(str(self.watch.fatal)))
+
     def wait(self, outcomes: Iterable[Outcome], timeout: float | None = None) -> None:
-        """Serve delivery reports until every outcome is known (or raise DeliveryUncertain)."""
+        """Wait until every outcome is known (an outcome whose report does not come in time is
+        marked DeliveryUncertain); ClientRefused when Kafka refused the client. The reports are
+        served by the report thread (`_serve_reports`), so any number of threads may wait."""
         pending = [o for o in outcomes if not o.done]
         limit = timeout if timeout is not None else self._delivery_timeout()
         deadline = time.monotonic() + limit
-        while pending:
+        i = 0
+        while i < len(pending):
+            if pending[i].done:
+                i += 1
+                continue
             if self.watch.fatal is not None:
                 raise ClientRefused(str(self.watch.fatal))
-            self.producer.poll(0.05)
-            pending = [o for o in pending if not o.done]
-            if pending and time.monotonic() > deadline:
-                for o in pending:
-                    o.error, o.done = DeliveryUncertain(f"no delivery report within {limit:.0f}s"), True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                for o in pending[i:]:
+                    o.finish(DeliveryUncertain(f"no delivery report within {limit:.0f}s"))
+                return
+            self._serve_reports()
+            pending[i].wait_done(min(left, 0.05))
 
     def _delivery_timeout(self) -> float:
         conf = self.settings.kafka.producer
@@ -325,8 +427,8 @@ class Dispatcher:
         outcomes: list[tuple[int, Outcome]] = []
         txn = self.joined()
         for index, data in enumerate(items):
-            try:
-                env, topic = self.prepare(queue, data, **dict(options))
+            try:  # `**options` gives each call its own dict: hooks may change theirs
+                env, topic = self.prepare(queue, data, **options)
             except (PayloadError, DispatchError) as err:
                 result.errors[index] = err if isinstance(err, DispatchError) else DispatchError(str(err))
                 continue
@@ -347,7 +449,7 @@ class Dispatcher:
                 result.errors[index] = outcome.error
         return result
 
-    # --- futures and await: the same producer and delivery reports, served by `pump` ----------
+    # --- futures and await: the same producer and delivery reports, the same report thread ---
 
     def submit(self, queue: str, data: Any, **options: Any) -> Future[str]:
         """`dispatch` without waiting: a Future of the job's id (`engine.awaited.submit`)."""
@@ -363,24 +465,13 @@ class Dispatcher:
         from protojobs.engine import awaited
         return await awaited.dispatch_many(self, queue, items, **options)
 
-    def _fail_if_refused(self) -> None:
-        """The pump's check: a refused client fails every awaited delivery (ClientRefused)."""
-        if self.watch.fatal is None:
-            return
-        with self._count_lock:
-            awaited, self._awaited = list(self._awaited), set()
-        for outcome in awaited:
-            outcome.finish(ClientRefused(str(self.watch.fatal)))
-
     def close(self, timeout: float = 30) -> int:
         """Flush what is still buffered; return how many records could not be delivered.
         A refused client cannot deliver anything: its buffer is dropped instead of waited out."""
         if self.watch.fatal is not None:
             undelivered = self._unreported  # records only (len(producer) also counts requests)
+            self._fail_awaited()
             self.producer.purge()
             self.producer.flush(1)  # serves the purged records' delivery reports
-            self.pump.close()
             return undelivered
-        left = int(self.producer.flush(timeout))
-        self.pump.close()
-        return left
+        return int(self.producer.flush(timeout))

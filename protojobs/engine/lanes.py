@@ -22,7 +22,15 @@ concurrency) the lane is `wedged`: the worker reports it (/healthz 503 naming th
 
 Each attempt runs through `engine.attempt.Attempt` on the lane thread, failure decision
 included; a job declared timed out gets its failure decided on the thread that replaces it.
-Results go to `done` (a SimpleQueue) for the consume loop, which owns offsets.
+
+Batches, not single jobs, cross threads (the hot path: a thread wake or a queue hand-off per
+job costs more than a no-op job): the consume loop hands a lane every job of one fetch with
+`submit_many` (one lock, one wake-up), lane threads stay alive while there is work (an idle one
+waits `IDLE_S` for more before it ends, so a burst does not start threads per job), and the
+results of finished jobs collect in the lane under its lock: the loop takes them with `collect`
+on every pass, and a lane thread hands them to `done` (the loop's SimpleQueue, which owns
+offsets) as one list when `FLUSH_AT` are waiting or when it runs out of ready jobs. A lane thread
+still takes one job at a time, so concurrency, chains and timeouts work per job as before.
 """
 
 from __future__ import annotations
@@ -52,6 +60,8 @@ from protojobs.kafka.clock import now_ms
 from protojobs.model import envelope, retry
 
 log = logging.getLogger(__name__)
+IDLE_S = 2.0  # an idle lane thread waits this long for more jobs before it ends
+FLUSH_AT = 256  # results waiting in a lane: a lane thread hands them to `done` as one list
 
 
 class EventLoop:
@@ -85,6 +95,9 @@ class Lane:
         self.valid = valid  # False once the job's partition was revoked: drop it unstarted
         self.attempt = attempt
         self.lock = threading.Lock()
+        self.wake = threading.Condition(self.lock)  # idle lane threads wait on it for jobs
+        self.idle = 0  # lane threads inside `wake.wait` (some may be notified and not yet running)
+        self.results: list[Result] = []  # finished, not yet taken by the loop (`collect`)
         self.ready: deque[JobRun] = deque()
         self.chains: dict[Hashable, deque[JobRun]] = {}
         self.running: dict[int, JobRun] = {}  # id(job) -> job
@@ -108,42 +121,87 @@ class Lane:
                          daemon=True).start()
 
     def submit(self, job: JobRun) -> None:
-        with self.lock:
-            self.buffered += 1
-            if job.chain is not None:
-                chain = self.chains.get(job.chain)
-                if chain is not None:
-                    chain.append(job)
-                    return
-                self.chains[job.chain] = deque()
-            self.ready.append(job)
-            if self.threads < self.queue.concurrency:
-                self.threads += 1
-                self._start_thread(self._work)
+        self.submit_many([job])
 
-    def _next(self, previous: JobRun | None) -> JobRun | None:
-        """Release `previous`'s chain (starting its successor) and take the next ready job."""
+    def submit_many(self, jobs: list[JobRun]) -> None:
+        """Buffer jobs (in their order) and wake or start the lane threads to run them."""
+        with self.lock:
+            self.buffered += len(jobs)
+            chains, ready = self.chains, self.ready
+            for job in jobs:
+                if job.chain is not None:
+                    chain = chains.get(job.chain)
+                    if chain is not None:
+                        chain.append(job)
+                        continue
+                    chains[job.chain] = deque()
+                ready.append(job)
+            self._staff_locked()
+
+    def _staff_locked(self) -> None:
+        """Wake idle lane threads, and start more (up to `concurrency`), for the ready jobs."""
+        want = len(self.ready)
+        if self.idle > 0:  # notify() skips waiters already notified: at worst fewer are woken
+            woken = min(want, self.idle)
+            self.wake.notify(woken)
+            want -= woken
+        while want > 0 and self.threads < self.queue.concurrency:
+            self.threads += 1
+            want -= 1
+            self._start_thread(self._work)
+
+    def collect(self) -> list[Result]:
+        """Take the results waiting in the lane (the loop calls it on every pass)."""
+        if not self.results:
+            return []
+        with self.lock:
+            taken, self.results = self.results, []
+        return taken
+
+    def _next(self, previous: JobRun | None, result: Result | None = None) -> JobRun | None:
+        """Settle `previous` (its result, its chain's successor) and take the next ready job,
+        waiting up to `IDLE_S` for one; None: this thread ends."""
         with self.lock:
             if previous is not None:
                 if previous.state == TIMED_OUT:  # expire() released its chain and gave its slot to a
                     self.hung -= 1  # fresh thread: this one, back from its handler at last, ends
                     return None
+                previous.state = DONE
                 self.running.pop(id(previous), None)
                 self._release_chain_locked(previous)
-            while self.ready and not self.halted:
-                job = self.ready.popleft()
-                self.buffered -= 1
-                if not self.valid(job):
-                    job.state = DROPPED
-                    self._release_chain_locked(job)
-                    continue
-                job.state = RUNNING
-                job.started = time.monotonic()
-                job.deadline = job.started + self.queue.timeout_ms / 1000
-                self.running[id(job)] = job
-                return job
-            self.threads -= 1
-            return None
+                if result is not None:
+                    self.results.append(result)
+                    if len(self.results) >= FLUSH_AT:
+                        self.done.put(self.results)
+                        self.results = []
+            waited = False
+            while True:
+                while self.ready and not self.halted:
+                    job = self.ready.popleft()
+                    self.buffered -= 1
+                    if not self.valid(job):
+                        job.state = DROPPED
+                        self._release_chain_locked(job)
+                        continue
+                    job.state = RUNNING
+                    job.started = time.monotonic()
+                    job.deadline = job.started + self.queue.timeout_ms / 1000
+                    self.running[id(job)] = job
+                    return job
+                if self.results:  # out of work: hand over what finished (wakes a waiting loop)
+                    self.done.put(self.results)
+                    self.results = []
+                if waited or self.halted:
+                    self.threads -= 1
+                    return None
+                # Counted by the waiter itself, so a wait that times out just as it is notified
+                # is never counted twice; after it, ready jobs are taken before the thread ends.
+                self.idle += 1
+                try:
+                    self.wake.wait(IDLE_S)
+                finally:
+                    self.idle -= 1
+                waited = True
 
     def _release_chain_locked(self, job: JobRun) -> None:
         if job.chain is None:
@@ -158,22 +216,14 @@ class Lane:
         return self.handlers.get(job.env.job) or self.handlers.get("*")
 
     def _work(self, first: JobRun | None = None) -> None:
+        run, handlers = self.attempt.run, self.handlers
         job = first or self._next(None)
         while job is not None:
             try:
-                result = self.attempt.run(job, self.handler_for(job), self)
+                result = run(job, handlers.get(job.env.job) or handlers.get("*"), self)
             except BaseException as exc:  # noqa: BLE001 - never lose a job to a bug of ours
                 result = Result(job, exc, None, 0.0)
-            self._report(job, result)
-            job = self._next(job)
-
-    def _report(self, job: JobRun, result: Result) -> None:
-        with self.lock:
-            late = job.state == TIMED_OUT
-            if not late:
-                job.state = DONE
-        if not late:
-            self.done.put(result)
+            job = self._next(job, result)  # a late result (the job timed out meanwhile) is dropped there
 
     def _timed_out(self, job: JobRun) -> None:
         """On the thread that replaces a stuck one: decide the timed-out attempt's failure, then work.
@@ -257,9 +307,10 @@ class Lane:
         return expired
 
     def halt(self) -> None:
-        """Start no more jobs (running ones finish)."""
+        """Start no more jobs (running ones finish); idle lane threads end."""
         with self.lock:
             self.halted = True
+            self.wake.notify_all()
 
     def busy(self, partitions: set[tuple[str, int]] | None = None) -> int:
         """Running jobs, and timed-out ones whose failure is being decided (of `partitions`, or all)."""

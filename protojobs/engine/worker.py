@@ -71,6 +71,7 @@ from protojobs.model import dead_letter as dead_letters
 from protojobs.model import envelope, names
 
 log = logging.getLogger(__name__)
+HOLD_AFTER_S = 0.5  # a buffer full this long pauses fetching (`_room`, `_flow_control`)
 
 
 @dataclass
@@ -142,7 +143,7 @@ class Worker(Quiet):
         self.partitions = Partitions(settings.kafka, self.watch, group=names.worker_group(settings.kafka.group_id),
                                      owner=self, transactional=self.eo.__contains__, **self.options.consumer_extra)
         self.outbox = Outbox(Producer(producer_config(settings.kafka, self.watch, **self.options.producer_extra)))
-        self.done: SimpleQueue[Result | Sent] = SimpleQueue()
+        self.done: SimpleQueue[Result | Sent | list[Result]] = SimpleQueue()
         self._loop: EventLoop | None = None
         self._dispatcher: Dispatcher | None = None
         self.max_bytes = max_message_bytes(settings.kafka, **self.options.producer_extra)
@@ -166,6 +167,7 @@ class Worker(Quiet):
         self.burst = Burst() if self.options.burst else None
         self.paused_back: set[Key] = set()  # put back because an operator paused their queue
         self.paused_queues: set[str] = set()  # of this worker's queues, those paused (kafka.control)
+        self._full_since: float | None = None  # monotonic: since when the buffer is full
 
     @property
     def assigned(self) -> set[Key]:
@@ -250,12 +252,18 @@ class Worker(Quiet):
         # While jobs run, wake at least every 20 ms to collect their results; a new record wakes
         # the loop at once either way (fetch returns on the first one).
         if not self.stopping:
-            batch = self.settings.kafka.batch_size if not self.partitions.paused else 1
+            batch = self._room()
             if self.options.max_jobs:  # take at most the rest of the budget (records beyond it are put back)
                 self.budget = self.options.max_jobs - self.counters.finished - self.partitions.pending()
-                batch = max(1, min(batch, self.budget))
-            for msg in self.partitions.fetch(batch, min(timeout, 0.02) if self._busy() else timeout):
-                self._take(msg)
+                batch = max(1, min(batch, self.budget)) if batch else 0
+            if batch:
+                taken: dict[str, list[JobRun]] = {}
+                for msg in self.partitions.fetch(batch, min(timeout, 0.02) if self._busy() else timeout):
+                    self._take(msg, taken)
+                for topic, jobs in taken.items():  # one hand-off per lane and fetch, in fetch order
+                    self.lanes[topic].submit_many(jobs)
+            else:  # the buffer is full: wait for results instead of polling (see `_room`)
+                self._drain(min(timeout, 0.02))
         self.last_poll = time.monotonic()
         if self.epochs is not None:
             self.epochs.refresh()
@@ -281,10 +289,23 @@ class Worker(Quiet):
             self.paused_back -= resumed
             self.partitions.release(resumed)
 
+    def _room(self) -> int:
+        """How many records the next fetch may take: what the buffer has room for, so a fetch
+        never overshoots it and partitions are not paused and resumed per fetch (a pause drops
+        what librdkafka fetched ahead). A full buffer takes nothing for up to `HOLD_AFTER_S`
+        (0: the loop waits for results instead); full for longer, `_flow_control` pauses every
+        partition and the loop fetches 1 record: nothing comes, but the poll serves the group."""
+        if self.partitions.paused:
+            return 1
+        room = self.max_buffer - sum(lane.buffered for lane in self.lanes.values())
+        if room <= 0:
+            return 0 if self._full_since is not None else 1
+        return min(self.settings.kafka.batch_size, room)
+
     def _busy(self) -> bool:
         return any(lane.running or lane.buffered for lane in self.lanes.values()) or self.partitions.pending() > 0
 
-    def _take(self, msg: Message) -> None:
+    def _take(self, msg: Message, taken: dict[str, list[JobRun]]) -> None:
         if is_error(msg, "queue"):
             return
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
@@ -305,17 +326,20 @@ class Worker(Quiet):
             return  # not ours (any more): never run, never committed
         generation = self.partitions.generation_of(topic, partition)
         try:
-            taken = admit(msg, self.queues[topic], generation, self.epochs, self.max_bytes)
+            job = admit(msg, self.queues[topic], generation, self.epochs, self.max_bytes)
         except Exception as exc:  # noqa: BLE001 - the record's failure, never the loop's
             log.exception("record %s[%d]@%d could not be admitted", topic, partition, offset)
             self._park(topic, partition, offset, generation, f"could not be admitted: {exc!r}")
             return
-        if isinstance(taken, JobRun):
-            self.lanes[topic].submit(taken)
-        elif isinstance(taken, Move):
-            log.warning("record %s[%d]@%d dead-lettered: %s", topic, partition, offset, taken.reason,
+        if isinstance(job, JobRun):
+            jobs = taken.get(topic)
+            if jobs is None:
+                jobs = taken[topic] = []
+            jobs.append(job)
+        elif isinstance(job, Move):
+            log.warning("record %s[%d]@%d dead-lettered: %s", topic, partition, offset, job.reason,
                         extra={"topic": topic, "partition": partition, "offset": offset})
-            self._send(Sent(taken, None, topic, partition, offset, generation))
+            self._send(Sent(job, None, topic, partition, offset, generation))
         else:
             self.partitions.finished(topic, partition, offset)  # its queue was cleared after dispatch
             return
@@ -323,16 +347,25 @@ class Worker(Quiet):
             self.budget -= 1
 
     def _drain(self, wait: float) -> None:
-        """Apply every finished job and acknowledged move waiting in `done`."""
+        """Apply every finished job (collected from the lanes, or handed over in `done` as a list
+        or one by one) and every acknowledged move waiting in `done`."""
+        finished = self._finished
+        for lane in self.lanes.values():
+            if lane.results:
+                for result in lane.collect():
+                    finished(result)
         try:
             item = self.done.get(timeout=wait) if wait else self.done.get_nowait()
         except Empty:
             return
         while True:
-            if isinstance(item, Sent):
+            if type(item) is list:
+                for result in item:
+                    finished(result)
+            elif isinstance(item, Sent):
                 self._acknowledged(item)
             else:
-                self._finished(item)
+                finished(cast(Result, item))
             try:
                 item = self.done.get_nowait()
             except Empty:
@@ -471,7 +504,12 @@ class Worker(Quiet):
         partition put back (its uncommitted window full, or the max_jobs budget spent) is
         released once its window drained to half (and the budget allows)."""
         buffered = sum(lane.buffered for lane in self.lanes.values())
-        if not self.partitions.paused and buffered >= self.max_buffer and self.assigned:
+        if buffered < self.max_buffer:
+            self._full_since = None
+        elif self._full_since is None:
+            self._full_since = time.monotonic()
+        if not self.partitions.paused and self._full_since is not None and self.assigned and \
+                time.monotonic() - self._full_since >= HOLD_AFTER_S:
             self.partitions.hold_all()
         elif self.partitions.paused and buffered < self.max_buffer // 2 and self.assigned:
             self.partitions.release_all()

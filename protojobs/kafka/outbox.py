@@ -121,6 +121,18 @@ class Outbox:
              on_delivery: Delivered | None = None) -> None:
         produce(self.producer, topic, value, key, headers, on_delivery)
 
+    def produce(self, topic: str, value: bytes | None, key: bytes | None, headers: Headers | None,
+                report: Callable[[KafkaError | None, Message], None]) -> None:
+        """`send` for the hot path: `report(error, message)` is librdkafka's delivery callback
+        itself (no wrapper per record), e.g. a bound method of the record's own result object."""
+        producer: Any = self.producer  # its stubs want list[tuple[str, str | bytes | None]]
+        while True:
+            try:
+                producer.produce(topic, value, key, headers=headers, on_delivery=report)
+                return
+            except BufferError:
+                producer.poll(BACKOFF_S)
+
     def poll(self, timeout: float = 0) -> int:
         return int(self.producer.poll(timeout))
 

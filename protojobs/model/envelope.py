@@ -13,11 +13,20 @@ Version history:
 - v1: `v`, `id`, `queue`, `job`, `data`, `attempt`, `dispatched_at`, `available_at` (UTC epoch
   ms), `key` (or null); optional `replays`, `trace` (W3C traceparent), `first_failed_at`.
 
-Speed (stdlib json, CPython 3.11, one core of the 2-core dev machine, best of 3 runs of 100k):
-an envelope with a 209-byte payload (a 399-byte record) encodes in ~4.3 µs and decodes
-(validation included) in ~5.6 µs, ~10 µs for both; `new_id` takes ~1.4 µs, `headers` ~0.45 µs.
-orjson is not used: it is not a dependency, and it would make records differ between hosts
-(NaN, integers beyond 64 bits, non-string keys).
+Codec: `Envelope` is a msgspec Struct, so `decode` parses a record straight into it (types and
+bounds checked in C) and `encode` writes it in one call; anything the compiled path does not
+take (an older version, a missing or ill-typed field, a lone surrogate, a number beyond a
+double, a non-string key, a tuple...) goes through the stdlib `json` path, which upgrades old
+versions, explains errors field by field and refuses what is not plain JSON. The two paths
+agree on every record: the compiled one only accepts what the stdlib one accepts, and gives the
+same envelope. msgspec writes NaN and infinities as null, so `encode` takes the compiled path
+only for data made of str, int, bool, None, finite floats, lists and string-keyed dicts
+(`_plain`); the stdlib path refuses the rest as before. Floats may be spelled differently
+(`1e-7`, not `1e-07`): the same JSON number.
+
+Speed (CPython 3.11, the shared 2-core dev machine, a 391-byte record): decode ~1.3 µs (stdlib:
+~6-8 µs), encode ~2 µs of which ~1.5 µs is the `_plain` check (stdlib: ~4-6 µs); `new_id`
+~1.3 µs, `headers` ~0.5 µs.
 
 Pure: no I/O and no clock (callers pass `now_ms`); `new_id` takes its 80 random bits from the OS.
 """
@@ -26,9 +35,12 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
+from msgspec.structs import replace
 
 VERSION = 1
 
@@ -45,22 +57,28 @@ class EnvelopeError(ValueError):
     """A record value that is not a valid envelope (or dead-letter record); says why."""
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """One job. Times are UTC epoch milliseconds; `attempt` is 1 on the first run."""
+_Text = Annotated[str, msgspec.Meta(min_length=1)]
+_Nat = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One job. Times are UTC epoch milliseconds; `attempt` is 1 on the first run.
+
+    Fields in the order the record writes them (the routing fields first, `data` last); the
+    optional ones are written only when set. Change a copy with `replace(env, field=...)`."""
 
     v: int
-    id: str
-    queue: str
-    job: str
-    data: Any
-    attempt: int
-    dispatched_at: int
-    available_at: int
+    id: _Text
+    queue: _Text
+    job: _Text
+    attempt: Annotated[int, msgspec.Meta(ge=1)]
+    dispatched_at: _Nat
+    available_at: _Nat
     key: str | None
-    replays: int = 0
+    replays: _Nat = 0
     trace: str | None = None
-    first_failed_at: int | None = None
+    first_failed_at: _Nat | None = None
+    data: Any
 
 
 # --- ids ------------------------------------------------------------------------------------
@@ -68,6 +86,15 @@ class Envelope:
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # 10 bits -> 2 characters
 _time_prefix: tuple[int, str] = (-1, "")
+_RANDOM = threading.local()  # .buf: random bytes from the OS, .at: the next unused one
+_RANDOM_BYTES = 640  # 64 ids' worth
+
+
+def _forget_random() -> None:
+    _RANDOM.buf, _RANDOM.at = b"", 0
+
+
+os.register_at_fork(after_in_child=_forget_random)
 
 
 def new_id(now_ms: int) -> str:
@@ -75,7 +102,8 @@ def new_id(now_ms: int) -> str:
 
     Ids sort by creation time to the millisecond (order within one millisecond is random) and
     collide with probability ~2^-80 per pair created in the same millisecond, across hosts
-    and forked processes alike (the random part comes from the OS on every call).
+    and forked processes alike: the random part comes from the OS (`os.urandom`), read for 64
+    ids at a time per thread; a forked child drops what its parent had read.
     """
     global _time_prefix
     ms = now_ms
@@ -85,7 +113,16 @@ def new_id(now_ms: int) -> str:
             raise ValueError(f"time {ms} ms does not fit in 48 bits")
         cached = (ms, "".join([_PAIRS[(ms >> s) & 1023] for s in (40, 30, 20, 10, 0)]))
         _time_prefix = cached
-    r = int.from_bytes(os.urandom(10), "big")
+    pool = _RANDOM
+    try:
+        buf, i = pool.buf, pool.at
+    except AttributeError:
+        buf, i = b"", 0
+    if i >= len(buf):
+        buf, i = os.urandom(_RANDOM_BYTES), 0
+        pool.buf = buf
+    pool.at = i + 10
+    r = int.from_bytes(buf[i : i + 10], "big")
     p = _PAIRS
     return (
         cached[1] + p[r >> 70] + p[(r >> 60) & 1023] + p[(r >> 50) & 1023] + p[(r >> 40) & 1023]
@@ -106,7 +143,8 @@ def new_envelope(
     """
     due = now_ms if available_at is None else available_at
     job_id = id if id is not None else new_id(now_ms)
-    return Envelope(VERSION, job_id, queue, job, data, 1, now_ms, due, key, trace=trace)
+    return Envelope(v=VERSION, id=job_id, queue=queue, job=job, data=data, attempt=1, dispatched_at=now_ms,
+                    available_at=due, key=key, trace=trace)
 
 
 def with_attempt(
@@ -153,6 +191,8 @@ def to_dict(env: Envelope) -> dict[str, Any]:
     return out
 
 
+_FAST_ENCODER = msgspec.json.Encoder()
+_FAST_DECODER = msgspec.json.Decoder(Envelope)
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 _DECODER = json.JSONDecoder(parse_constant=lambda name: _reject_constant(name))
 
@@ -194,17 +234,51 @@ def loads(value: bytes | bytearray | memoryview | None, what: str) -> dict[str, 
     return obj
 
 
+def _plain(x: Any) -> bool:
+    """True when `x` is JSON the compiled encoder writes as the stdlib one would: str, int,
+    bool, None, finite floats, lists and dicts with string keys (exact types)."""
+    t = type(x)
+    if t is str or t is int or t is bool or x is None:
+        return True
+    if t is float:
+        return x - x == 0.0  # False for NaN and infinities
+    if t is dict:
+        for k, v in x.items():  # noqa: SIM110 - a loop, not all(<generator>): this is the hot path
+            if type(k) is not str or not _plain(v):
+                return False
+        return True
+    if t is list:
+        for v in x:  # noqa: SIM110 - as above
+            if not _plain(v):
+                return False
+        return True
+    return False
+
+
 def encode(env: Envelope) -> bytes:
     """The record value for `env`: compact JSON in UTF-8.
 
     Raises EnvelopeError if `data` is not plain JSON (NaN, objects, too deep...); lone
     surrogates are escaped (`dumps`). JSON's own mapping applies: tuples come back as lists, non-string keys as strings.
     """
+    try:
+        if _plain(env.data):
+            return _FAST_ENCODER.encode(env)
+    except (RecursionError, UnicodeEncodeError, TypeError, ValueError, OverflowError):
+        pass  # too deep, a lone surrogate, a field of a foreign type: the stdlib path decides
     return dumps(to_dict(env))
 
 
 def decode(value: bytes | bytearray | memoryview | None) -> Envelope:
     """The envelope in a record value; EnvelopeError (with the reason) for anything else."""
+    if type(value) is bytes:
+        try:
+            env = _FAST_DECODER.decode(value)
+        except (msgspec.DecodeError, RecursionError):
+            pass  # the stdlib path upgrades it or says exactly what is wrong
+        else:
+            if env.v == VERSION:
+                return env
     return from_dict(loads(value, "job envelope"))
 
 
@@ -263,8 +337,9 @@ def from_dict(obj: Any, where: str = "") -> Envelope:
         version += 1
     g = obj.get
     env = Envelope(
-        VERSION, g("id"), g("queue"), g("job"), g("data"), g("attempt"), g("dispatched_at"),
-        g("available_at"), g("key"), g("replays", 0), g("trace"), g("first_failed_at"),
+        v=VERSION, id=g("id"), queue=g("queue"), job=g("job"), data=g("data"), attempt=g("attempt"),
+        dispatched_at=g("dispatched_at"), available_at=g("available_at"), key=g("key"), replays=g("replays", 0),
+        trace=g("trace"), first_failed_at=g("first_failed_at"),
     )  # fmt: skip
     if not _well_typed(env) or "data" not in obj or "key" not in obj:
         _explain(obj, where)
@@ -308,16 +383,27 @@ def headers(env: Envelope, schema_hash: str | None = None) -> list[tuple[str, by
     """Kafka headers repeating what routing needs: id, queue, attempt, due time and dispatch
     time (epoch ms), the payload schema hash (when given) and the W3C `traceparent` (when the
     job has one)."""
+    queue = _QUEUE_HEADERS.get(env.queue)
+    if queue is None:
+        queue = (H_QUEUE, text_bytes(env.queue))
+        if len(_QUEUE_HEADERS) < 1024:  # the queues of a deployment: a handful
+            _QUEUE_HEADERS[env.queue] = queue
+    due = str(env.available_at).encode()
     out = [
-        (H_ID, text_bytes(env.id)), (H_QUEUE, text_bytes(env.queue)),
-        (H_ATTEMPT, str(env.attempt).encode()), (H_AVAILABLE_AT, str(env.available_at).encode()),
-        (H_DISPATCHED_AT, str(env.dispatched_at).encode()),
+        (H_ID, text_bytes(env.id)), queue,
+        _FIRST_ATTEMPT if env.attempt == 1 else (H_ATTEMPT, str(env.attempt).encode()),
+        (H_AVAILABLE_AT, due),
+        (H_DISPATCHED_AT, due if env.dispatched_at == env.available_at else str(env.dispatched_at).encode()),
     ]  # fmt: skip
     if schema_hash is not None:
         out.append((H_SCHEMA, schema_hash.encode()))
     if env.trace is not None:
         out.append((H_TRACEPARENT, text_bytes(env.trace)))
     return out
+
+
+_QUEUE_HEADERS: dict[str, tuple[str, bytes]] = {}  # cached header parts (immutable tuples)
+_FIRST_ATTEMPT = (H_ATTEMPT, b"1")
 
 
 def header_value(hdrs: Iterable[tuple[str, bytes | str | None]] | None, name: str) -> str | None:
