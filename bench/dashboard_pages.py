@@ -54,7 +54,7 @@ def fill(settings: config.Settings) -> None:
         for name in settings.queues:
             result = dispatcher.dispatch_many(name, ({"n": n, "to": f"user{n}@example.com"} for n in range(per_queue)))
             assert not result.errors, result.errors
-        result = dispatcher.dispatch_many("q01", ({"n": n} for n in range(DELAYED)), delay_ms=3_000_000)
+        result = dispatcher.dispatch_many("q01", ({"n": n} for n in range(DELAYED)), delay=3_000)
         assert not result.errors, result.errors
     finally:
         dispatcher.close(30)

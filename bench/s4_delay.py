@@ -46,7 +46,8 @@ def run(env: Env) -> dict[str, Any]:
     try:
         wait_until(lambda: committed_total(env.bootstrap, group, topic) >= 1, 60, 0.25)
         for label, ms in delays.items():
-            result = dispatcher.dispatch_many("jobs", [dict(p, note=label) for p in payloads(per_delay)], delay_ms=ms)
+            batch = [dict(p, note=label) for p in payloads(per_delay)]
+            result = dispatcher.dispatch_many("jobs", batch, delay=ms / 1000)
             assert result.ok, result.errors
         longest = max(delays.values()) / 1000
         finished = wait_until(lambda: committed_total(env.bootstrap, group, topic) >= total, longest + 60, 0.5)

@@ -615,7 +615,7 @@ class Example:
                     data[extra] = job[extra]
             if job["queue"] in ("ordered", "strict"):
                 data["k"] = job["key"]
-            env = dispatcher.build(job["queue"], data, delay_ms=job.get("delay_ms") or None)
+            env = dispatcher.build(job["queue"], data, delay=(job.get("delay_ms") or 0) / 1000 or None)
             d = Dispatch(env.id, job["queue"], env.key, env.available_at, job["kind"], INDEFINITE,
                          self.recorder.next_seq(), job.get("fail", 0), bool(job.get("delay_ms")), now_ms(),
                          dispatched_at=env.dispatched_at)

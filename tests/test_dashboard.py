@@ -79,8 +79,8 @@ class Stack:
     def runs(self) -> list[dict[str, Any]]:
         return read_jsonl(self.record)
 
-    def dispatch(self, queue: str, data: dict[str, Any], delay_ms: int | None = None) -> str:
-        return self.dispatcher.dispatch(queue, data, delay_ms=delay_ms)
+    def dispatch(self, queue: str, data: dict[str, Any], delay: str | None = None) -> str:
+        return self.dispatcher.dispatch(queue, data, delay=delay)
 
     def stop(self) -> None:
         self.dispatcher.close(5)
@@ -192,7 +192,7 @@ def test_overview_numbers_equal_what_the_broker_says(stack: Stack, urls: dict[st
     for n in range(7):
         stack.dispatch("idle", {"n": n})
     for n in range(2):
-        stack.dispatch("idle", {"n": 100 + n}, delay_ms=3_600_000)
+        stack.dispatch("idle", {"n": 100 + n}, delay="1h")
     wait_for(lambda: len(stats_data(stack.settings)["members"]) == 1, 60, "the worker joined its group")
     browser.get(urls["rw"] + "/")
     broker = stats_data(stack.settings)

@@ -66,10 +66,12 @@ class EagerResult:
 
 
 class _NoWait:
-    """Eager retries never wait in place: the Timer of a blocking-retry queue declines."""
+    """Eager retries never wait in place (the retry is recorded and run at once); nothing times out."""
+
+    waits_in_place = False
 
     def hold(self, run: JobRun) -> bool:
-        return False
+        return True
 
     def rearm(self, run: JobRun) -> None:
         return None

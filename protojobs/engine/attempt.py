@@ -198,7 +198,10 @@ def _positional_count(func: Callable[..., Any]) -> int:
 
 
 class Timer(Protocol):
-    """The lane's clock over a running job: suspend its timeout while it waits, then re-arm it."""
+    """The lane's clock over a running job: suspend its timeout while it waits, then re-arm it.
+    `waits_in_place` False: a blocking retry is not slept out here (eager mode records it)."""
+
+    waits_in_place: bool
 
     def hold(self, run: JobRun) -> bool: ...
 
@@ -234,7 +237,7 @@ class Attempt:
             except BaseException as exc:  # noqa: BLE001 - the job's failure, never the worker's
                 decision = self.decide(job, exc, handler)
                 if isinstance(decision, retry.Retry) and self.queues[job.topic].blocking_retries \
-                        and self._wait_in_place(job, exc, decision, timer):
+                        and timer.waits_in_place and self._wait_in_place(job, exc, decision, timer):
                     continue
                 if not timer.hold(job):  # timed out meanwhile: the thread replacing this one decides
                     return Result(job, exc, None, time.perf_counter() - started)

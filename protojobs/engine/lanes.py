@@ -87,6 +87,8 @@ class EventLoop:
 class Lane:
     """The buffered and running jobs of one queue."""
 
+    waits_in_place = True  # a blocking retry sleeps its backoff on the lane thread (engine.attempt.Timer)
+
     def __init__(self, queue: QueueSettings, handlers: dict[str, Handler], done: SimpleQueue[Any],
                  valid: Callable[[JobRun], bool], attempt: Attempt, max_hung: int = 0) -> None:
         self.queue = queue
