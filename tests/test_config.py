@@ -451,17 +451,6 @@ def test_a_declared_queue_needs_a_handler_or_jobs(write: Write) -> None:
     assert line.startswith("queues.emails.handler: required key is missing: set handler")
 
 
-def test_commands_that_run_no_handler_accept_a_queue_of_decorated_jobs(write: Write,
-                                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    """`stats`, `dlq`, `dispatch`... load without importing handlers: a queue whose jobs are
-    declared in code (@app.job, no handler key) is accepted there; `run` still needs the App."""
-    path = write("[queues.emails]\nconcurrency = 2\n")
-    assert load(path, import_handlers=False).queues["emails"].concurrency == 2
-    assert cli_config.validate_command(str(path), import_handlers=False) == 0
-    assert cli_config.validate_command(str(path)) == 1
-    assert "run --app module:app" in capsys.readouterr().err
-
-
 @pytest.mark.parametrize(("tiers", "expected"), [
     ('["5s", "1s"]',
      "delays.tiers[1]: '1s' is not longer than the tier before it ('5s'): "

@@ -47,7 +47,7 @@ def dispatch(path: str | None, queue: str, payload: str | None, file: str | None
     except ValueError as err:
         print(f"dispatch: {err}", file=sys.stderr)
         return 2
-    settings = load(path, import_handlers=False)
+    settings = load(path)
     if settings is None:
         return 1
     dispatcher = Dispatcher(settings)

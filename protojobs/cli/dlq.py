@@ -41,7 +41,7 @@ def _row(e: Entry) -> tuple[object, ...]:
 
 def _command(name: str, path: str | None, act: Callable[[config.Settings], int]) -> int:
     """Load the config (1 if invalid) and run `act`; a failure to reach the cluster exits 1."""
-    settings = load(path, import_handlers=False)
+    settings = load(path)
     if settings is None:
         return 1
     try:

@@ -20,7 +20,7 @@ from protojobs.ops.stats import stats_data, unknown_queues
 
 
 def stats(path: str | None, queues: Sequence[str] | None, as_json: bool) -> int:
-    settings = load(path, import_handlers=False)
+    settings = load(path)
     if settings is None:
         return 1
     unknown = unknown_queues(settings, queues)
@@ -64,7 +64,7 @@ def _stats_table(data: dict[str, Any]) -> None:
 
 def clear(path: str | None, queue: str, yes: bool) -> int:
     """Delete the queue's pending jobs; without --yes only say how many (exit 2)."""
-    settings = load(path, import_handlers=False)
+    settings = load(path)
     if settings is None:
         return 1
     try:
@@ -84,7 +84,7 @@ def clear(path: str | None, queue: str, yes: bool) -> int:
 
 def topics_command(path: str | None, action: str, as_json: bool = False) -> int:
     """Print the plan (and with `apply` carry it out); 1 when a change is unsafe."""
-    settings = load(path, import_handlers=False)
+    settings = load(path)
     if settings is None:
         return 1
     try:
@@ -115,7 +115,7 @@ def _topics_json(plan: topics.TopicPlan, action: str) -> int:
 def retry_plan(path: str | None, queues: Sequence[str] | None) -> int:
     """Print each queue's retry schedule; exit 1 when a delay cannot be kept within tolerance
     (the smallest tier exceeds the delay itself, so lateness could exceed the wait)."""
-    settings = load(path, import_handlers=False)
+    settings = load(path)
     if settings is None:
         return 1
     flagged = False

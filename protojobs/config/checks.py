@@ -57,11 +57,10 @@ def origin(data: Mapping[str, Any], queue: str, key: str) -> str:
 def check(settings: Settings, data: Mapping[str, Any], *, import_handlers: bool,
           from_code: frozenset[str] = frozenset()) -> list[ConfigIssue]:
     """Every cross-check, on a tree the schema accepted and the Settings built from it. Queues
-    in `from_code` get their handlers from code (decorated jobs): no handler key is required;
-    nor is it without `import_handlers` (commands that run no handler: stats, dlq, dispatch...)."""
+    in `from_code` get their handlers from code (decorated jobs): no handler key is required."""
     issues = _check_tiers(settings, data) + _check_policies(settings, data)
     for queue in settings.queues.values():
-        issues += _check_queue(queue, settings, data, queue.name in from_code or not import_handlers)
+        issues += _check_queue(queue, settings, data, queue.name in from_code)
         if import_handlers:
             issues += _check_handlers(queue, settings, data)
     return issues + _check_schedules(settings, data) + _check_consumer(settings)
