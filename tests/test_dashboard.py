@@ -17,14 +17,14 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from conftest import read_jsonl, settings_tree, wait_for, write_config
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.expected_conditions import staleness_of
@@ -164,16 +164,36 @@ def shot(driver: Any, name: str) -> None:
         (Path(SHOTS) / f"{name}.png").write_bytes(base64.b64decode(png["data"]))
 
 
+T = TypeVar("T")
+
+
+def swapped(exc: WebDriverException) -> bool:
+    """The element was replaced between finding and using it (the live refresh swaps a page's
+    fragment every second): Selenium says stale, or Chromium's inspector says it left the document."""
+    return isinstance(exc, StaleElementReferenceException) or "does not belong to the document" in str(exc)
+
+
+def settled(action: Callable[[], T], timeout: float = 10.0) -> T:
+    """`action`, found and used again while the live refresh replaces its element under it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return action()
+        except WebDriverException as exc:
+            if not swapped(exc) or time.monotonic() > deadline:
+                raise
+
+
 def go(driver: Any, by: str, value: str) -> None:
     """Click what loads another page (a link, a form's button) and wait until it replaced this one:
     a click returns before the navigation it starts."""
     old = driver.find_element(By.TAG_NAME, "html")
-    driver.find_element(by, value).click()
+    settled(lambda: driver.find_element(by, value).click())
     WebDriverWait(driver, 30).until(staleness_of(old))
 
 
 def cell(driver: Any, selector: str) -> str:
-    return str(driver.find_element(By.CSS_SELECTOR, selector).text)
+    return settled(lambda: str(driver.find_element(By.CSS_SELECTOR, selector).text))
 
 
 def page_shows(driver: Any, selector: str, text: str) -> bool:
