@@ -27,7 +27,6 @@ from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.ui import WebDriverWait
 
 from protojobs import config
@@ -189,7 +188,19 @@ def go(driver: Any, by: str, value: str) -> None:
     a click returns before the navigation it starts."""
     old = driver.find_element(By.TAG_NAME, "html")
     settled(lambda: driver.find_element(by, value).click())
-    WebDriverWait(driver, 30).until(staleness_of(old))
+    WebDriverWait(driver, 30).until(lambda _: gone(old))
+
+
+def gone(element: Any) -> bool:
+    """Whether the element has left the page. Selenium's `staleness_of` knows only the stale error;
+    Chromium sometimes answers a detached node with "does not belong to the document" instead."""
+    try:
+        element.is_enabled()
+    except WebDriverException as exc:
+        if swapped(exc):
+            return True
+        raise
+    return False
 
 
 def cell(driver: Any, selector: str) -> str:
@@ -351,10 +362,9 @@ def test_purge_asks_for_confirmation(stack: Stack, urls: dict[str, str], browser
     assert before >= 1  # the dead letter of the replay test is still there (replay keeps it)
     browser.get(urls["rw"] + "/dead-letters")
     # a selection is replayed too (the job now succeeds, so no new dead letter)
-    row = browser.find_element(By.CSS_SELECTOR, "tr.dl")
-    job_id = row.get_attribute("data-id")
+    job_id = settled(lambda: browser.find_element(By.CSS_SELECTOR, "tr.dl").get_attribute("data-id"))
     runs_before = sum(r["id"] == job_id for r in stack.runs())
-    browser.find_element(By.CSS_SELECTOR, f'tr.dl[data-id="{job_id}"] input[name=ref]').click()
+    settled(lambda: browser.find_element(By.CSS_SELECTOR, f'tr.dl[data-id="{job_id}"] input[name=ref]').click())
     go(browser, By.ID, "replay-selected")
     assert "replayed 1" in cell(browser, "#message")
     wait_for(lambda: sum(r["id"] == job_id for r in stack.runs()) == runs_before + 1, 60, "the selection ran")
@@ -363,7 +373,7 @@ def test_purge_asks_for_confirmation(stack: Stack, urls: dict[str, str], browser
     shot(browser, "purge")
     go(browser, By.ID, "purge-confirm")  # not confirmed: nothing is deleted
     assert sum(stats_data(stack.settings)["dead_letter"].values()) == before
-    browser.find_element(By.ID, "confirm").send_keys("purge")
+    settled(lambda: browser.find_element(By.ID, "confirm").send_keys("purge"))
     go(browser, By.ID, "purge-confirm")
     assert f"purged {before}" in cell(browser, "#message")
     assert sum(stats_data(stack.settings)["dead_letter"].values()) == 0
