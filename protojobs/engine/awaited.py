@@ -12,13 +12,11 @@ exactly-once job the jobs join its transaction (`Dispatcher.joined`) and are don
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from protojobs.config import PayloadError
-from protojobs.engine.dispatch import BulkResult, DispatchError, Outcome
+from protojobs.engine.dispatch import BulkResult, Outcome
 
 if TYPE_CHECKING:
     from protojobs.engine.dispatch import Dispatcher
@@ -46,44 +44,16 @@ def submit(dispatcher: Dispatcher, queue: str, data: Any, **options: Any) -> Fut
 
 async def dispatch_many(dispatcher: Dispatcher, queue: str, items: Iterable[Any], **options: Any) -> BulkResult:
     """Send every job at producer speed, then await all their reports at once (as
-    `Dispatcher.dispatch_many`: invalid payloads are reported per index and not sent)."""
-    result, outcomes = BulkResult(), []
-    txn = dispatcher.joined()
+    `Dispatcher.dispatch_many`, through the same `Dispatcher.send_many`)."""
     loop = asyncio.get_running_loop()
     all_done: asyncio.Future[None] = loop.create_future()
-    left = [1]  # reports outstanding, plus one until every job is sent
-    lock = threading.Lock()
 
-    def one_done(_outcome: Outcome | None = None) -> None:
-        with lock:
-            left[0] -= 1
-            last = left[0] == 0
-        if last:
-            loop.call_soon_threadsafe(_resolve, all_done)
+    def resolved(_outcome: Outcome) -> None:  # on the report thread
+        loop.call_soon_threadsafe(_resolve, all_done)
 
-    for index, data in enumerate(items):
-        try:
-            env, topic = dispatcher.prepare(queue, data, **dict(options))
-        except (PayloadError, DispatchError) as err:
-            result.errors[index] = err if isinstance(err, DispatchError) else DispatchError(str(err))
-            continue
-        if txn is not None:
-            dispatcher.deliver(env, topic, txn)
-            result.ids.append(env.id)
-            continue
-        with lock:
-            left[0] += 1
-        outcome = Outcome(env.id, on_done=one_done)
-        outcomes.append((index, outcome))
-        dispatcher.send(env, outcome, topic)
-    one_done()
+    batch = dispatcher.send_many(queue, items, options, on_done=resolved)
     await all_done
-    for index, outcome in outcomes:
-        if outcome.error is None:
-            result.ids.append(outcome.job_id)
-        else:
-            result.errors[index] = outcome.error
-    return result
+    return batch.result()
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

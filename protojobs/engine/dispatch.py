@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from protojobs.config import PayloadError, QueueSettings, Settings, payload_validator
 from protojobs.engine.hooks import Hooks, HookSet
@@ -123,6 +123,80 @@ class Outcome:
         return f"Outcome({self.job_id!r}, done={self.done}, error={self.error!r})"
 
 
+class Batch:
+    """The deliveries of one `dispatch_many` call (sync or awaited): ONE object whose bound
+    `delivered` method is the report of every record it sends, so a bulk dispatch allocates
+    nothing per job that outlives the produce call (an `Outcome` per job, kept until the end,
+    cost more in the cyclic GC's scans than in its own making). `outcome` resolves once
+    every record sent was reported and the batch was `seal`ed; a record refused by the broker is
+    matched back to its input index through the id in its value."""
+
+    __slots__ = ("outcome", "ids", "indexes", "errors", "failed", "sent", "reported", "sealed", "lock", "sender")
+
+    def __init__(self, on_done: Callable[[Outcome], None] | None = None) -> None:
+        self.outcome = Outcome("", on_done)
+        self.ids: list[str] = []  # of each job sent (or joined to a transaction), in input order
+        self.indexes: list[int] = []  # the input index of each of `ids`
+        self.errors: dict[int, DispatchError] = {}  # input index -> why it was not sent
+        self.failed: list[tuple[bytes | None, DispatchError]] = []  # (record value, error) of refused deliveries
+        self.sent = 0  # records produced (each gets one report)
+        self.reported = 0
+        self.sealed = False  # every record is produced: `sent` is final
+        self.lock = threading.Lock()
+        self.sender: Dispatcher | None = None
+
+    def delivered(self, err: KafkaError | None, msg: Any = None) -> None:
+        """librdkafka's delivery report, for every record of the batch."""
+        if err is not None:
+            self.failed.append((msg.value() if msg is not None else None, delivery_error(err)))
+        with self.lock:
+            self.reported += 1
+            last = self.sealed and self.reported == self.sent
+        if self.sender is not None:
+            self.sender._reported(self.outcome, last)
+        if last:
+            self.outcome.finish(None)
+
+    def seal(self) -> None:
+        """No more records: the outcome resolves once the last report is in (now, if it is)."""
+        with self.lock:
+            self.sealed = True
+            last = self.reported == self.sent
+        if last:
+            if self.sender is not None and self.sent:
+                self.sender._reported(self.outcome, True, count=0)
+            self.outcome.finish(None)
+
+    def result(self) -> BulkResult:
+        """Ids of the acknowledged jobs, errors by input index of the others. After a wait that
+        gave up (`outcome.error`), every job not known to be refused carries that error."""
+        result = BulkResult(errors=dict(self.errors))
+        refused: dict[int, DispatchError] = {}
+        if self.failed:
+            positions: dict[str, list[int]] = {}
+            for at, job_id in enumerate(self.ids):
+                positions.setdefault(job_id, []).append(at)
+            for value, failure in self.failed:
+                failed_id = _id_of(value)
+                if failed_id is not None and positions.get(failed_id):
+                    refused[positions[failed_id].pop(0)] = failure
+        unknown = self.outcome.error
+        for at, (job_id, index) in enumerate(zip(self.ids, self.indexes, strict=True)):
+            error: DispatchError | None = refused.get(at, unknown)
+            if error is None:
+                result.ids.append(job_id)
+            else:
+                result.errors[index] = error
+        return result
+
+
+def _id_of(value: bytes | None) -> str | None:
+    try:
+        return envelope.decode(value).id
+    except envelope.EnvelopeError:
+        return None
+
+
 @dataclass
 class BulkResult:
     ids: list[str] = field(default_factory=list)
@@ -188,14 +262,18 @@ def build(settings: Settings, queue: str, data: Any, *, job: str | None = None, 
     if q.ordering == "key" and key is None:
         raise PayloadError(f"data.{q.key}: queue {queue!r} orders by key {q.key!r}; the payload must have it")
     now = now_ms() if now is None else now
-    if delay_ms is not None:
-        warnings.warn("delay_ms= is deprecated and goes in the next release: pass delay= (seconds, a duration "
-                      "such as \"5m\", or a timedelta) or at= (an aware datetime)", DeprecationWarning, stacklevel=5)
-    if sum(x is not None for x in (delay, delay_ms, at, at_ms)) > 1:
-        raise ValueError("give one of delay=, at= (or at_ms=), not several")
-    due = at_ms if at_ms is not None else durations.due_ms(now, delay if delay_ms is None else delay_ms / 1000, at)
-    if due > now and not settings.tiers_ms:
-        raise DispatchError("a delayed job needs delay tiers: add [delays] tiers to jobs.toml")
+    due = now
+    if delay is not None or delay_ms is not None or at is not None or at_ms is not None:
+        if delay_ms is not None:
+            warnings.warn("delay_ms= is deprecated and goes in the next release: pass delay= (seconds, a duration "
+                          "such as \"5m\", or a timedelta) or at= (an aware datetime)", DeprecationWarning,
+                          stacklevel=5)
+        if sum(x is not None for x in (delay, delay_ms, at, at_ms)) > 1:
+            raise ValueError("give one of delay=, at= (or at_ms=), not several")
+        due = at_ms if at_ms is not None else durations.due_ms(now, delay if delay_ms is None else delay_ms / 1000,
+                                                                at)
+        if due > now and not settings.tiers_ms:
+            raise DispatchError("a delayed job needs delay tiers: add [delays] tiers to jobs.toml")
     return envelope.new_envelope(queue, job_name, data, now_ms=now, available_at=due, key=key,
                                  id=job_id, trace=trace)
 
@@ -313,14 +391,19 @@ class Dispatcher:
         is the Outcome's own bound method (no closure per job). A record refused before it was
         queued (e.g. too large) raises here and leaves nothing outstanding: it is counted (and,
         with `on_done`, awaited) only once produced. Unreported records are counted by `close`."""
+        outcome.sender = self
+        self._produce(env, topic or self.topic_for(env, now_ms()), outcome.delivered, outcome, False)
+
+    def _produce(self, env: envelope.Envelope, topic: str, report: Callable[[KafkaError | None, Any], None],
+                 outcome: Outcome, shared: bool) -> None:
+        """Produce `env` with `report` as its delivery report, resolving `outcome` (`shared`: the
+        outcome of a Batch, which stays awaited until the batch is complete)."""
         if self._ensure:
             self._ensure_topics()
         key = envelope.text_bytes(env.key) if env.key is not None else None
         value = envelope.encode(env)
-        outcome.sender = self
-        topic = topic or self.topic_for(env, now_ms())
         if outcome.on_done is None:
-            self.outbox.produce(topic, value, key, envelope.headers(env), outcome.delivered)
+            self.outbox.produce(topic, value, key, envelope.headers(env), report)
             with self._count_lock:  # after the produce: a record it refused is never reported
                 self._unreported += 1
             return
@@ -332,17 +415,19 @@ class Dispatcher:
         if start:
             self._start_report_thread()
         try:
-            self.outbox.produce(topic, value, key, envelope.headers(env), outcome.delivered)
+            self.outbox.produce(topic, value, key, envelope.headers(env), report)
         except BaseException:  # refused before it was queued (e.g. too large): no report will come
             with self._count_lock:
                 self._unreported -= 1
-                self._awaited.discard(outcome)
+                if not shared:
+                    self._awaited.discard(outcome)
             raise
 
-    def _reported(self, outcome: Outcome) -> None:
+    def _reported(self, outcome: Outcome, last: bool = True, count: int = 1) -> None:
+        """`count` delivery reports came; `last`: `outcome` is complete (no longer awaited)."""
         with self._count_lock:
-            self._unreported -= 1
-            if outcome.on_done is not None:
+            self._unreported -= count
+            if last and outcome.on_done is not None:
                 self._awaited.discard(outcome)
 
     def _serve_reports(self) -> None:
@@ -423,31 +508,40 @@ class Dispatcher:
         """Send many jobs at producer speed, then wait once (inside an exactly-once job: buffer
         them in the job's transaction). Invalid payloads are reported per index and not sent;
         the others are sent."""
-        result = BulkResult()
-        outcomes: list[tuple[int, Outcome]] = []
+        batch = self.send_many(queue, items, options)
+        self.wait([batch.outcome])
+        return batch.result()
+
+    def send_many(self, queue: str, items: Iterable[Any], options: Mapping[str, Any],
+                  on_done: Callable[[Outcome], None] | None = None) -> Batch:
+        """The one loop of `dispatch_many` and `dispatch_many_async`: prepare and produce every
+        job (inside an exactly-once job: join its transaction), then seal the batch. Invalid
+        payloads, and records the producer refuses before sending (too large), are errors by
+        index; the rest is resolved by the batch's delivery reports (`Batch.outcome`)."""
+        batch = Batch(on_done)
+        batch.sender = self
         txn = self.joined()
+        report, outcome = batch.delivered, batch.outcome
         for index, data in enumerate(items):
             try:  # `**options` gives each call its own dict: hooks may change theirs
                 env, topic = self.prepare(queue, data, **options)
+                if txn is not None:
+                    self.deliver(env, topic, txn)
+                else:
+                    self._produce(env, topic, report, outcome, True)
+                    batch.sent += 1
             except (PayloadError, DispatchError) as err:
-                result.errors[index] = err if isinstance(err, DispatchError) else DispatchError(str(err))
+                batch.errors[index] = err if isinstance(err, DispatchError) else DispatchError(str(err))
                 continue
-            if txn is not None:
-                self.deliver(env, topic, txn)
-                result.ids.append(env.id)
+            except KafkaException as exc:  # refused before it was queued: too large, unknown topic...
+                batch.errors[index] = DispatchError(f"the producer refused the job: {exc.args[0].str()}")
                 continue
-            outcome = Outcome(env.id)
-            self.send(env, outcome, topic)
-            outcomes.append((index, outcome))
-            if len(outcomes) % 10_000 == 0:
-                self.producer.poll(0)
-        self.wait(o for _, o in outcomes)
-        for index, outcome in outcomes:
-            if outcome.error is None:
-                result.ids.append(outcome.job_id)
-            else:
-                result.errors[index] = outcome.error
-        return result
+            batch.ids.append(env.id)
+            batch.indexes.append(index)
+            if on_done is None and batch.sent % 10_000 == 0:
+                self.producer.poll(0)  # nobody else serves reports yet: keep their queue short
+        batch.seal()
+        return batch
 
     # --- futures and await: the same producer and delivery reports, the same report thread ---
 

@@ -31,6 +31,19 @@ results of finished jobs collect in the lane under its lock: the loop takes them
 on every pass, and a lane thread hands them to `done` (the loop's SimpleQueue, which owns
 offsets) as one list when `FLUSH_AT` are waiting or when it runs out of ready jobs. A lane thread
 still takes one job at a time, so concurrency, chains and timeouts work per job as before.
+
+Cheap jobs run on one thread. Under the GIL, threads that only compute cannot run at once: for
+jobs of a few microseconds, a second or fourth thread adds lock and GIL hand-offs per job and
+doubles the cost of each job (measured: a no-op drain at concurrency 4 ran at half the rate of
+concurrency 1). So a lane measures every `SAMPLE_EVERY`-th job (wall clock and the thread's CPU
+clock around the attempt) and calls itself `cheap` while its jobs take under `CHEAP_S` and
+compute most of that time. A cheap lane keeps one thread pulling jobs: a thread that finished a
+cheap job while another thread is pulling waits idle instead of taking the next one, and the
+loop (`staff`, on every pass) wakes or starts one more thread whenever ready jobs wait and no
+thread is pulling (each running job is older than `STUCK_S`: the one slow job of a mostly cheap
+queue holds back the others for at most one loop pass). A lane whose jobs wait on I/O (a
+database, an HTTP call) is not cheap, and runs up to `concurrency` threads as soon as jobs are
+ready, as before.
 """
 
 from __future__ import annotations
@@ -62,6 +75,9 @@ from protojobs.model import envelope, retry
 log = logging.getLogger(__name__)
 IDLE_S = 2.0  # an idle lane thread waits this long for more jobs before it ends
 FLUSH_AT = 256  # results waiting in a lane: a lane thread hands them to `done` as one list
+SAMPLE_EVERY = 8  # a lane thread measures one attempt in this many (a CPU clock read costs ~0.4 us)
+CHEAP_S = 0.001  # an attempt shorter than this that computes most of it is cheap
+STUCK_S = 0.002  # a running job older than this no longer counts as a thread pulling jobs
 
 
 class EventLoop:
@@ -110,7 +126,13 @@ class Lane:
         self.max_hung = max_hung or 2 * queue.concurrency
         self.buffered = 0
         self.halted = False
+        self.cheapness = 0  # from -3 (jobs wait on I/O or run long) to 3 (cheap): see the module
         self._names = itertools.count(1)
+
+    @property
+    def cheap(self) -> bool:
+        """Recent jobs were cheap: one thread pulling keeps up (see the module)."""
+        return self.cheapness > 0
 
     @property
     def wedged(self) -> bool:
@@ -138,11 +160,32 @@ class Lane:
                         continue
                     chains[job.chain] = deque()
                 ready.append(job)
-            self._staff_locked()
+            self._staff_locked(time.monotonic())
 
-    def _staff_locked(self) -> None:
-        """Wake idle lane threads, and start more (up to `concurrency`), for the ready jobs."""
+    def staff(self, now: float) -> None:
+        """Called by the loop on every pass: a cheap lane whose one pulling thread got stuck in a
+        slow job gets another (see the module)."""
+        if self.ready and self.cheapness > 0 and not self.halted:
+            with self.lock:
+                self._staff_locked(now)
+
+    def _pulling_locked(self, now: float, me: int = 0) -> int:
+        """Threads taking jobs, other than `me` (1: the caller is one of the working threads and
+        its own job is settled): between jobs, or in a job younger than `STUCK_S`."""
+        between = self.threads - self.idle - me - len(self.running) - len(self.deciding)
+        stuck = now - STUCK_S
+        return between + sum(1 for job in self.running.values() if job.started > stuck)
+
+    def _staff_locked(self, now: float) -> None:
+        """Wake idle lane threads, and start more (up to `concurrency`), for the ready jobs; a
+        cheap lane only when no thread is pulling jobs, and one thread."""
         want = len(self.ready)
+        if not want:
+            return
+        if self.cheapness > 0:
+            if self._pulling_locked(now) > 0:
+                return
+            want = 1
         if self.idle > 0:  # notify() skips waiters already notified: at worst fewer are woken
             woken = min(want, self.idle)
             self.wake.notify(woken)
@@ -160,9 +203,13 @@ class Lane:
             taken, self.results = self.results, []
         return taken
 
-    def _next(self, previous: JobRun | None, result: Result | None = None) -> JobRun | None:
-        """Settle `previous` (its result, its chain's successor) and take the next ready job,
-        waiting up to `IDLE_S` for one; None: this thread ends."""
+    def _next(self, previous: JobRun | None, result: Result | None = None, ended: float = 0.0,
+              cpu: float = -1.0) -> JobRun | None:
+        """Settle `previous` (its result, its chain's successor; `ended`: when its attempt ended,
+        `cpu`: the attempt's CPU time when it was measured, else -1) and take the next ready job,
+        waiting up to `IDLE_S` for one; None: this thread ends. After a cheap job, the thread
+        waits instead while another thread is pulling jobs (see the module)."""
+        yields = False
         with self.lock:
             if previous is not None:
                 if previous.state == TIMED_OUT:  # expire() released its chain and gave its slot to a
@@ -176,9 +223,16 @@ class Lane:
                     if len(self.results) >= FLUSH_AT:
                         self.done.put(self.results)
                         self.results = []
+                if cpu >= 0:  # a measured attempt: cheap if short and mostly computing
+                    wall = ended - previous.started
+                    if wall < CHEAP_S and cpu > wall / 2:
+                        self.cheapness = min(3, self.cheapness + 1)
+                    else:
+                        self.cheapness = max(-3, self.cheapness - 1)
+                yields = self.cheapness > 0
             waited = False
             while True:
-                while self.ready and not self.halted:
+                while self.ready and not self.halted and not (yields and self._pulling_locked(time.monotonic(), 1) > 0):
                     job = self.ready.popleft()
                     self.buffered -= 1
                     if not self.valid(job):
@@ -218,14 +272,20 @@ class Lane:
         return self.handlers.get(job.env.job) or self.handlers.get("*")
 
     def _work(self, first: JobRun | None = None) -> None:
-        run, handlers = self.attempt.run, self.handlers
+        run, handlers, monotonic, thread_time = self.attempt.run, self.handlers, time.monotonic, time.thread_time
         job = first or self._next(None)
+        count = 0
         while job is not None:
+            count += 1
+            cpu = thread_time() if count % SAMPLE_EVERY == 0 else -1.0
             try:
                 result = run(job, handlers.get(job.env.job) or handlers.get("*"), self)
             except BaseException as exc:  # noqa: BLE001 - never lose a job to a bug of ours
                 result = Result(job, exc, None, 0.0)
-            job = self._next(job, result)  # a late result (the job timed out meanwhile) is dropped there
+            if cpu >= 0:
+                cpu = thread_time() - cpu
+            # a late result (the job timed out meanwhile) is dropped there
+            job = self._next(job, result, monotonic(), cpu)
 
     def _timed_out(self, job: JobRun) -> None:
         """On the thread that replaces a stuck one: decide the timed-out attempt's failure, then work.

@@ -149,6 +149,14 @@ class Partitions:
         self.offsets.started(topic, partition, offset)
         return True
 
+    def started_run(self, topic: str, partition: int, offsets: list[int]) -> bool:
+        """`started` for a partition's run of ascending offsets at once; False (nothing tracked)
+        when the partition is not assigned or the run does not ascend from where it stands:
+        the caller then goes offset by offset."""
+        if (topic, partition) not in self.assigned:
+            return False
+        return self.offsets.partition(topic, partition).started_run(offsets)
+
     def finished(self, topic: str, partition: int, offset: int, generation: int | None = None) -> bool:
         """Mark `offset` finished; False (nothing marked) when the partition changed hands since."""
         if generation is not None and not self.owns(topic, partition, generation):

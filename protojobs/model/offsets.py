@@ -45,6 +45,19 @@ class PartitionOffsets:
         self._open.add(offset)
         self._next_min = offset + 1
 
+    def started_run(self, offsets: list[int]) -> bool:
+        """`started` for each of `offsets` at once, if they ascend from here; False (nothing
+        changes) if they do not."""
+        low = self._next_min
+        for offset in offsets:
+            if offset < low:
+                return False
+            low = offset + 1
+        self._order.extend(offsets)
+        self._open.update(offsets)
+        self._next_min = low
+        return True
+
     def ascends(self, offset: int) -> bool:
         """True when `offset` may start now (it is past every offset started since the last reset)."""
         return offset >= self._next_min
