@@ -9,12 +9,12 @@ import warnings
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from conftest import ROOT, settings_tree, write_config
 from test_engine import read_all
 
 from protojobs import Jobs, config
-from protojobs.engine.dispatch import Dispatcher, build
+from protojobs.engine.dispatch import Batch, Dispatcher, DispatchError, build
 from protojobs.model import envelope
 from protojobs.model.durations import delay_ms, due_ms, epoch_ms
 
@@ -140,3 +140,52 @@ def test_a_job_refused_before_it_is_queued_raises_at_once(kafka, fresh_prefix) -
     finally:
         assert dispatcher.close() == 0
     assert dispatcher._unreported == 0 and not dispatcher._awaited
+
+
+@pytest.mark.broker
+def test_dispatch_many_reports_a_refused_record_by_index_and_sends_the_rest(kafka, fresh_prefix) -> None:
+    tree = settings_tree(kafka.bootstrap, fresh_prefix, {"work": {"handler": "engine_jobs:record"}})
+    tree["kafka"]["producer"] = {**tree["kafka"]["producer"], "message.max.bytes": 2000}
+    dispatcher = Dispatcher(config.from_dict(tree, ROOT))
+    items = [{"n": 0}, {"n": 1}, {"blob": "x" * 5000}, {"n": 3}]
+    try:
+        bulk = dispatcher.dispatch_many("work", items)
+        awaited = asyncio.run(dispatcher.dispatch_many_async("work", items))
+    finally:
+        assert dispatcher.close() == 0
+    for result in (bulk, awaited):
+        assert list(result.errors) == [2] and "refused" in str(result.errors[2])
+        assert len(result.ids) == 3
+    assert dispatcher._unreported == 0 and not dispatcher._awaited
+    stored = [envelope.decode(v) for v in read_all(kafka.bootstrap, f"{fresh_prefix}work", 6)]
+    assert sorted(e.id for e in stored) == sorted([*bulk.ids, *awaited.ids])
+
+
+def test_a_batch_matches_each_refused_delivery_to_its_input_index() -> None:
+    batch = Batch()
+    envs = [envelope.new_envelope("work", "record", {"n": n}, now_ms=NOW) for n in range(4)]
+    for index, env in zip((0, 2, 3, 5), envs, strict=True):  # inputs 1 and 4 were invalid
+        batch.ids.append(env.id)
+        batch.indexes.append(index)
+        batch.sent += 1
+    batch.errors[1] = DispatchError("invalid")
+
+    class Refused:
+        def __init__(self, env: envelope.Envelope) -> None:
+            self.env = env
+
+        def value(self) -> bytes:
+            return envelope.encode(self.env)
+
+    error = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
+    batch.delivered(None)
+    batch.delivered(error, Refused(envs[3]))
+    batch.delivered(None)
+    assert not batch.outcome.done
+    batch.seal()
+    assert not batch.outcome.done  # one report still to come
+    batch.delivered(error, Refused(envs[1]))
+    assert batch.outcome.done
+    result = batch.result()
+    assert result.ids == [envs[0].id, envs[2].id]
+    assert sorted(result.errors) == [1, 2, 5]

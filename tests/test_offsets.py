@@ -26,6 +26,17 @@ def test_commit_point_is_one_past_the_contiguous_finished_prefix() -> None:
     assert part.pending() == 0
 
 
+def test_a_run_of_offsets_starts_at_once_only_if_it_ascends() -> None:
+    part = PartitionOffsets()
+    assert part.started_run([0, 1, 2, 5])
+    assert not part.started_run([6, 4])  # not ascending: nothing of it is tracked
+    assert not part.started_run([5])  # behind where the partition stands
+    assert part.window() == 4 and part.ascends(6)
+    part.finished(0)
+    part.finished(1)
+    assert part.commit_point() == 2
+
+
 def test_gaps_between_offsets_are_skipped() -> None:
     part = PartitionOffsets()
     for offset in (10, 12, 15):  # 11, 13, 14: transaction markers or compacted away
@@ -203,6 +214,16 @@ class Model(RuleBasedStateMachine):
         self.part.started(offset)
         self.started.append(offset)
         self.next = offset + 1
+
+    @rule(gaps=st.lists(st.sampled_from([0, 0, 0, 1, 3]), min_size=1, max_size=6))
+    def start_run(self, gaps: list[int]) -> None:
+        """A fetch's run of records started at once (the worker's fast path)."""
+        offsets = []
+        for gap in gaps:
+            offsets.append(self.next + gap)
+            self.next = offsets[-1] + 1
+        assert self.part.started_run(offsets) is True
+        self.started.extend(offsets)
 
     @precondition(lambda self: len(self.finished) < len(self.started))
     @rule(data=st.data())
