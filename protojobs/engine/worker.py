@@ -424,16 +424,14 @@ class Worker(Quiet):
         finished = self._finished
         for lane in self.lanes.values():
             if lane.results:
-                for result in lane.collect():
-                    finished(result)
+                self._finished_many(lane.collect())
         try:
             item = self.done.get(timeout=wait) if wait else self.done.get_nowait()
         except Empty:
             return
         while True:
             if type(item) is list:
-                for result in item:
-                    finished(result)
+                self._finished_many(item)
             elif isinstance(item, Sent):
                 self._acknowledged(item)
             else:
@@ -442,6 +440,18 @@ class Worker(Quiet):
                 item = self.done.get_nowait()
             except Empty:
                 return
+
+    def _finished_many(self, results: list[Result]) -> None:
+        """`_finished` for a lane's batch: its successes (at-least-once) as one offsets update."""
+        succeeded = []
+        eo = self.eo
+        for result in results:
+            if result.move is None and result.error is None and result.run.topic not in eo:
+                succeeded.append(result.run)
+            else:
+                self._finished(result)
+        if succeeded:
+            self.counters.done += self.partitions.finished_runs(succeeded)
 
     def _finished(self, result: Result) -> None:
         job = result.run

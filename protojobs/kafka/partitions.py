@@ -42,6 +42,15 @@ log = logging.getLogger(__name__)
 Key = tuple[str, int]
 
 
+class Run(Protocol):
+    """Work taken from a record: where it came from, and in which generation of ownership."""
+
+    topic: str
+    partition: int
+    offset: int
+    generation: int
+
+
 class Rebalance(Protocol):
     """What the owner of a `Partitions` does around rebalances (all optional no-ops in `Quiet`)."""
 
@@ -164,6 +173,19 @@ class Partitions:
         if self.offsets.finished(topic, partition, offset):
             self.finished_count += 1
         return True
+
+    def finished_runs(self, runs: Iterable[Run]) -> int:
+        """`finished` for many runs of work (each with its topic, partition, offset and the
+        generation it was taken in); how many were still owned (the others are ignored)."""
+        generation, offsets = self.generation, self.offsets
+        owned = marked = 0
+        for run in runs:
+            if generation.get((run.topic, run.partition)) == run.generation:
+                owned += 1
+                if offsets.finished(run.topic, run.partition, run.offset):
+                    marked += 1
+        self.finished_count += marked
+        return owned
 
     def publish_with_offset(self, topic: str, partition: int, output: Output) -> None:
         """Buffer a record for the transaction that will commit its source offset."""
