@@ -142,3 +142,23 @@ def test_failed_job_dead_letters_inside_the_transaction(kafka: Cluster, fresh_pr
         got = [m.value() for m in consumer.consume(10, 0.5) if m.error() is None]
     consumer.close()
     assert len(got) == 1 and json.loads(got[0])["error"]["type"] == "ValueError"
+
+
+def test_a_transaction_commits_once_a_window_is_half_full_not_per_commit_every(kafka: Cluster, fresh_prefix: str,
+                                                                                tmp_path: Path, start_worker) -> None:
+    tree = settings_tree(kafka.bootstrap, fresh_prefix, {
+        "work": {"handler": "engine_jobs:record", "delivery": "exactly_once", "partitions": 1}})
+    settings = config.from_dict(tree, tmp_path)
+    assert Dispatcher(settings).dispatch_many("work", [{"n": i} for i in range(9)]).ok
+    # the interval never comes; commit_every would commit after every 2 jobs
+    worker = start_worker(settings, commit_interval=3600, commit_every=2, max_uncommitted=20)
+    wait_for(lambda: worker.worker.counters.done == 9, what="9 jobs")
+    seen = worker.worker.last_poll
+    wait_for(lambda: worker.worker.last_poll > seen + 0.5, what="the loop to run on for half a second")
+    txn = worker.worker.partitions.txn
+    assert txn is not None and txn.committed == 0  # 9 < half the window: no transaction yet
+    assert Dispatcher(settings).dispatch_many("work", [{"n": i} for i in range(9, 12)]).ok
+    wait_for(lambda: txn.committed >= 1, what="a transaction at half the window (10 jobs)")
+    wait_for(lambda: worker.worker.counters.done == 12, what="12 jobs")
+    worker.stop()  # commits the rest on shutdown
+    assert committed_equals_end(settings, "work")

@@ -37,6 +37,18 @@ def test_a_run_of_offsets_starts_at_once_only_if_it_ascends() -> None:
     assert part.commit_point() == 2
 
 
+def test_uncommitted_counts_the_window_and_the_finished_prefix_beyond_the_commit() -> None:
+    part = PartitionOffsets()
+    assert part.uncommitted() == 0
+    part.started_run([10, 11, 12, 13])
+    part.finished(10)
+    part.finished(11)
+    part.finished(13)
+    assert part.window() == 2 and part.uncommitted() == 4  # 10, 11 finished; 12 open, 13 behind it
+    part.mark_committed(12)
+    assert part.uncommitted() == 2
+
+
 def test_gaps_between_offsets_are_skipped() -> None:
     part = PartitionOffsets()
     for offset in (10, 12, 15):  # 11, 13, 14: transaction markers or compacted away

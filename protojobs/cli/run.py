@@ -255,7 +255,9 @@ def _concurrency(values: Sequence[str]) -> dict[str, int]:
               help="pause a partition while N of its jobs are started but not committable (a crash runs them "
                    "again; 0: no bound)")
 @click.option("--commit-every", type=base.COUNT, default=500, show_default=True,
-              help="commit once N jobs finished since the last commit, and every second (0: every second only)")
+              help="commit once N jobs finished since the last commit, and every second (0: every second only); "
+                   "exactly-once queues commit their transaction every second, or once a partition has half of "
+                   "--max-uncommitted uncommitted")
 @click.option("--max-hung", type=base.COUNT, default=0,
               help="a queue with more than N handlers hung past their timeout is wedged: /healthz fails, a "
                    "--processes child is recycled (default 0: 2 x concurrency)")

@@ -199,16 +199,21 @@ class Partitions:
         """Jobs of the partition started but not committable (not in its finished prefix)."""
         return self.offsets.window(topic, partition)
 
+    def uncommitted(self, topic: str, partition: int) -> int:
+        """Jobs of the partition started and not committed (a crash would run them again)."""
+        return self.offsets.uncommitted(topic, partition)
+
     def windows(self) -> dict[Key, int]:
         return self.offsets.windows()
 
     # --- commits ------------------------------------------------------------------------------
 
-    def commit(self, asynchronous: bool, only: set[Key] | None = None) -> None:
-        """Commit the finished prefix (of `only`, or of every partition)."""
+    def commit(self, asynchronous: bool, only: set[Key] | None = None, transactions: bool = True) -> None:
+        """Commit the finished prefix (of `only`, or of every partition; `transactions` False:
+        not those of transactional topics)."""
         chosen = [(t, p, o) for t, p, o in self.offsets.commit_points()
                   if (t, p) in self.assigned and (only is None or (t, p) in only)]
-        if self.txn is not None:
+        if self.txn is not None and transactions:
             txn_points = [pt for pt in chosen if self.transactional(pt[0])]
             if self.txn.commit(txn_points, self.rewind):
                 for t, p, o in txn_points:

@@ -23,7 +23,7 @@ from collections import deque
 class PartitionOffsets:
     """Started and finished offsets of one partition, and the commit point they allow."""
 
-    __slots__ = ("_order", "_open", "_finished", "_next_min", "_done", "_committed")
+    __slots__ = ("_order", "_open", "_finished", "_next_min", "_done", "_committed", "_base")
 
     def __init__(self) -> None:
         self._order: deque[int] = deque()  # started, not yet in the finished prefix, ascending
@@ -32,6 +32,7 @@ class PartitionOffsets:
         self._next_min = 0  # a newly started offset must be at least this
         self._done: int | None = None  # 1 + the end of the contiguous finished prefix
         self._committed: int | None = None
+        self._base: int | None = None  # the first offset started: where progress is counted from
 
     def started(self, offset: int) -> None:
         """Record that the job at `offset` started. Offsets must ascend between resets;
@@ -41,6 +42,8 @@ class PartitionOffsets:
                 f"offset {offset} started after offset {self._next_min - 1}: offsets must "
                 "ascend within a partition (call reset() after a seek)"
             )
+        if self._base is None:
+            self._base = offset
         self._order.append(offset)
         self._open.add(offset)
         self._next_min = offset + 1
@@ -53,6 +56,8 @@ class PartitionOffsets:
             if offset < low:
                 return False
             low = offset + 1
+        if self._base is None and offsets:
+            self._base = offsets[0]
         self._order.extend(offsets)
         self._open.update(offsets)
         self._next_min = low
@@ -105,6 +110,15 @@ class PartitionOffsets:
         """How many started jobs are not in the finished prefix: unfinished, or finished behind an
         unfinished one. A crash re-delivers them (and what finished since the last commit)."""
         return len(self._order)
+
+    def uncommitted(self) -> int:
+        """Jobs a crash now would run again: the window, plus the finished prefix beyond the
+        last committed offset (counted in offsets: gaps count too)."""
+        done = self._done
+        if done is None:
+            return len(self._order)
+        low = self._committed if self._committed is not None else self._base
+        return len(self._order) + max(0, done - (low if low is not None else done))
 
     def reset(self, from_offset: int) -> None:
         """Forget every started offset >= `from_offset`: the consumer was moved back there
@@ -175,6 +189,11 @@ class OffsetTracker:
         """See `PartitionOffsets.window`; 0 for a partition not tracked."""
         part = self._parts.get((topic, partition))
         return part.window() if part is not None else 0
+
+    def uncommitted(self, topic: str, partition: int) -> int:
+        """See `PartitionOffsets.uncommitted`; 0 for a partition not tracked."""
+        part = self._parts.get((topic, partition))
+        return part.uncommitted() if part is not None else 0
 
     def windows(self) -> dict[tuple[str, int], int]:
         """`window` of every tracked partition."""
