@@ -328,16 +328,11 @@ def test_replay_after_clear_runs_the_replayed_job(make_settings, start_worker) -
 # --- finding 3: a record of a partition revoked inside fetch ---------------------------------------
 
 
-class RebalanceInsideFetch:
-    """The worker's (or router's) consumer, with a rebalance of the first polled record's partition
-    served right after that record was taken from librdkafka: what happens when a revoke
-    arrives inside `fetch`, between `poll` and `consume` or inside a batch."""
+class WrappedConsumer:
+    """A real consumer whose every fetch (`consume` and `poll`) goes through `_served` first."""
 
-    def __init__(self, partitions: Any, reassign: bool) -> None:
-        self.partitions = partitions
-        self.real = partitions.consumer
-        self.reassign = reassign
-        self.hit: tuple[str, int] | None = None
+    def __init__(self, real: Any) -> None:
+        self.real = real
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
@@ -349,6 +344,21 @@ class RebalanceInsideFetch:
         msg = self.real.poll(*args)
         self._served([msg] if msg is not None else [])
         return msg
+
+    def _served(self, msgs: list[Any]) -> list[Any]:
+        return msgs
+
+
+class RebalanceInsideFetch(WrappedConsumer):
+    """The worker's (or router's) consumer, with a rebalance of the first polled record's partition
+    served right after that record was taken from librdkafka: what happens when a revoke
+    arrives inside `fetch`, between `poll` and `consume` or inside a batch."""
+
+    def __init__(self, partitions: Any, reassign: bool) -> None:
+        super().__init__(partitions.consumer)
+        self.partitions = partitions
+        self.reassign = reassign
+        self.hit: tuple[str, int] | None = None
 
     def _served(self, msgs: list[Any]) -> list[Any]:
         records = [m for m in msgs if m.error() is None]
@@ -499,25 +509,14 @@ def test_a_dead_thread_turns_healthz_503_and_stops_the_process(kafka: Cluster, f
     assert f"the {dying} thread died" in reason and "boom (test)" in reason
 
 
-class PositionResetAfterFetch:
+class PositionResetAfterFetch(WrappedConsumer):
     """Wraps a consumer: once a fetch served offset 2 of a partition, its position goes back to
     0 without the owner asking (what librdkafka's own offset reset does, e.g. on
     OFFSET_OUT_OF_RANGE after a leader change under faults)."""
 
     def __init__(self, real: Any) -> None:
-        self.real = real
+        super().__init__(real)
         self.reset: tuple[str, int] | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
-
-    def consume(self, *args: Any) -> Any:
-        return self._served(self.real.consume(*args))
-
-    def poll(self, *args: Any) -> Any:
-        msg = self.real.poll(*args)
-        self._served([msg] if msg is not None else [])
-        return msg
 
     def _served(self, msgs: list[Any]) -> list[Any]:
         for m in msgs:
