@@ -4,6 +4,7 @@ same outcomes in eager mode and on the real broker."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -188,10 +189,22 @@ def test_run_app_finds_decorated_jobs(protojobs_kafka, protojobs_fresh_prefix, t
     finally:
         os.chdir(ROOT)
         sys.modules.pop("greet", None)
-    done = subprocess.run([sys.executable, "-m", "protojobs.cli", "run", "--app", "greet:app", "--max-jobs", "2",
-                           "--no-scheduler"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "protojobs.cli", *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120)
+
+    done = cli("run", "--app", "greet:app", "--max-jobs", "2", "--no-scheduler")
     assert done.returncode == 0, done.stderr
     assert sorted((tmp_path / "out.txt").read_text().splitlines()) == ["hello ada", "hello grace"]
+    # every command takes --app: the decorated job's queue has no handler key in jobs.toml
+    assert cli("dispatch", "--app", "greet:app", "greetings", '{"name": "alan"}').returncode == 0
+    stats = cli("stats", "--app", "greet:app", "--json")
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["queues"]["greetings"]["depth"] == 1
+    last = cli("run", "--app", "greet:app", "--max-jobs", "1", "--no-scheduler")
+    assert last.returncode == 0 and "hello alan" in (tmp_path / "out.txt").read_text(), last.stderr
+    wrong = cli("stats", "--app", "greet:nothing")
+    assert wrong.returncode == 1 and "--app greet:nothing" in wrong.stderr
 
 
 def test_load_app_names_what_is_wrong() -> None:

@@ -251,7 +251,10 @@ class App:
             if jobs and q.schema_path is None and q.handler is None and not q.jobs:
                 schemas = [j.schema for j in jobs]
                 derived = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
-                queues[name] = dataclasses.replace(q, schema=MappingProxyType(derived))
+                # its jobs list names the decorated jobs, so a dispatch without a job name (the
+                # CLI's, or `dispatch(queue, data)`) picks a queue's only job as for jobs.toml's
+                queues[name] = dataclasses.replace(q, schema=MappingProxyType(derived), jobs=tuple(
+                    f"{j.func.__module__}:{j.name}" for j in jobs))
         return dataclasses.replace(settings, queues=queues)
 
     def handlers(self) -> dict[str, dict[str, Handler]]:

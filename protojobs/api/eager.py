@@ -30,7 +30,7 @@ from typing import Any, cast
 from confluent_kafka import KafkaError, KafkaException
 
 from protojobs.config import PayloadError, Settings, payload_validator
-from protojobs.engine.attempt import Attempt, Handler, JobRun, dead_letter
+from protojobs.engine.attempt import Attempt, Handler, JobRun, dead_letter, handlers_of
 from protojobs.engine.dispatch import BulkResult, DispatchError, build
 from protojobs.engine.hooks import HookSet
 from protojobs.engine.lanes import EventLoop
@@ -85,8 +85,7 @@ class EagerRunner:
         self.results = results
         prefix = settings.kafka.topic_prefix
         self.topics = {name: names.queue_topic(prefix, name) for name in settings.queues}
-        self.handlers = {name: {**_declared(q.handler, q.jobs), **handlers.get(name, {})}
-                         for name, q in settings.queues.items()}
+        self.handlers = {name: handlers_of(q, handlers.get(name)) for name, q in settings.queues.items()}
         self._loop: EventLoop | None = None
         self.attempt = Attempt(settings, {self.topics[n]: q for n, q in settings.queues.items()}, HookSet(()),
                                self._event_loop, lambda: cast(Any, self), lambda _topic: False)
@@ -179,10 +178,3 @@ class EagerRunner:
     def close(self) -> None:
         if self._loop is not None:
             self._loop.close()
-
-
-def _declared(handler: str | None, jobs: tuple[str, ...]) -> dict[str, Handler]:
-    """The handlers jobs.toml names for a queue (as the worker loads them)."""
-    if handler:
-        return {"*": Handler.load(handler)}
-    return {target.rsplit(":", 1)[-1]: Handler.load(target) for target in jobs}

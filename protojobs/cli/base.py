@@ -1,8 +1,10 @@
 """What every click command shares: the global options, the config path, TTY-aware output.
 
-Global options (`--config`, `--json`) are accepted on the root and on every command and group,
-so `protojobs --config x stats` and `protojobs stats --config x` mean the same; the one given
-nearest the verb wins. A command reads them with `config_path()` and `as_json()`.
+Global options (`--config`, `--app`, `--json`) are accepted on the root and on every command
+and group, so `protojobs --config x stats` and `protojobs stats --config x` mean the same; the
+one given nearest the verb wins. A command reads them with `config_path()`, `app_target()` and
+`as_json()`; `--app module:app` (an App's settings: its config and its decorated jobs' queues)
+is read by `cli.common.load`, the one place commands load their settings.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class Globals:
     """The global options as given so far (root first, then each nested level)."""
 
     config: str | None = None
+    app: str | None = None
     json: bool = False
 
 
@@ -41,6 +44,8 @@ def global_options(func: F, json: bool = True) -> F:
     if json:
         func = click.option("--json", "as_json", is_flag=True, expose_value=False, callback=_keep("json"),
                             help="JSON output, for scripts")(func)
+    func = click.option("--app", metavar="MODULE:APP", expose_value=False, callback=_keep("app"),
+                        help="an App's settings and decorated jobs (its own config; --config is not read)")(func)
     return click.option("--config", metavar="PATH", expose_value=False, callback=_keep("config"),
                         help=f"jobs.toml (default: ./jobs.toml or ${CONFIG_ENV})")(func)
 
@@ -51,6 +56,12 @@ def _globals() -> Globals:
 
 def config_path() -> str:
     return _globals().config or os.environ.get(CONFIG_ENV, "jobs.toml")
+
+
+def app_target() -> str | None:
+    """`--app`, when a command runs under click and one was given."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.ensure_object(Globals).app if ctx is not None else None
 
 
 def as_json() -> bool:

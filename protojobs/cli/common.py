@@ -7,16 +7,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from protojobs import config
+from protojobs.api.app import load_app
+from protojobs.cli import base
 from protojobs.engine.dispatch import now_ms
 from protojobs.model.durations import parse_ms
 
 
 def load(path: str | Path | None, *, import_handlers: bool = True) -> config.Settings | None:
-    """The settings, or None after printing every issue on stderr (the command exits 1)."""
+    """The settings (with `--app`: the App's, decorated jobs' queues included), or None after
+    printing every issue on stderr (the command exits 1)."""
+    target = base.app_target()
     try:
+        if target is not None:
+            return load_app(target).settings
         return config.load(path, import_handlers=import_handlers)
     except config.ConfigError as err:
-        print(err, file=sys.stderr)
+        print(err if target is None else f"protojobs: --app {target}: {err}", file=sys.stderr)
+        return None
+    except (ImportError, AttributeError, TypeError, ValueError) as err:  # --app names no App
+        print(f"protojobs: --app {target}: {err}", file=sys.stderr)
         return None
 
 

@@ -230,8 +230,6 @@ def _concurrency(values: Sequence[str]) -> dict[str, int]:
 
 @base.command("run")
 @click.option("--queue", "queues", multiple=True, help="only this queue (repeatable)")
-@click.option("--app", default=None, metavar="MODULE:APP",
-              help="run the decorated jobs of this App (its own config is used; --config is not read)")
 @click.option("--concurrency", "concurrency", multiple=True, metavar="N|QUEUE=N",
               help="handlers run at once per queue, overriding jobs.toml (QUEUE=N: that queue only; repeatable)")
 @click.option("--burst", is_flag=True,
@@ -264,7 +262,7 @@ def _concurrency(values: Sequence[str]) -> dict[str, int]:
 @click.option("--shutdown-timeout", type=base.SECONDS, default=0.0,
               help="on SIGTERM wait at most this long for running jobs, then commit what finished and exit "
                    "(default 0: the longest queue timeout + 5 s)")
-def run_cmd(queues: tuple[str, ...], app: str | None, concurrency: tuple[str, ...], burst: bool, log_format: str,
+def run_cmd(queues: tuple[str, ...], concurrency: tuple[str, ...], burst: bool, log_format: str,
             log_level: str | None, no_router: bool, router_only: bool, no_scheduler: bool, **options: Any) -> int:
     """Run workers for the queues of jobs.toml (exit 0 stopped, 1 failed, 3 fenced, 4 wedged)."""
     if no_router and router_only:
@@ -281,4 +279,4 @@ def run_cmd(queues: tuple[str, ...], app: str | None, concurrency: tuple[str, ..
     return run(base.config_path(), queues=list(queues) or None, max_jobs=options["max_jobs"],
                processes=options["processes"], router="off" if no_router else "only" if router_only else "on",
                slot=options["slot"], metrics_port=options["metrics_port"], scheduler=not no_scheduler, limits=limits,
-               metrics_host=options["metrics_host"], concurrency=per_queue, app=app)
+               metrics_host=options["metrics_host"], concurrency=per_queue, app=base.app_target())

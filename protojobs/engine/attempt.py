@@ -32,7 +32,7 @@ import random
 import socket
 import time
 import traceback
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -179,6 +179,20 @@ class Handler:
                 loop().run(result, 60.0)
         except Exception:  # noqa: BLE001 - a broken hook must not crash the worker
             log.exception("the failed() hook of %r raised", self.target)
+
+
+def handlers_of(queue: QueueSettings, given: Mapping[str, Handler] | None = None) -> dict[str, Handler]:
+    """A queue's handlers, by job name ("*": its one `handler`): those jobs.toml names, and those
+    `given` (an App's decorated jobs), which win and whose names in `jobs` are not imported."""
+    given = given or {}
+    if queue.handler:
+        return {"*": Handler.load(queue.handler), **given}
+    declared = {}
+    for target in queue.jobs:
+        name = target.rsplit(":", 1)[-1]
+        if name not in given:
+            declared[name] = Handler.load(target)
+    return {**declared, **given}
 
 
 def _job_object(obj: Any) -> bool:

@@ -58,7 +58,7 @@ from typing import Any, cast
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from protojobs.config import PayloadError, QueueSettings, Settings, payload_validator
-from protojobs.engine.attempt import Attempt, Handler, JobRun, Move, Result, dead_letter
+from protojobs.engine.attempt import Attempt, Handler, JobRun, Move, Result, dead_letter, handlers_of
 from protojobs.engine.burst import Burst
 from protojobs.engine.dispatch import Dispatcher
 from protojobs.engine.hooks import Hooks, HookSet
@@ -161,7 +161,7 @@ class Worker(Quiet):
         self.attempt = Attempt(settings, self.queues, self.hooks, self._event_loop, self.dispatcher,
                                self.eo.__contains__, self.max_bytes)
         extra = handlers or {}
-        self.lanes = {t: Lane(q, {**_handlers(q), **extra.get(q.name, {})}, self.done, self._startable, self.attempt,
+        self.lanes = {t: Lane(q, handlers_of(q, extra.get(q.name)), self.done, self._startable, self.attempt,
                               self.options.max_hung)
                       for t, q in self.queues.items()}
         self.epochs: ClearEpochs | None = None
@@ -704,12 +704,6 @@ def admit(msg: Message, q: QueueSettings, generation: int, epochs: ClearEpochs |
     chain: Hashable | None = env.key if q.ordering == "key" else (topic, partition) \
         if q.ordering == "partition" else None
     return JobRun(topic, partition, offset, env, generation, chain)
-
-
-def _handlers(q: QueueSettings) -> dict[str, Handler]:
-    if q.handler:
-        return {"*": Handler.load(q.handler)}
-    return {target.rsplit(":", 1)[-1]: Handler.load(target) for target in q.jobs}
 
 
 def status_line(worker: Worker, started: float) -> str:
