@@ -5,7 +5,8 @@
 BENCH_QUICK=1 (or --quick) runs the reduced version (under 3 minutes); the full run stays
 under 20 minutes on 2 cores. The broker is the project's own single node
 (`Cluster(profile="bench")`: G1 + C2 JIT, 1-2 GB heap) in /tmp/pj-bench, ports from 22100;
-it is stopped at the end unless --keep-broker. Results: a printed table,
+it is stopped at the end unless --keep-broker, and warmed up (untimed traffic, `common.warm_up`)
+before the first scenario. Results: a printed table,
 bench/results/latest.json and PNG plots (latency percentiles, throughput vs processes).
 The machine is shared and small: each scenario runs `--repeats` times (default 2) and the
 better figure is reported, with every run's figure kept in the JSON.
@@ -31,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, Env  # noqa: E402
+from common import RESULTS, Env, warm_up  # noqa: E402
 
 from protojobs.local.cluster import Cluster  # noqa: E402
 
@@ -60,9 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     if not reused:
         print(f"bench: starting the bench broker on {cluster.bootstrap} ...", flush=True)
         cluster.start()
+    print("bench: warming the broker up (untimed) ...", flush=True)
+    warmed = warm_up(cluster.bootstrap)
     env = Env(cluster.bootstrap, args.quick, Path(args.state) / "work", repeats=args.repeats)
     results: dict[str, Any] = {"machine": machine(), "quick": args.quick, "repeats": args.repeats,
-                               "broker": {"profile": "bench", "bootstrap": cluster.bootstrap}}
+                               "broker": {"profile": "bench", "bootstrap": cluster.bootstrap,
+                                          "warm_up_seconds": round(warmed, 1)}}
     try:
         for name in chosen + (["profile"] if args.profile else []):
             print(f"bench: {name} ...", flush=True)
@@ -100,6 +104,7 @@ def three_nodes(state: Path, port: int, repeats: int) -> dict[str, Any]:
     print(f"bench: starting the 3-node bench cluster on {cluster.bootstrap} ...", flush=True)
     try:
         cluster.start()
+        out["warm_up_seconds"] = round(warm_up(cluster.bootstrap), 1)
         env = Env(cluster.bootstrap, True, state / "work", repeats=repeats)
         for name in ("dispatch", "drain"):
             print(f"bench: 3 nodes: {name} ...", flush=True)
