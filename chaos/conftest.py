@@ -69,26 +69,27 @@ def schedule_numbers() -> Numbering:
 
 
 @pytest.fixture(scope="session")
-def chaos_cluster(pytestconfig: pytest.Config, toxiproxy_server: Toxiproxy) -> Iterator[Cluster]:
+def chaos_cluster(pytestconfig: pytest.Config, protojobs_toxiproxy_server: Toxiproxy) -> Iterator[Cluster]:
     cluster = Cluster(_state_root(pytestconfig) / "chaos3", nodes=3, base_port=_port_base() + 200, chaos=True)
     for name, listen, upstream in cluster.proxy_routes():
-        toxiproxy_server.create(name, listen, upstream)
+        protojobs_toxiproxy_server.create(name, listen, upstream)
     cluster.start()
     yield cluster
     cluster.stop()
 
 
 @pytest.fixture
-def chaos_env(request: pytest.FixtureRequest, pytestconfig: pytest.Config, toxiproxy_server: Toxiproxy) -> ChaosEnv:
+def chaos_env(request: pytest.FixtureRequest, pytestconfig: pytest.Config,
+              protojobs_toxiproxy_server: Toxiproxy) -> ChaosEnv:
     name = request.param
-    cluster = request.getfixturevalue("kafka" if name == "single" else "chaos_cluster")
+    cluster = request.getfixturevalue("protojobs_kafka" if name == "single" else "chaos_cluster")
     work = _state_root(pytestconfig) / "chaos-runs"
     work.mkdir(parents=True, exist_ok=True)
-    return ChaosEnv(name, cluster, toxiproxy_server, work)
+    return ChaosEnv(name, cluster, protojobs_toxiproxy_server, work)
 
 
 def env_for(request: pytest.FixtureRequest, pytestconfig: pytest.Config, server: Toxiproxy, name: str) -> ChaosEnv:
-    cluster = request.getfixturevalue("kafka" if name == "single" else "chaos_cluster")
+    cluster = request.getfixturevalue("protojobs_kafka" if name == "single" else "chaos_cluster")
     work = _state_root(pytestconfig) / "chaos-runs"
     work.mkdir(parents=True, exist_ok=True)
     return ChaosEnv(name, cluster, server, work)

@@ -211,7 +211,7 @@ def _verdict(outcomes: list[Outcome_]) -> None:
 @pytest.mark.skipif(bool(replay_path()), reason="REPLAY is set: only the replay runs")
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("cluster", CLUSTERS)
-def test_random_faults(request: pytest.FixtureRequest, pytestconfig: pytest.Config, toxiproxy_server: Any,
+def test_random_faults(request: pytest.FixtureRequest, pytestconfig: pytest.Config, protojobs_toxiproxy_server: Any,
                        chaos_report: Any, schedule_numbers: Any, cluster: str, mode: str) -> None:
     if mode == "exactly_once":
         reason = exactly_once_support()
@@ -219,7 +219,7 @@ def test_random_faults(request: pytest.FixtureRequest, pytestconfig: pytest.Conf
             chaos_report.skip("random", mode, cluster, reason)
             chaos_report.write()
             pytest.skip(reason)
-    env = env_for(request, pytestconfig, toxiproxy_server, cluster)
+    env = env_for(request, pytestconfig, protojobs_toxiproxy_server, cluster)
     outcomes: list[Outcome_] = []
     # each (cluster, mode) test draws its own examples: seed SEED + its index
     machine = seed(SEED + 2 * CLUSTERS.index(cluster) + MODES.index(mode))(
@@ -233,7 +233,7 @@ def test_random_faults(request: pytest.FixtureRequest, pytestconfig: pytest.Conf
 
 
 @pytest.mark.skipif(not replay_path(), reason="set REPLAY=<schedule.json> to replay one")
-def test_replay(request: pytest.FixtureRequest, pytestconfig: pytest.Config, toxiproxy_server: Any,
+def test_replay(request: pytest.FixtureRequest, pytestconfig: pytest.Config, protojobs_toxiproxy_server: Any,
                 chaos_report: Any, schedule_numbers: Any) -> None:
     path = replay_path()
     assert path is not None and path.exists(), f"no schedule file {path}"
@@ -241,7 +241,7 @@ def test_replay(request: pytest.FixtureRequest, pytestconfig: pytest.Config, tox
     mode = schedule.get("mode", "at_least_once")
     if mode == "exactly_once" and (reason := exactly_once_support()) is not None:
         pytest.skip(reason)
-    env = env_for(request, pytestconfig, toxiproxy_server, schedule.get("cluster", "single"))
+    env = env_for(request, pytestconfig, protojobs_toxiproxy_server, schedule.get("cluster", "single"))
     outcome = run_schedule(env, schedule, schedule_numbers.next("replay-"), {"file": str(path)})
     _record(chaos_report, f"replay {path.name}", mode, env.name, [outcome])
     _verdict([outcome])
