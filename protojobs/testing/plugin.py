@@ -180,7 +180,12 @@ def protojobs_fresh_topic(protojobs_fresh_prefix: str) -> Callable[[str], str]:
 # --- the names of the previous release: aliases for one release --------------------------------
 
 
+DEPRECATED: dict[str, str] = {}  # old fixture name -> its new name
+
+
 def _deprecated(old: str, new: str, scope: Literal["session", "function"]) -> Any:
+    DEPRECATED[old] = new
+
     def alias(request: pytest.FixtureRequest) -> Any:
         warnings.warn(f"the pytest fixture {old!r} is deprecated (it goes in the next release): use {new!r}",
                       DeprecationWarning, stacklevel=2)
