@@ -165,7 +165,7 @@ class Lane:
     def staff(self, now: float) -> None:
         """Called by the loop on every pass: a cheap lane whose one pulling thread got stuck in a
         slow job gets another (see the module)."""
-        if self.ready and self.cheapness > 0 and not self.halted:
+        if self.ready and self.cheap and not self.halted:
             with self.lock:
                 self._staff_locked(now)
 
@@ -182,7 +182,7 @@ class Lane:
         want = len(self.ready)
         if not want:
             return
-        if self.cheapness > 0:
+        if self.cheap:
             if self._pulling_locked(now) > 0:
                 return
             want = 1
@@ -229,7 +229,7 @@ class Lane:
                         self.cheapness = min(3, self.cheapness + 1)
                     else:
                         self.cheapness = max(-3, self.cheapness - 1)
-                yields = self.cheapness > 0
+                yields = self.cheap
             waited = False
             while True:
                 while self.ready and not self.halted and not (yields and self._pulling_locked(time.monotonic(), 1) > 0):

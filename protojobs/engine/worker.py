@@ -371,6 +371,7 @@ class Worker(Quiet):
         if jobs is None:
             jobs = taken[topic] = []
         epochs, max_bytes = self.epochs, self.max_bytes
+        spent = 0  # of the max_jobs budget: jobs and dead-letter copies, as in `_take`
         for msg in records:
             try:
                 job = admit(msg, q, generation, epochs, max_bytes, topic, partition)
@@ -379,10 +380,12 @@ class Worker(Quiet):
                 continue
             if isinstance(job, JobRun):
                 jobs.append(job)
+                spent += 1
             else:
                 self._admitted_otherwise(job, topic, partition, cast(int, msg.offset()), generation)
+                spent += job is not None
         if self.budget is not None:
-            self.budget -= len(records)
+            self.budget -= spent
 
     def _not_admitted(self, topic: str, partition: int, offset: int, generation: int, exc: Exception) -> None:
         log.exception("record %s[%d]@%d could not be admitted", topic, partition, offset, exc_info=exc)
