@@ -139,7 +139,7 @@ def test_a_job_refused_before_it_is_queued_raises_at_once(kafka, fresh_prefix) -
         assert dispatcher.submit("work", {"n": 1}).result(timeout=60)  # the next one goes through
     finally:
         assert dispatcher.close() == 0
-    assert dispatcher._unreported == 0 and not dispatcher._awaited
+    assert dispatcher._unreported == 0 and not dispatcher._awaited and not dispatcher._batches
 
 
 @pytest.mark.broker
@@ -156,7 +156,7 @@ def test_dispatch_many_reports_a_refused_record_by_index_and_sends_the_rest(kafk
     for result in (bulk, awaited):
         assert list(result.errors) == [2] and "refused" in str(result.errors[2])
         assert len(result.ids) == 3
-    assert dispatcher._unreported == 0 and not dispatcher._awaited
+    assert dispatcher._unreported == 0 and not dispatcher._awaited and not dispatcher._batches
     stored = [envelope.decode(v) for v in read_all(kafka.bootstrap, f"{fresh_prefix}work", 6)]
     assert sorted(e.id for e in stored) == sorted([*bulk.ids, *awaited.ids])
 
@@ -189,3 +189,76 @@ def test_a_batch_matches_each_refused_delivery_to_its_input_index() -> None:
     result = batch.result()
     assert result.ids == [envs[0].id, envs[2].id]
     assert sorted(result.errors) == [1, 2, 5]
+
+
+def test_a_refusal_that_cannot_be_matched_to_its_job_fails_every_job_it_may_be() -> None:
+    batch = Batch()
+    envs = [envelope.new_envelope("work", "record", {"n": n}, now_ms=NOW) for n in range(3)]
+    for index, env in enumerate(envs):
+        batch.ids.append(env.id)
+        batch.indexes.append(index)
+        batch.sent += 1
+
+    class Unreadable:
+        def value(self) -> bytes:
+            return b"not an envelope"
+
+    batch.delivered(None)
+    batch.delivered(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), Unreadable())
+    batch.delivered(None)
+    batch.seal()
+    result = batch.result()
+    assert result.ids == [] and sorted(result.errors) == [0, 1, 2]  # never counted as acknowledged
+    assert all("could not be matched" in str(error) for error in result.errors.values())
+
+
+class _Offline:
+    """A Dispatcher's producer that takes records and never reports: batches without a broker."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes]] = []
+
+    def produce(self, topic: str, value: bytes, key: bytes | None = None, **_kw: object) -> None:
+        self.records.append((topic, value))
+
+    def poll(self, _timeout: float = 0) -> int:
+        return 0
+
+
+def _offline(hooks: tuple = ()) -> tuple[Dispatcher, _Offline]:
+    tree = settings_tree("127.0.0.1:9", "off.", {"work": {"handler": "engine_jobs:record"}})
+    tree["delays"] = {"tiers": ["1s", "1m"]}
+    producer = _Offline()
+    return Dispatcher(config.from_dict(tree, ROOT), producer=producer, ensure_topics=False,  # type: ignore[arg-type]
+                      hooks=hooks), producer
+
+
+def test_a_batch_counts_as_one_outstanding_delivery_until_its_last_report() -> None:
+    dispatcher, producer = _offline()
+    batch = dispatcher.send_many("work", [{"n": n} for n in range(3)], {})
+    assert batch.sent == 3 and dispatcher._batches == {batch} and dispatcher._unreported == 0
+    for _ in range(3):
+        batch.delivered(None)
+    assert batch.outcome.done and not dispatcher._batches
+    assert [envelope.decode(value).data for _topic, value in producer.records] == [{"n": 0}, {"n": 1}, {"n": 2}]
+
+
+def test_a_batch_whose_loop_raises_is_still_sealed() -> None:
+    dispatcher, _producer = _offline()
+    with pytest.raises(TypeError, match="bogus"):
+        dispatcher.send_many("work", [{"n": 1}], {"bogus": 1})
+    assert not dispatcher._batches  # nothing left outstanding: the report thread would poll forever
+
+
+def test_hooks_may_change_each_jobs_options_in_a_batch() -> None:
+    from protojobs.engine.hooks import Hooks
+
+    class DelayOdd(Hooks):
+        def before_dispatch(self, queue: str, data: object, options: dict) -> None:
+            if data["n"] % 2:  # type: ignore[index]
+                options["delay"] = 60
+
+    dispatcher, producer = _offline((DelayOdd(),))
+    batch = dispatcher.send_many("work", [{"n": n} for n in range(4)], {})
+    assert batch.sent == 4 and not batch.errors
+    assert [topic for topic, _value in producer.records] == ["off.work", "off.delay-1m", "off.work", "off.delay-1m"]

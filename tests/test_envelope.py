@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import threading
 from typing import Any
 
 import pytest
@@ -99,9 +101,36 @@ def test_new_id_is_unique_within_one_millisecond() -> None:
 
 
 def test_new_id_random_part_uses_every_character_in_every_position() -> None:
-    ids = [E.new_id(NOW) for _ in range(3000)]
+    ids = [E.new_id(NOW + ms) for ms in range(3000)]  # 80 new random bits per millisecond
     for position in range(10, 26):
         assert len({i[position] for i in ids}) == 32, position
+
+
+def test_new_ids_of_one_thread_in_one_millisecond_count_up_in_creation_order() -> None:
+    ids = [E.new_id(NOW + 7) for _ in range(5000)]
+    prefixes = {i[:22] for i in ids}
+    assert len(prefixes) <= 2  # a counter that ran out draws new random bits once
+    if len(prefixes) == 1:
+        assert ids == sorted(ids)
+
+
+def test_new_ids_of_other_threads_and_forked_children_draw_their_own_random_bits() -> None:
+    mine = E.new_id(NOW + 11)
+    theirs: list[str] = []
+    thread = threading.Thread(target=lambda: theirs.append(E.new_id(NOW + 11)))
+    thread.start()
+    thread.join()
+    assert theirs[0][:10] == mine[:10] and theirs[0][10:22] != mine[10:22]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: an id of the same millisecond, to the parent through the pipe
+        os.write(write, E.new_id(NOW + 11).encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert child[:10] == mine[:10] and child[10:22] != mine[10:22]
 
 
 def test_new_id_rejects_times_outside_48_bits() -> None:

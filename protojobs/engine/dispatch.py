@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sys
 import threading
 import time
 import warnings
@@ -41,6 +42,7 @@ from concurrent.futures import Future
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import FrameType
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -129,11 +131,14 @@ class Batch:
     nothing per job that outlives the produce call (an `Outcome` per job, kept until the end,
     cost more in the cyclic GC's scans than in its own making). `outcome` resolves once
     every record sent was reported and the batch was `seal`ed; a record refused by the broker is
-    matched back to its input index through the id in its value."""
+    matched back to its input index through the id in its value.
+
+    The Dispatcher counts a batch as one outstanding delivery (`Dispatcher._open`, `_closed`),
+    not one per record: a record's report takes only the batch's own lock."""
 
     __slots__ = ("outcome", "ids", "indexes", "errors", "failed", "sent", "reported", "sealed", "lock", "sender")
 
-    def __init__(self, on_done: Callable[[Outcome], None] | None = None) -> None:
+    def __init__(self, on_done: Callable[[Outcome], None] | None = None, sender: Dispatcher | None = None) -> None:
         self.outcome = Outcome("", on_done)
         self.ids: list[str] = []  # of each job sent (or joined to a transaction), in input order
         self.indexes: list[int] = []  # the input index of each of `ids`
@@ -143,7 +148,7 @@ class Batch:
         self.reported = 0
         self.sealed = False  # every record is produced: `sent` is final
         self.lock = threading.Lock()
-        self.sender: Dispatcher | None = None
+        self.sender = sender  # told once the batch is complete
 
     def delivered(self, err: KafkaError | None, msg: Any = None) -> None:
         """librdkafka's delivery report, for every record of the batch."""
@@ -152,10 +157,8 @@ class Batch:
         with self.lock:
             self.reported += 1
             last = self.sealed and self.reported == self.sent
-        if self.sender is not None:
-            self.sender._reported(self.outcome, last)
         if last:
-            self.outcome.finish(None)
+            self._complete()
 
     def seal(self) -> None:
         """No more records: the outcome resolves once the last report is in (now, if it is)."""
@@ -163,15 +166,24 @@ class Batch:
             self.sealed = True
             last = self.reported == self.sent
         if last:
-            if self.sender is not None and self.sent:
-                self.sender._reported(self.outcome, True, count=0)
-            self.outcome.finish(None)
+            self._complete()
+
+    @property
+    def unreported(self) -> int:
+        return self.sent - self.reported
+
+    def _complete(self) -> None:
+        if self.sender is not None:
+            self.sender._closed(self)
+        self.outcome.finish(None)
 
     def result(self) -> BulkResult:
         """Ids of the acknowledged jobs, errors by input index of the others. After a wait that
-        gave up (`outcome.error`), every job not known to be refused carries that error."""
+        gave up (`outcome.error`), every job not known to be refused carries that error; so does
+        every job not matched to a refusal when a refused record's id could not be read back."""
         result = BulkResult(errors=dict(self.errors))
         refused: dict[int, DispatchError] = {}
+        unknown = self.outcome.error
         if self.failed:
             positions: dict[str, list[int]] = {}
             for at, job_id in enumerate(self.ids):
@@ -180,7 +192,9 @@ class Batch:
                 failed_id = _id_of(value)
                 if failed_id is not None and positions.get(failed_id):
                     refused[positions[failed_id].pop(0)] = failure
-        unknown = self.outcome.error
+                elif unknown is None:
+                    unknown = DeliveryUncertain(f"a record of this batch was refused ({failure}) and could not be "
+                                                "matched to its job: this one may be it")
         for at, (job_id, index) in enumerate(zip(self.ids, self.indexes, strict=True)):
             error: DispatchError | None = refused.get(at, unknown)
             if error is None:
@@ -254,28 +268,84 @@ def build(settings: Settings, queue: str, data: Any, *, job: str | None = None, 
           delay_ms: int | None = None) -> envelope.Envelope:
     """`Dispatcher.build` without a Dispatcher (no I/O): also what eager mode runs. `delay_ms` is
     deprecated (one release): pass `delay` (seconds, "5m", a timedelta) or `at` (aware datetime)."""
-    q = queue_of(settings, queue)
-    payload_validator(q)(data)
-    job_name = _job_name(q, job)
-    if key is None and q.key is not None and isinstance(data, Mapping) and data.get(q.key) is not None:
-        key = str(data[q.key])
-    if q.ordering == "key" and key is None:
-        raise PayloadError(f"data.{q.key}: queue {queue!r} orders by key {q.key!r}; the payload must have it")
-    now = now_ms() if now is None else now
-    due = now
-    if delay is not None or delay_ms is not None or at is not None or at_ms is not None:
+    plan = Plan(settings, queue, job=job, delay=delay, at=at, at_ms=at_ms, delay_ms=delay_ms)
+    return plan.build(data, key=key, job_id=job_id, now=now, trace=trace)
+
+
+PLAN_OPTIONS = frozenset({"job", "delay", "at", "at_ms", "delay_ms"})  # Plan's: the same for every job of a batch
+JOB_OPTIONS = frozenset({"key", "job_id", "now", "trace"})  # Plan.build's: one job's
+
+
+def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Dispatch options as (Plan's, Plan.build's); TypeError naming any other."""
+    unknown = options.keys() - PLAN_OPTIONS - JOB_OPTIONS
+    if unknown:
+        raise TypeError(f"unexpected dispatch option(s): {', '.join(sorted(unknown))}")
+    return ({k: v for k, v in options.items() if k in PLAN_OPTIONS},
+            {k: v for k, v in options.items() if k in JOB_OPTIONS})
+
+
+class Plan:
+    """What building a job takes from its queue and the call's options rather than from its
+    payload (queue, validator, job name, key rule, delay), worked out once: once per
+    `dispatch_many` call (not per job), once per `dispatch`. `build` does the per-job part."""
+
+    __slots__ = ("settings", "queue", "validate", "job", "key_field", "by_key", "delay", "at", "at_ms", "delayed",
+                 "options")
+
+    def __init__(self, settings: Settings, queue: str, *, job: str | None = None,
+                 delay: durations.Delay | None = None, at: datetime | None = None, at_ms: int | None = None,
+                 delay_ms: int | None = None) -> None:
+        spec = queue_of(settings, queue)
+        self.settings, self.queue = settings, queue
+        self.options = {"job": job, "delay": delay, "at": at, "at_ms": at_ms, "delay_ms": delay_ms}
+        self.validate = payload_validator(spec)
+        self.job = _job_name(spec, job)
+        self.key_field, self.by_key = spec.key, spec.ordering == "key"
         if delay_ms is not None:
             warnings.warn("delay_ms= is deprecated and goes in the next release: pass delay= (seconds, a duration "
                           "such as \"5m\", or a timedelta) or at= (an aware datetime)", DeprecationWarning,
-                          stacklevel=5)
+                          stacklevel=_caller_level())
         if sum(x is not None for x in (delay, delay_ms, at, at_ms)) > 1:
             raise ValueError("give one of delay=, at= (or at_ms=), not several")
-        due = at_ms if at_ms is not None else durations.due_ms(now, delay if delay_ms is None else delay_ms / 1000,
-                                                                at)
-        if due > now and not settings.tiers_ms:
-            raise DispatchError("a delayed job needs delay tiers: add [delays] tiers to jobs.toml")
-    return envelope.new_envelope(queue, job_name, data, now_ms=now, available_at=due, key=key,
-                                 id=job_id, trace=trace)
+        self.delay = delay if delay_ms is None else delay_ms / 1000
+        self.at, self.at_ms = at, at_ms
+        self.delayed = self.delay is not None or at is not None or at_ms is not None
+
+    def same(self, options: Mapping[str, Any]) -> bool:
+        """True when `options` (Plan's, from `split_options`) are the ones this plan was made of."""
+        mine = self.options
+        return all(mine[k] == v for k, v in options.items()) and all(
+            v is None or k in options for k, v in mine.items())
+
+    def build(self, data: Any, *, key: str | None = None, job_id: str | None = None, now: int | None = None,
+              trace: str | None = None) -> envelope.Envelope:
+        """Validate `data` and wrap it: PayloadError / DispatchError; a delay or `at` that is not
+        one (`model.durations.delay_ms`) raises ValueError / TypeError."""
+        self.validate(data)
+        field_name = self.key_field
+        if key is None and field_name is not None and isinstance(data, Mapping) and data.get(field_name) is not None:
+            key = str(data[field_name])
+        if self.by_key and key is None:
+            raise PayloadError(f"data.{field_name}: queue {self.queue!r} orders by key {field_name!r}; "
+                               "the payload must have it")
+        now = now_ms() if now is None else now
+        due = now
+        if self.delayed:
+            due = self.at_ms if self.at_ms is not None else durations.due_ms(now, self.delay, self.at)
+            if due > now and not self.settings.tiers_ms:
+                raise DispatchError("a delayed job needs delay tiers: add [delays] tiers to jobs.toml")
+        return envelope.new_envelope(self.queue, self.job, data, now_ms=now, available_at=due, key=key,
+                                     id=job_id, trace=trace)
+
+
+def _caller_level() -> int:
+    """The `stacklevel` of a warning about the user's call: the first frame outside protojobs."""
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("protojobs."):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _job_name(q: QueueSettings, job: str | None) -> str:
@@ -305,8 +375,9 @@ class Dispatcher:
         self.producer = producer or Producer(producer_config(settings.kafka, self.watch, **producer_extra))
         self.outbox = Outbox(self.producer)
         self.hooks = hooks if isinstance(hooks, HookSet) else HookSet(hooks)
-        self._unreported = 0  # records sent whose delivery report has not arrived
-        self._count_lock = threading.Lock()  # guards _unreported, _awaited and _polling
+        self._unreported = 0  # records sent one by one (`send`) whose delivery report has not arrived
+        self._batches: set[Batch] = set()  # open batches (`send_many`): each counts as one outstanding delivery
+        self._count_lock = threading.Lock()  # guards _unreported, _batches, _awaited and _polling
         self._polling = False  # a report thread serves the producer (`_serve_reports`)
         self._awaited: set[Outcome] = set()  # deliveries a future or an await waits for
         self._ensure = ensure_topics
@@ -329,13 +400,24 @@ class Dispatcher:
 
     def prepare(self, queue: str, data: Any, **options: Any) -> tuple[envelope.Envelope, str]:
         """Hooks, then `build`, then the destination topic: a job ready to produce (no I/O)."""
-        if self.hooks:
-            self.hooks.before_dispatch(queue, data, options)
-        env = self.build(queue, data, **options)
-        topic = self.topic_for(env, env.dispatched_at)  # built just now: its dispatch time is now
-        if self.hooks:
-            self.hooks.after_enqueue(env, topic)
+        env, topic, _plan = self._prepare(queue, data, options, None)
         return env, topic
+
+    def _prepare(self, queue: str, data: Any, options: dict[str, Any],
+                 plan: Plan | None) -> tuple[envelope.Envelope, str, Plan]:
+        """`prepare` reusing `plan` (the previous job's, in a batch) while the options it was made
+        of stand: hooks may change them per job (`before_dispatch` gets `options` itself)."""
+        hooks = self.hooks
+        if hooks:
+            hooks.before_dispatch(queue, data, options)
+        plan_options, job_options = split_options(options)
+        if plan is None or not plan.same(plan_options):
+            plan = Plan(self.settings, queue, **plan_options)
+        env = plan.build(data, **job_options)
+        topic = self.topic_for(env, env.dispatched_at)  # built just now: its dispatch time is now
+        if hooks:
+            hooks.after_enqueue(env, topic)
+        return env, topic, plan
 
     def topic_for(self, env: envelope.Envelope, now: int) -> str:
         """The queue's topic when due, else the delay tier the routing rule picks."""
@@ -392,16 +474,19 @@ class Dispatcher:
         queued (e.g. too large) raises here and leaves nothing outstanding: it is counted (and,
         with `on_done`, awaited) only once produced. Unreported records are counted by `close`."""
         outcome.sender = self
-        self._produce(env, topic or self.topic_for(env, now_ms()), outcome.delivered, outcome, False)
+        self._produce(env, topic or self.topic_for(env, now_ms()), outcome.delivered, outcome)
 
     def _produce(self, env: envelope.Envelope, topic: str, report: Callable[[KafkaError | None, Any], None],
-                 outcome: Outcome, shared: bool) -> None:
-        """Produce `env` with `report` as its delivery report, resolving `outcome` (`shared`: the
-        outcome of a Batch, which stays awaited until the batch is complete)."""
+                 outcome: Outcome | None) -> None:
+        """Produce `env` with `report` as its delivery report, resolving `outcome` (None: a
+        record of an open Batch, counted by the batch itself)."""
         if self._ensure:
             self._ensure_topics()
         key = envelope.text_bytes(env.key) if env.key is not None else None
         value = envelope.encode(env)
+        if outcome is None:
+            self.outbox.produce(topic, value, key, envelope.headers(env), report)
+            return
         if outcome.on_done is None:
             self.outbox.produce(topic, value, key, envelope.headers(env), report)
             with self._count_lock:  # after the produce: a record it refused is never reported
@@ -419,16 +504,33 @@ class Dispatcher:
         except BaseException:  # refused before it was queued (e.g. too large): no report will come
             with self._count_lock:
                 self._unreported -= 1
-                if not shared:
-                    self._awaited.discard(outcome)
+                self._awaited.discard(outcome)
             raise
 
-    def _reported(self, outcome: Outcome, last: bool = True, count: int = 1) -> None:
-        """`count` delivery reports came; `last`: `outcome` is complete (no longer awaited)."""
+    def _reported(self, outcome: Outcome) -> None:
+        """The delivery report of a record sent by `send` came: `outcome` is no longer awaited."""
         with self._count_lock:
-            self._unreported -= count
-            if last and outcome.on_done is not None:
+            self._unreported -= 1
+            if outcome.on_done is not None:
                 self._awaited.discard(outcome)
+
+    def _open(self, batch: Batch) -> None:
+        """`batch` is about to send: one outstanding delivery (awaited when it has `on_done`)
+        until `_closed`; an awaited one starts the report thread (nobody else polls for it)."""
+        with self._count_lock:
+            self._batches.add(batch)
+            start = batch.outcome.on_done is not None and not self._polling
+            if batch.outcome.on_done is not None:
+                self._awaited.add(batch.outcome)
+                self._polling = True
+        if start:
+            self._start_report_thread()
+
+    def _closed(self, batch: Batch) -> None:
+        """Every record of `batch` was reported."""
+        with self._count_lock:
+            self._batches.discard(batch)
+            self._awaited.discard(batch.outcome)
 
     def _serve_reports(self) -> None:
         """Make sure a report thread serves the producer while records await their reports.
@@ -456,7 +558,7 @@ class Dispatcher:
                 log.exception("serving delivery reports failed")
             with self._count_lock:
                 refused = self.watch.fatal is not None
-                if self._unreported <= 0 or refused:
+                if (self._unreported <= 0 and not self._batches) or refused:
                     self._polling = False
                     break
         if refused:
@@ -517,30 +619,43 @@ class Dispatcher:
         """The one loop of `dispatch_many` and `dispatch_many_async`: prepare and produce every
         job (inside an exactly-once job: join its transaction), then seal the batch. Invalid
         payloads, and records the producer refuses before sending (too large), are errors by
-        index; the rest is resolved by the batch's delivery reports (`Batch.outcome`)."""
-        batch = Batch(on_done)
-        batch.sender = self
+        index; the rest is resolved by the batch's delivery reports (`Batch.outcome`).
+
+        The queue, validator, job name and delay of the call are worked out once (`Plan`), and
+        the batch's records are counted by the batch, not one by one by the Dispatcher."""
+        batch = Batch(on_done, self)
         txn = self.joined()
-        report, outcome = batch.delivered, batch.outcome
-        for index, data in enumerate(items):
-            try:  # `**options` gives each call its own dict: hooks may change theirs
-                env, topic = self.prepare(queue, data, **options)
-                if txn is not None:
-                    self.deliver(env, topic, txn)
-                else:
-                    self._produce(env, topic, report, outcome, True)
-                    batch.sent += 1
-            except (PayloadError, DispatchError) as err:
-                batch.errors[index] = err if isinstance(err, DispatchError) else DispatchError(str(err))
-                continue
-            except KafkaException as exc:  # refused before it was queued: too large, unknown topic...
-                batch.errors[index] = DispatchError(f"the producer refused the job: {exc.args[0].str()}")
-                continue
-            batch.ids.append(env.id)
-            batch.indexes.append(index)
-            if on_done is None and batch.sent % 10_000 == 0:
-                self.producer.poll(0)  # nobody else serves reports yet: keep their queue short
-        batch.seal()
+        report, hooks = batch.delivered, self.hooks
+        plan_options, job_options = split_options(options)
+        plan: Plan | None = None
+        self._open(batch)
+        try:
+            for index, data in enumerate(items):
+                try:
+                    if hooks:  # they may change each job's options: `_prepare` sees to it
+                        env, topic, plan = self._prepare(queue, data, dict(options), plan)
+                    else:
+                        if plan is None:  # one per call (an error making it is every job's error)
+                            plan = Plan(self.settings, queue, **plan_options)
+                        env = plan.build(data, **job_options)
+                        topic = self.topic_for(env, env.dispatched_at)
+                    if txn is not None:
+                        self.deliver(env, topic, txn)
+                    else:
+                        self._produce(env, topic, report, None)
+                        batch.sent += 1
+                except (PayloadError, DispatchError) as err:
+                    batch.errors[index] = err if isinstance(err, DispatchError) else DispatchError(str(err))
+                    continue
+                except KafkaException as exc:  # refused before it was queued: too large, unknown topic...
+                    batch.errors[index] = DispatchError(f"the producer refused the job: {exc.args[0].str()}")
+                    continue
+                batch.ids.append(env.id)
+                batch.indexes.append(index)
+                if on_done is None and batch.sent % 10_000 == 0:
+                    self.producer.poll(0)  # nobody else serves reports yet: keep their queue short
+        finally:
+            batch.seal()  # even when the loop raised (a bad option, a hook's bug): the batch must end
         return batch
 
     # --- futures and await: the same producer and delivery reports, the same report thread ---
@@ -563,7 +678,8 @@ class Dispatcher:
         """Flush what is still buffered; return how many records could not be delivered.
         A refused client cannot deliver anything: its buffer is dropped instead of waited out."""
         if self.watch.fatal is not None:
-            undelivered = self._unreported  # records only (len(producer) also counts requests)
+            with self._count_lock:  # records only (len(producer) also counts requests)
+                undelivered = self._unreported + sum(batch.unreported for batch in self._batches)
             self._fail_awaited()
             self.producer.purge()
             self.producer.flush(1)  # serves the purged records' delivery reports

@@ -24,11 +24,11 @@ only for data made of str, int, bool, None, finite floats, lists and string-keye
 (`_plain`); the stdlib path refuses the rest as before. Floats may be spelled differently
 (`1e-7`, not `1e-07`): the same JSON number.
 
-Speed (CPython 3.11, the shared 2-core dev machine, a 391-byte record): decode ~1.3 µs (stdlib:
-~6-8 µs), encode ~2 µs of which ~1.5 µs is the `_plain` check (stdlib: ~4-6 µs); `new_id`
-~1.3 µs, `headers` ~0.5 µs.
+Speed (CPython 3.11, the shared 2-core dev machine, a 506-byte record with headers): decode
+~1.3 µs (stdlib: ~6-8 µs), encode ~0.8 µs of which ~0.5 µs is the `_plain` check (stdlib:
+~4-6 µs); `new_id` ~0.25 µs, `headers` ~0.25 µs.
 
-Pure: no I/O and no clock (callers pass `now_ms`); `new_id` takes its 80 random bits from the OS.
+Pure: no I/O and no clock (callers pass `now_ms`); `new_id` takes its random bits from the OS.
 """
 
 from __future__ import annotations
@@ -85,49 +85,42 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # 10 bits -> 2 characters
-_time_prefix: tuple[int, str] = (-1, "")
-_RANDOM = threading.local()  # .buf: random bytes from the OS, .at: the next unused one
-_RANDOM_BYTES = 640  # 64 ids' worth
+_RUN = threading.local()  # .state: (ms, the 22-character prefix of that ms, the next counter value)
+_COUNTER_END = 1 << 20  # the last 20 of the 80 random bits count up within a millisecond
 
 
-def _forget_random() -> None:
-    _RANDOM.buf, _RANDOM.at = b"", 0
+def _forget_run() -> None:
+    _RUN.__dict__.clear()
 
 
-os.register_at_fork(after_in_child=_forget_random)
+os.register_at_fork(after_in_child=_forget_run)
 
 
 def new_id(now_ms: int) -> str:
     """A new 26-character id: 48-bit ms timestamp + 80 random bits, Crockford base32 (ULID).
 
-    Ids sort by creation time to the millisecond (order within one millisecond is random) and
-    collide with probability ~2^-80 per pair created in the same millisecond, across hosts
-    and forked processes alike: the random part comes from the OS (`os.urandom`), read for 64
-    ids at a time per thread; a forked child drops what its parent had read.
+    Ids sort by creation time to the millisecond and are unique across hosts and forked
+    processes with probability ~1 - 2^-60 per pair of threads creating ids in the same
+    millisecond: a thread reads 80 random bits from the OS (`os.urandom`) for its first id of a
+    millisecond and counts up in the last 20 of them for the next ones of that millisecond
+    (ULID's monotonic mode: one OS read and one prefix per thread and millisecond, not per id;
+    ids of one thread within a millisecond sort in creation order, and a thread that makes
+    more than the counter holds reads new bits). A forked child forgets its parent's bits.
     """
-    global _time_prefix
-    ms = now_ms
-    cached = _time_prefix
-    if cached[0] != ms:
-        if not 0 <= ms < 1 << 48:
-            raise ValueError(f"time {ms} ms does not fit in 48 bits")
-        cached = (ms, "".join([_PAIRS[(ms >> s) & 1023] for s in (40, 30, 20, 10, 0)]))
-        _time_prefix = cached
-    pool = _RANDOM
+    run = _RUN
     try:
-        buf, i = pool.buf, pool.at
+        ms, prefix, counter = run.state
     except AttributeError:
-        buf, i = b"", 0
-    if i >= len(buf):
-        buf, i = os.urandom(_RANDOM_BYTES), 0
-        pool.buf = buf
-    pool.at = i + 10
-    r = int.from_bytes(buf[i : i + 10], "big")
-    p = _PAIRS
-    return (
-        cached[1] + p[r >> 70] + p[(r >> 60) & 1023] + p[(r >> 50) & 1023] + p[(r >> 40) & 1023]
-        + p[(r >> 30) & 1023] + p[(r >> 20) & 1023] + p[(r >> 10) & 1023] + p[r & 1023]
-    )  # fmt: skip
+        ms, prefix, counter = -1, "", 0
+    if ms != now_ms or counter >= _COUNTER_END:
+        if not 0 <= now_ms < 1 << 48:
+            raise ValueError(f"time {now_ms} ms does not fit in 48 bits")
+        r, p = int.from_bytes(os.urandom(10), "big"), _PAIRS
+        prefix = "".join([p[(now_ms >> s) & 1023] for s in (40, 30, 20, 10, 0)]
+                         + [p[(r >> s) & 1023] for s in (70, 60, 50, 40, 30, 20)])
+        ms, counter = now_ms, r & (_COUNTER_END - 1)
+    run.state = (ms, prefix, counter + 1)
+    return prefix + _PAIRS[counter >> 10] + _PAIRS[counter & 1023]
 
 
 # --- building envelopes ---------------------------------------------------------------------
@@ -238,21 +231,35 @@ def _plain(x: Any) -> bool:
     """True when `x` is JSON the compiled encoder writes as the stdlib one would: str, int,
     bool, None, finite floats, lists and dicts with string keys (exact types)."""
     t = type(x)
+    if t is dict:
+        return _plain_items(x.values(), x)
+    if t is list:
+        return _plain_items(x, None)
     if t is str or t is int or t is bool or x is None:
         return True
-    if t is float:
-        return x - x == 0.0  # False for NaN and infinities
-    if t is dict:
-        for k, v in x.items():  # noqa: SIM110 - a loop, not all(<generator>): this is the hot path
-            if type(k) is not str or not _plain(v):
+    return t is float and x - x == 0.0  # False for NaN and infinities
+
+
+def _plain_items(values: Iterable[Any], keyed: dict[Any, Any] | None) -> bool:
+    """`_plain` for every value (and, for a dict, every key is a str). The scalars are checked
+    here rather than by a call each: this is the hot path of every dispatch."""
+    if keyed is not None:
+        for k in keyed:  # noqa: SIM110 - a loop, not all(<generator>): this is the hot path
+            if type(k) is not str:
                 return False
-        return True
-    if t is list:
-        for v in x:  # noqa: SIM110 - as above
-            if not _plain(v):
+    for v in values:
+        t = type(v)
+        if t is str or t is int or t is bool or v is None:
+            continue
+        if t is float:
+            if v - v != 0.0:
                 return False
-        return True
-    return False
+        elif t is dict:
+            if not _plain_items(v.values(), v):
+                return False
+        elif t is not list or not _plain_items(v, None):
+            return False
+    return True
 
 
 def encode(env: Envelope) -> bytes:
