@@ -400,10 +400,10 @@ class Dispatcher:
 
     def prepare(self, queue: str, data: Any, **options: Any) -> tuple[envelope.Envelope, str]:
         """Hooks, then `build`, then the destination topic: a job ready to produce (no I/O)."""
-        env, topic, _plan = self._prepare(queue, data, options, None)
+        env, topic, _plan = self.prepare_reusing(queue, data, options, None)
         return env, topic
 
-    def _prepare(self, queue: str, data: Any, options: dict[str, Any],
+    def prepare_reusing(self, queue: str, data: Any, options: dict[str, Any],
                  plan: Plan | None) -> tuple[envelope.Envelope, str, Plan]:
         """`prepare` reusing `plan` (the previous job's, in a batch) while the options it was made
         of stand: hooks may change them per job (`before_dispatch` gets `options` itself)."""
@@ -633,7 +633,7 @@ class Dispatcher:
             for index, data in enumerate(items):
                 try:
                     if hooks:  # they may change each job's options: `_prepare` sees to it
-                        env, topic, plan = self._prepare(queue, data, dict(options), plan)
+                        env, topic, plan = self.prepare_reusing(queue, data, dict(options), plan)
                     else:
                         if plan is None:  # one per call (an error making it is every job's error)
                             plan = Plan(self.settings, queue, **plan_options)

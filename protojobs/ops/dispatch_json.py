@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from protojobs.config import PayloadError
-from protojobs.engine.dispatch import Dispatcher, DispatchError, Outcome
+from protojobs.engine.dispatch import Dispatcher, DispatchError, Outcome, Plan
 
 IN_FLIGHT = 10_000  # jobs sent but not yet acknowledged, at most, while streaming
 
@@ -50,10 +50,11 @@ def stream_lines(dispatcher: Dispatcher, queue: str, lines: Iterable[bytes], *, 
     options = {k: v for k, v in options.items() if k != "job_id"}
     waiting: deque[tuple[int, Outcome | Line]] = deque()
     read = 0
+    plans: list[Plan | None] = [None]  # the queue's and options' part of building a job, made once
     for number, raw in enumerate(lines, 1):
         read += len(raw)
         if raw.strip():
-            waiting.append((number, _send(dispatcher, queue, number, raw, read, options)))
+            waiting.append((number, _send(dispatcher, queue, number, raw, read, options, plans)))
         while waiting and (len(waiting) > in_flight or _settled(waiting[0][1])):
             if len(waiting) > in_flight:
                 dispatcher.wait([o for _, o in (waiting[0],) if isinstance(o, Outcome)])
@@ -66,13 +67,13 @@ def stream_lines(dispatcher: Dispatcher, queue: str, lines: Iterable[bytes], *, 
 
 
 def _send(dispatcher: Dispatcher, queue: str, number: int, raw: bytes, read: int,
-          options: dict[str, Any]) -> Outcome | Line:
+          options: dict[str, Any], plans: list[Plan | None]) -> Outcome | Line:
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         return Line(number, None, f"not JSON: {err}", read)
     try:
-        env, topic = dispatcher.prepare(queue, data, **options)
+        env, topic, plans[0] = dispatcher.prepare_reusing(queue, data, dict(options), plans[0])
     except (PayloadError, DispatchError) as err:
         return Line(number, None, str(err), read)
     outcome = Outcome(env.id)
