@@ -146,7 +146,7 @@ class Handler:
             raise ImportError(why)
         return cls(obj)
 
-    def __call__(self, data: Any, ctx: Context) -> Any:
+    def __call__(self, data: Any, ctx: Context | None) -> Any:
         return self.func(data, ctx) if self.takes_context else self.func(data)
 
     def policy(self, policy: RetryPolicy) -> RetryPolicy:
@@ -243,9 +243,13 @@ class Attempt:
         if handler is None:
             error = LookupError(f"job {job.env.job!r} is not on queue {self.queues[job.topic].name!r}'s jobs list")
             return self.failed(job, error, None, started)
+        hooks = self.hooks
         while True:
-            ctx = self._context(job)
-            self.hooks.before_process(job.env, ctx)
+            # The Context is made only for whoever takes it: the handler, or a before_process hook.
+            watched = hooks.wants("before_process")
+            ctx = self._context(job) if watched or handler.takes_context else None
+            if ctx is not None and watched:
+                hooks.before_process(job.env, ctx)
             try:
                 value = self._call(job, handler, ctx)
             except BaseException as exc:  # noqa: BLE001 - the job's failure, never the worker's
@@ -257,10 +261,11 @@ class Attempt:
                     return Result(job, exc, None, time.perf_counter() - started)
                 return self.failed(job, exc, handler, started, decision, timer)
             duration = time.perf_counter() - started
-            self.hooks.after_process(job.env, value, duration)
+            if hooks.wants("after_process"):
+                hooks.after_process(job.env, value, duration)
             return Result(job, None, value, duration)
 
-    def _call(self, job: JobRun, handler: Handler, ctx: Context) -> Any:
+    def _call(self, job: JobRun, handler: Handler, ctx: Context | None) -> Any:
         txn = self._job_transaction(job)
         if handler.is_async:
             coro = handler(job.env.data, ctx)

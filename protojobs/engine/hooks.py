@@ -98,6 +98,10 @@ class HookSet(Hooks):
     def __bool__(self) -> bool:
         return bool(self.hooks)
 
+    def wants(self, name: str) -> bool:
+        """True when some hook overrides method `name` (e.g. "before_process")."""
+        return bool(self._overridden[name])
+
     def _call(self, name: str, *args: Any) -> None:
         for hook, method in self._overridden[name]:
             try:
