@@ -276,8 +276,13 @@ PLAN_OPTIONS = frozenset({"job", "delay", "at", "at_ms", "delay_ms"})  # Plan's:
 JOB_OPTIONS = frozenset({"key", "job_id", "now", "trace"})  # Plan.build's: one job's
 
 
+_NONE: dict[str, Any] = {}  # no options (never changed: only ever unpacked)
+
+
 def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Dispatch options as (Plan's, Plan.build's); TypeError naming any other."""
+    if not options:
+        return _NONE, _NONE
     unknown = options.keys() - PLAN_OPTIONS - JOB_OPTIONS
     if unknown:
         raise TypeError(f"unexpected dispatch option(s): {', '.join(sorted(unknown))}")
@@ -298,25 +303,25 @@ class Plan:
                  delay_ms: int | None = None) -> None:
         spec = queue_of(settings, queue)
         self.settings, self.queue = settings, queue
-        self.options = {"job": job, "delay": delay, "at": at, "at_ms": at_ms, "delay_ms": delay_ms}
+        self.options = (job, delay, at, at_ms, delay_ms)
         self.validate = payload_validator(spec)
         self.job = _job_name(spec, job)
         self.key_field, self.by_key = spec.key, spec.ordering == "key"
-        if delay_ms is not None:
-            warnings.warn("delay_ms= is deprecated and goes in the next release: pass delay= (seconds, a duration "
-                          "such as \"5m\", or a timedelta) or at= (an aware datetime)", DeprecationWarning,
-                          stacklevel=_caller_level())
-        if sum(x is not None for x in (delay, delay_ms, at, at_ms)) > 1:
-            raise ValueError("give one of delay=, at= (or at_ms=), not several")
+        self.delayed = delay is not None or at is not None or at_ms is not None or delay_ms is not None
+        if self.delayed:
+            if delay_ms is not None:
+                warnings.warn("delay_ms= is deprecated and goes in the next release: pass delay= (seconds, a "
+                              "duration such as \"5m\", or a timedelta) or at= (an aware datetime)",
+                              DeprecationWarning, stacklevel=_caller_level())
+            if (delay is not None) + (delay_ms is not None) + (at is not None) + (at_ms is not None) > 1:
+                raise ValueError("give one of delay=, at= (or at_ms=), not several")
         self.delay = delay if delay_ms is None else delay_ms / 1000
         self.at, self.at_ms = at, at_ms
-        self.delayed = self.delay is not None or at is not None or at_ms is not None
 
     def same(self, options: Mapping[str, Any]) -> bool:
         """True when `options` (Plan's, from `split_options`) are the ones this plan was made of."""
-        mine = self.options
-        return all(mine[k] == v for k, v in options.items()) and all(
-            v is None or k in options for k, v in mine.items())
+        get = options.get
+        return self.options == (get("job"), get("delay"), get("at"), get("at_ms"), get("delay_ms"))
 
     def build(self, data: Any, *, key: str | None = None, job_id: str | None = None, now: int | None = None,
               trace: str | None = None) -> envelope.Envelope:
