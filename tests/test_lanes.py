@@ -112,3 +112,29 @@ def test_one_slow_job_holds_a_cheap_lane_back_for_one_loop_pass_at_most() -> Non
         hold.set()
     wait_for(lambda: finished(work, done, results) == 2_501, what="the slow job")
     work.close()
+
+
+def test_an_attempt_that_returns_after_its_deadline_failed_even_if_the_loop_never_expired_it() -> None:
+    # The loop declares overdue jobs timed out on each pass; a pass that waits on the broker (an
+    # exactly-once transaction's commit) can come after the handler already returned, late.
+    tree = settings_tree("127.0.0.1:9", "lanes.", {"work": {"handler": "engine_jobs:record", "timeout": "1s"}})
+    settings = config.from_dict(tree, ROOT)
+    attempt = Attempt(settings, {TOPIC: settings.queues["work"]}, HookSet(), lambda: None,  # type: ignore[arg-type,return-value]
+                      lambda: None, lambda _topic: False, 1_000_000)  # type: ignore[arg-type,return-value]
+
+    class Timer:
+        waits_in_place = False
+
+        def hold(self, _job: JobRun) -> bool:
+            return True  # the loop never noticed: the job is still running
+
+        def rearm(self, _job: JobRun) -> None:
+            raise AssertionError("no blocking retries here")
+
+    late, on_time = jobs(0, 2)
+    late.deadline = time.monotonic() + 0.05
+    on_time.deadline = time.monotonic() + 30
+    handler = Handler(lambda data: time.sleep(0.1))
+    result = attempt.run(late, handler, Timer())
+    assert isinstance(result.error, TimeoutError) and result.move is not None  # its retry or dead-letter copy
+    assert attempt.run(on_time, handler, Timer()).error is None

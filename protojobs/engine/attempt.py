@@ -252,6 +252,11 @@ class Attempt:
                 hooks.before_process(job.env, ctx)
             try:
                 value = self._call(job, handler, ctx)
+                if 0 < job.deadline < time.monotonic():
+                    # It ran past its timeout, and the loop did not declare it timed out in time
+                    # (it checks on each pass, and a pass may wait on the broker, e.g. for a
+                    # transaction's commit): it failed all the same, its late return changes nothing.
+                    raise TimeoutError(f"handler ran past its timeout of {self.queues[job.topic].timeout_ms / 1000:g}s")
             except BaseException as exc:  # noqa: BLE001 - the job's failure, never the worker's
                 decision = self.decide(job, exc, handler)
                 if isinstance(decision, retry.Retry) and self.queues[job.topic].blocking_retries \
