@@ -637,7 +637,7 @@ class Dispatcher:
         try:
             for index, data in enumerate(items):
                 try:
-                    if hooks:  # they may change each job's options: `_prepare` sees to it
+                    if hooks:  # they may change each job's options: `prepare_reusing` sees to it
                         env, topic, plan = self.prepare_reusing(queue, data, dict(options), plan)
                     else:
                         if plan is None:  # one per call (an error making it is every job's error)
