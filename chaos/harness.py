@@ -659,6 +659,10 @@ class Example:
             reader = TopicReader(self.env.cluster.bootstrap, names)
             try:
                 settled_in = self._settle(reader, queue_topics, dead_topics)
+                if settled_in >= SETTLE_TIMEOUT:  # jobs never settled: each worker's stacks go to its log
+                    for w in self.workers:
+                        w.signal(signal.SIGUSR1)
+                    time.sleep(1.0)
                 for w in self.workers:
                     w.stop()
                 complete, note = reader.read_to_end(30)

@@ -6,6 +6,7 @@ broker proxy."""
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -61,6 +62,7 @@ def producer_with(script: Scripted, retry_for: float = 5.0) -> TransactionalProd
     txn = TransactionalProducer.__new__(TransactionalProducer)  # no client, no broker
     txn.producer, txn.transactional_id = script, "test"
     txn.retry_for, txn.call_timeout, txn.backoff, txn.retried = retry_for, 1.0, 0.0, 0
+    txn.calls = transactions.CallThread("test")
     return txn
 
 
@@ -131,6 +133,37 @@ def test_an_abort_that_times_out_is_retried_and_a_failed_one_fences() -> None:
     script = Scripted(commit=[ABORTABLE], abort=[OTHER])
     with pytest.raises(Fenced, match="abort failed"):
         commit(producer_with(script))
+
+
+class Hanging(Scripted):
+    """send_offsets_to_transaction never returns (until released), as librdkafka's did once its
+    group coordinator's broker restarted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def send_offsets_to_transaction(self, *_args: Any) -> None:
+        self._call("offsets")
+        self.release.wait()
+
+
+def test_a_call_that_never_returns_is_uncertain_and_so_is_every_later_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transactions, "GRACE", 0.2)
+    script = Hanging()
+    txn = producer_with(script)
+    txn.call_timeout = 0.1
+    started = time.monotonic()
+    try:
+        with pytest.raises(transactions.Uncertain, match="sending the offsets .* never returned"):
+            commit(txn)
+        assert time.monotonic() - started < 3
+        assert script.calls == ["begin", "produce", "offsets"]  # neither retried nor aborted
+        with pytest.raises(transactions.Uncertain, match="stuck"):
+            commit(txn)
+        assert "commit" not in script.calls and "abort" not in script.calls
+    finally:
+        script.release.set()
 
 
 # ---------------------------------------------------------------- against a real broker

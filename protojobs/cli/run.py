@@ -9,6 +9,8 @@ or a transaction's commit could not be settled: the next process of the slot set
 `--max-hung`: it committed what finished and exited, and the supervisor starts it again; a
 single process stays up and /healthz reports the wedged queue). `limits` are `WorkerOptions`
 fields (`--max-uncommitted`, `--commit-every`, `--max-hung`, `--shutdown-timeout`, `--burst`).
+SIGUSR1 prints every thread's stack to stderr (as Celery's worker does) and the process goes
+on: for a worker that looks stuck.
 
 `--concurrency N` (or `QUEUE=N`, repeatable) overrides jobs.toml's concurrency of every queue (of
 that queue) in this command. `--burst` stops each worker once its queues are drained
@@ -18,6 +20,7 @@ that queue) in this command. `--burst` stops each worker once its queues are dra
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import os
 import signal
 import sys
@@ -79,6 +82,7 @@ def _work(settings: config.Settings, worker: Worker | None, observed: health.Obs
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: every thread's stack
     try:
         if worker is None:
             say("protojobs: delay router started")

@@ -22,6 +22,11 @@ classification (rdkafka.h, "Transactional producer API"):
   `send_offsets_to_transaction` (nothing committed yet) abort; after `commit_transaction` the
   outcome is unknown: `Uncertain`. The process stops; the `init_transactions` of its successor
   (same transactional.id) completes or aborts that transaction before anything else runs.
+- a call that does not return at all: `Uncertain` too. librdkafka can wait for ever past the
+  timeout it was given (found by `make chaos`: `send_offsets_to_transaction` after the group
+  coordinator's broker restarted, on librdkafka 2.16). So each call runs on the producer's call
+  thread and the caller waits its timeout plus `GRACE`; past that the producer is stuck for good
+  (its call thread keeps the client alive) and every later call raises `Uncertain` at once.
 
 No transaction is open while handlers run: a finished job's outputs (retry or dead-letter
 copy, jobs it dispatched through `ctx.dispatch`) are buffered by source offset. Every
@@ -38,7 +43,9 @@ a fresh one.
 from __future__ import annotations
 
 import logging
+import queue
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -60,6 +67,7 @@ from protojobs.model import names
 
 log = logging.getLogger(__name__)
 TIMEOUT = 30.0
+GRACE = 5.0  # how long past its own timeout a transactional call may take before it counts as stuck
 FENCING = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
 Record = tuple[str, bytes | None, bytes | None, Headers]  # topic, value, key, headers
 
@@ -100,9 +108,11 @@ class TransactionalProducer:
         conf = producer_config(kafka, watch, **producer_extra)
         conf["transactional.id"] = self.transactional_id = transactional_id(kafka, slot, role)
         self.retry_for = float(conf.get("transaction.timeout.ms", 60_000)) / 1000  # then the broker decided
-        self.call_timeout = TIMEOUT  # one librdkafka call; a timed-out one is retried within retry_for
+        # One librdkafka call; a timed-out one is retried within retry_for (so at least twice).
+        self.call_timeout = min(TIMEOUT, self.retry_for / 2)
         self.backoff = 0.2  # between retries of a call that failed at once
         self.retried = 0  # retriable failures that were retried (all calls, all transactions)
+        self.calls = CallThread(f"txn-{role}-{slot}")
         self.producer = Producer(conf)
         self.producer.init_transactions(TIMEOUT)
 
@@ -131,7 +141,7 @@ class TransactionalProducer:
         while True:
             started = time.monotonic()
             try:
-                call(self.call_timeout)
+                self.calls.run(call, self.call_timeout, f"{what} ({self.transactional_id})")
                 return None
             except KafkaException as exc:
                 err: KafkaError = exc.args[0]
@@ -158,6 +168,49 @@ class TransactionalProducer:
 
     def flush(self, timeout: float) -> int:
         return int(self.producer.flush(timeout))
+
+
+class CallThread:
+    """Runs a producer's blocking transactional calls on one daemon thread, so that a call that
+    never returns stops its owner (`Uncertain`) instead of wedging it. Costs two thread
+    switches per call: a transaction makes two or three calls and waits for the broker anyway."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.jobs: queue.SimpleQueue[tuple[Callable[[float], Any], float, list[Any], threading.Event]] = \
+            queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+        self.stuck = ""  # what did not return, once one call did not
+
+    def run(self, call: Callable[[float], Any], timeout: float, what: str) -> None:
+        """`call(timeout)` on the call thread; its exception is raised here. Raises `Uncertain`
+        when it has not returned `GRACE` seconds past `timeout`, and for every call after that."""
+        if self.stuck:
+            raise Uncertain(f"the transactional producer is stuck ({self.stuck} never returned)")
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
+            self.thread.start()
+        outcome: list[Any] = []
+        done = threading.Event()
+        self.jobs.put((call, timeout, outcome, done))
+        if not done.wait(timeout + GRACE):
+            self.stuck = what
+            log.error("transaction: %s did not return %gs after its %gs timeout (a librdkafka wait that "
+                      "ignores its timeout); stopping so that a fresh producer settles the transaction",
+                      what, GRACE, timeout)
+            raise Uncertain(f"{what} never returned: the transaction may or may not complete")
+        if outcome[0] is not None:
+            raise outcome[0]
+
+    def _serve(self) -> None:
+        while True:
+            call, timeout, outcome, done = self.jobs.get()
+            try:
+                call(timeout)
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                outcome.append(exc)
+            done.set()
 
 
 class Transactions:
