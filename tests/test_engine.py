@@ -374,19 +374,24 @@ def test_sigkill_redelivers_only_uncommitted(worker_config, tmp_path: Path) -> N
         assert r["offset"] >= committed.get(r["partition"], 0), ("a committed job ran again", r)
 
 
-def test_sigterm_finishes_in_flight_and_commits(worker_config, tmp_path: Path) -> None:
+def test_sigterm_finishes_in_flight_and_commits_and_sigusr1_dumps_stacks(worker_config, tmp_path: Path) -> None:
     settings, path = worker_config(concurrency=4)
     record = tmp_path / "runs.jsonl"
     assert Dispatcher(settings).dispatch_many("work", [{"n": i, "sleep": 2, "announce": True}
                                                        for i in range(4)]).ok
     proc = spawn_worker(path, record)
     wait_for(lambda: len(runs(record)) == 4, timeout=30, what="4 jobs started")
+    log = tmp_path / "worker-0.log"
+    proc.send_signal(signal.SIGUSR1)  # every thread's stack to stderr; the worker goes on
+    wait_for(lambda: "Current thread" in log.read_text(errors="replace"), timeout=10, what="a stack dump")
+    assert proc.poll() is None
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
     assert time.monotonic() - started < 20
     finished = [r["n"] for r in runs(record) if r.get("phase") != "start"]
     assert sorted(finished) == [0, 1, 2, 3]  # in-flight jobs finished before the exit
+    assert "engine/worker.py" in log.read_text(errors="replace")  # the dump showed the loop
     assert committed_equals_end(settings, "work")
 
 
