@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -161,4 +162,39 @@ def test_a_transaction_commits_once_a_window_is_half_full_not_per_commit_every(k
     wait_for(lambda: txn.committed >= 1, what="a transaction at half the window (10 jobs)")
     wait_for(lambda: worker.worker.counters.done == 12, what="12 jobs")
     worker.stop()  # commits the rest on shutdown
+    assert committed_equals_end(settings, "work")
+
+
+def test_jobs_run_on_while_a_transaction_commits_up_to_the_backlog_bound(kafka: Cluster, fresh_prefix: str,
+                                                                          tmp_path: Path, start_worker) -> None:
+    from protojobs.engine.worker import EO_BACKLOG
+
+    tree = settings_tree(kafka.bootstrap, fresh_prefix, {
+        "work": {"handler": "engine_jobs:record", "delivery": "exactly_once", "partitions": 1}})
+    settings = config.from_dict(tree, tmp_path)
+    worker = start_worker(settings, commit_interval=3600, max_uncommitted=10)
+    wait_for(lambda: worker.worker.partitions.txn is not None and bool(worker.worker.assigned),
+             what="an exactly-once worker with its partition")
+    txn = worker.worker.partitions.txn
+    begun, release = threading.Event(), threading.Event()
+    commit = txn.producer.commit
+
+    def slow_commit(*args: Any) -> None:  # the broker's part of a transaction, held until released
+        begun.set()
+        assert release.wait(60)
+        commit(*args)
+
+    txn.producer.commit = slow_commit  # type: ignore[method-assign]
+    assert Dispatcher(settings).dispatch_many("work", [{"n": i} for i in range(100)]).ok
+    assert begun.wait(60), "no transaction began at half the window (5 jobs)"
+    counters = worker.worker.counters
+    bound = EO_BACKLOG * 10
+    wait_for(lambda: counters.done >= bound - 5, what="jobs running on while the first transaction commits")
+    seen = worker.worker.last_poll
+    wait_for(lambda: worker.worker.last_poll > seen + 0.5, what="the loop to run on for half a second")
+    assert txn.in_flight and counters.done <= bound  # nothing committed yet: at most the bound started
+    release.set()
+    wait_for(lambda: counters.done == 100, what="every job once the transactions commit")
+    worker.stop()
+    assert txn.committed >= 2
     assert committed_equals_end(settings, "work")

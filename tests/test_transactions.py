@@ -197,3 +197,78 @@ def test_a_commit_timing_out_behind_a_slow_broker_completes_once(kafka: Cluster,
         seen += [m.value() for m in consumer.consume(10, 0.5) if m.error() is None]
     consumer.close()
     assert sorted(seen) == [b"v0", b"v1", b"v2"]
+
+
+# --- one transaction in flight while the loop goes on (Transactions.begin / settle) ----------
+
+
+class _Gated:
+    """A TransactionalProducer stand-in whose commit waits for `release` and then fails with
+    `error` (None: commits)."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        import threading
+
+        self.release = threading.Event()
+        self.error = error
+        self.committed: list[tuple[list[Any], list[TopicPartition]]] = []
+
+    def commit(self, records: list[Any], offsets: list[TopicPartition], _metadata: Any) -> None:
+        assert self.release.wait(30)
+        if self.error is not None:
+            raise self.error
+        self.committed.append((records, offsets))
+
+
+class _Group:
+    def consumer_group_metadata(self) -> object:
+        return object()
+
+
+def _transactions(producer: _Gated) -> transactions.Transactions:
+    txn = transactions.Transactions(producer, _Group())  # type: ignore[arg-type]
+    for offset in (3, 7):
+        txn.add("t", 0, transactions.Output(offset, "out", f"v{offset}".encode(), None, []))
+    return txn
+
+
+def test_a_transaction_commits_on_its_own_thread_and_settles_on_the_callers() -> None:
+    producer = _Gated()
+    txn = _transactions(producer)
+    txn.begin([("t", 0, 5)])
+    assert txn.in_flight and txn.settle(lambda keys: None, wait=False) is None  # still committing
+    with pytest.raises(RuntimeError, match="in flight"):
+        txn.begin([("t", 0, 8)])  # one at a time
+    txn.add("t", 0, transactions.Output(9, "out", b"v9", None, []))  # the loop goes on meanwhile
+    producer.release.set()
+    assert txn.settle(lambda keys: None) == [("t", 0, 5)] and not txn.in_flight
+    records, offsets = producer.committed[0]
+    assert [r[1] for r in records] == [b"v3"] and offsets[0].offset == 5  # only what lies below the point
+    assert [o.source_offset for o in txn.outputs[("t", 0)]] == [7, 9]  # the next transaction's
+    txn.close()
+
+
+def test_an_aborted_transaction_in_flight_rewinds_on_settle_and_a_fenced_one_raises_there() -> None:
+    aborted = _Gated(Aborted("a record failed"))
+    txn = _transactions(aborted)
+    txn.begin([("t", 0, 5)])
+    aborted.release.set()
+    rewound: list[list[tuple[str, int]]] = []
+    assert txn.settle(rewound.append) == [] and rewound == [[("t", 0)]]
+    assert ("t", 0) not in txn.outputs and txn.aborted == 1  # rewound: the jobs run again
+    fenced = _Gated(Fenced("a newer producer"))
+    txn = _transactions(fenced)
+    txn.begin([("t", 0, 5)])
+    fenced.release.set()
+    with pytest.raises(Fenced):
+        txn.settle(rewound.append)
+    txn.close()
+
+
+def test_close_waits_for_the_transaction_in_flight() -> None:
+    producer = _Gated()
+    txn = _transactions(producer)
+    txn.begin([("t", 0, 8)])
+    producer.release.set()
+    txn.close()
+    assert len(producer.committed) == 1 and not txn.in_flight

@@ -90,6 +90,7 @@ class Partitions:
         self.assigned: set[Key] = set()
         self.revoking: set[Key] = set()
         self.txn: Transactions | None = None  # set by the owner once its producer is initialised
+        self._committing: dict[Key, int] = {}  # the generation of each partition in the transaction in flight
         self.session_lost = False
         self.paused = False  # flow control: every partition held
         self.held: set[Key] = set()  # partitions this owner paused (and must resume before giving up)
@@ -208,16 +209,24 @@ class Partitions:
 
     # --- commits ------------------------------------------------------------------------------
 
-    def commit(self, asynchronous: bool, only: set[Key] | None = None, transactions: bool = True) -> None:
+    def commit(self, asynchronous: bool, only: set[Key] | None = None, transactions: bool = True,
+               overlap: bool = False) -> None:
         """Commit the finished prefix (of `only`, or of every partition; `transactions` False:
-        not those of transactional topics)."""
+        not those of transactional topics). With `overlap` the transaction of the transactional
+        partitions only begins here: the broker commits it while the caller goes on, and the
+        next call (or `settled`) applies its end; one in flight makes this call skip them."""
+        ready = True
+        if self.txn is not None and transactions:
+            ready = self._settle(wait=not overlap)
         chosen = [(t, p, o) for t, p, o in self.offsets.commit_points()
                   if (t, p) in self.assigned and (only is None or (t, p) in only)]
-        if self.txn is not None and transactions:
+        if self.txn is not None and transactions and ready:
             txn_points = [pt for pt in chosen if self.transactional(pt[0])]
-            if self.txn.commit(txn_points, self.rewind):
-                for t, p, o in txn_points:
-                    self.offsets.mark_committed(t, p, o)
+            if txn_points:
+                self._committing = {(t, p): self.generation.get((t, p), 0) for t, p, _o in txn_points}
+                self.txn.begin(txn_points)
+                if not overlap:
+                    self._settle(wait=True)
         points = [TopicPartition(t, p, o) for t, p, o in chosen if self.txn is None or not self.transactional(t)]
         if not points:
             return
@@ -230,6 +239,32 @@ class Partitions:
                     self.offsets.mark_committed(tp.topic, tp.partition, tp.offset)
         except Exception as exc:  # noqa: BLE001 - a failed commit is retried at the next interval
             log.warning("commit failed (will retry): %s", exc)
+
+    def settled(self) -> bool:
+        """Apply the end of the transaction in flight if it has ended; True when none is in
+        flight any more. Raises Fenced (see `Transactions.settle`)."""
+        return self.txn is None or self._settle(wait=False)
+
+    def _settle(self, wait: bool) -> bool:
+        """`Transactions.settle`, applied to the partitions still owned as when it began (one
+        revoked, lost or rewound meanwhile is neither marked committed nor rewound again)."""
+        assert self.txn is not None
+        done = self.txn.settle(self._rewind_unchanged, wait)
+        if done is None:
+            return False
+        for t, p, o in done:
+            if self._unchanged((t, p)):
+                self.offsets.mark_committed(t, p, o)
+        self._committing = {}
+        return True
+
+    def _unchanged(self, key: Key) -> bool:
+        return key in self.assigned and self.generation.get(key, 0) == self._committing.get(key)
+
+    def _rewind_unchanged(self, keys: list[Key]) -> None:
+        unchanged = [key for key in keys if self._unchanged(key)]
+        if unchanged:
+            self.rewind(unchanged)
 
     def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
@@ -354,6 +389,8 @@ class Partitions:
             self.resume(keys & self.assigned)
 
     def close(self) -> None:
+        if self.txn is not None:
+            self.txn.close()  # waits for a transaction still in flight (its end is not applied)
         try:
             self.consumer.close()  # leaves the group
         except Exception as exc:  # noqa: BLE001

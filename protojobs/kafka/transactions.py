@@ -33,6 +33,9 @@ copy, jobs it dispatched through `ctx.dispatch`) are buffered by source offset. 
 `interval` the loop commits the contiguous finished prefix of each exactly-once partition:
 begin, produce the prefix's outputs, send the offsets, commit. Outputs of jobs beyond the prefix
 wait for the next transaction, so a crash can never publish a job's outputs without its offset.
+`Transactions.begin` takes the prefix's outputs on the loop thread and runs those broker round
+trips on the transaction thread, one transaction at a time; `Transactions.settle`, on the loop
+thread, applies its end (marks the offsets committed, or rewinds after an abort, or raises).
 
 An aborted transaction rewinds the partitions to their last committed offsets: their jobs run
 again (their earlier outputs were never visible to read_committed consumers). A fenced producer
@@ -48,6 +51,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -213,8 +217,17 @@ class CallThread:
             done.set()
 
 
+Point = tuple[str, int, int]  # topic, partition, offset to commit
+
+
 class Transactions:
-    """Buffers the outputs of transactional partitions and commits them with their offsets."""
+    """Buffers the outputs of transactional partitions and commits them with their offsets.
+
+    One transaction at a time. `begin` takes what it publishes (on the caller's thread) and
+    hands the broker round trips (`TransactionalProducer.commit`) to the transaction thread, so
+    the consume loop goes on while the broker commits (a transaction on a 3-node cluster takes
+    ~100 ms: the loop stood still for each one); `settle` applies its end on the caller's thread.
+    `commit` is both at once."""
 
     def __init__(self, producer: TransactionalProducer, consumer: Consumer) -> None:
         self.producer = producer
@@ -222,6 +235,8 @@ class Transactions:
         self.outputs: dict[tuple[str, int], list[Output]] = {}
         self.committed = 0
         self.aborted = 0
+        self._flight: tuple[Future[None], list[Point]] | None = None
+        self._thread: ThreadPoolExecutor | None = None
 
     def add(self, topic: str, partition: int, output: Output) -> None:
         self.outputs.setdefault((topic, partition), []).append(output)
@@ -229,28 +244,71 @@ class Transactions:
     def drop(self, topic: str, partition: int) -> None:
         self.outputs.pop((topic, partition), None)
 
-    def commit(self, points: list[tuple[str, int, int]], rewind: Callable[[list[tuple[str, int]]], None]) -> bool:
-        """Publish the outputs below each commit point and commit the points, atomically.
-        True when committed; False after an abort (the partitions were rewound). Raises Fenced."""
-        if not points:
-            return True
+    @property
+    def in_flight(self) -> bool:
+        """A transaction was begun and not settled yet."""
+        return self._flight is not None
+
+    def begin(self, points: list[Point]) -> None:
+        """Start the transaction that publishes the outputs below each commit point and commits
+        the points; the broker's part runs on the transaction thread. Settle the previous one
+        first: one at a time."""
+        if self._flight is not None:
+            raise RuntimeError("a transaction is in flight: settle it first")
         batch: list[Record] = []
         for topic, partition, point in points:
             pending = self.outputs.get((topic, partition), [])
             batch += [(o.topic, o.value, o.key, o.headers) for o in pending if o.source_offset < point]
             self.outputs[(topic, partition)] = [o for o in pending if o.source_offset >= point]
+        offsets = [TopicPartition(t, p, o) for t, p, o in points]
+        metadata = self.consumer.consumer_group_metadata()  # on this thread: the consumer's own
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="protojobs-transaction")
+        self._flight = (self._thread.submit(self.producer.commit, batch, offsets, metadata), points)
+
+    def settle(self, rewind: Callable[[list[tuple[str, int]]], None], wait: bool = True) -> list[Point] | None:
+        """End the transaction in flight, on the caller's thread: its points once committed; []
+        after an abort (its partitions' outputs dropped and `rewind(keys)` called) or when none
+        was in flight; None while it still runs and `wait` is False. Raises Fenced (Uncertain)."""
+        if self._flight is None:
+            return []
+        future, points = self._flight
+        if not wait and not future.done():
+            return None
+        self._flight = None
         try:
-            self.producer.commit(batch, [TopicPartition(t, p, o) for t, p, o in points],
-                                 self.consumer.consumer_group_metadata())
+            future.result()
         except Aborted:
             self.aborted += 1
             keys = [(t, p) for t, p, _ in points]
             for key in keys:
                 self.outputs.pop(key, None)
             rewind(keys)
-            return False
+            return []
         self.committed += 1
-        return True
+        return points
+
+    def commit(self, points: list[Point], rewind: Callable[[list[tuple[str, int]]], None]) -> bool:
+        """`begin` and `settle` at once: True when committed (or nothing to commit); False after
+        an abort (the partitions were rewound). Raises Fenced."""
+        if not points:
+            return True
+        self.begin(points)
+        return bool(self.settle(rewind))
+
+    def close(self) -> None:
+        """Wait for the transaction in flight, if any (its end is not applied: the owner stops),
+        and end the transaction thread."""
+        if self._flight is not None:
+            future, _points = self._flight
+            self._flight = None
+            try:
+                future.result()
+            except Exception as exc:  # noqa: BLE001 - stopping anyway; the successor settles it
+                log.warning("the transaction in flight at close did not commit: %s", exc)
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+            self._thread = None
 
 
 def rewind_to_committed(consumer: Consumer, keys: list[tuple[str, int]]) -> None:
