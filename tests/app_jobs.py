@@ -33,6 +33,12 @@ def ok(n: int, ctx: JobContext) -> int:
 
 
 @app.job(queue="work")
+def pause(n: int, wait: float) -> float:
+    """A job with a parameter named like dispatch()'s `wait` option."""
+    return n * wait
+
+
+@app.job(queue="work")
 def flaky(n: int, ctx: JobContext) -> None:
     _ran("flaky", n, ctx)
     if ctx.attempt == 1:

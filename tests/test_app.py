@@ -18,7 +18,7 @@ import app_jobs
 import msgspec
 import pydantic
 import pytest
-from app_jobs import Address, chain, chain_then_fail, doomed, flaky, ok, refused, send, twice
+from app_jobs import Address, chain, chain_then_fail, doomed, flaky, ok, pause, refused, send, twice
 from confluent_kafka import KafkaException
 from conftest import ROOT, settings_tree
 
@@ -104,6 +104,15 @@ def test_delays_in_eager_mode_run_at_once_and_are_recorded() -> None:
         ok.dispatch_later(datetime(2030, 1, 1), n=4)  # noqa: DTZ001 - the point of the test
     assert asyncio.run(ok.dispatch_async(n=5)) == app.eager_results[-1].id
     assert ok.dispatch(n=6, wait=False).result() == app.eager_results[-1].id
+
+
+def test_a_job_parameter_named_wait_is_an_argument_and_underscore_wait_the_option() -> None:
+    app = app_jobs.configure(tree(), eager=True)
+    job_id = pause.dispatch(n=2, wait=1.5)
+    assert isinstance(job_id, str) and app.eager_results[-1].value == 3.0
+    future = pause.dispatch(n=2, wait=2.0, _wait=False)
+    assert future.result() == app.eager_results[-1].id and app.eager_results[-1].value == 4.0
+    assert isinstance(ok.dispatch(n=1, _wait=False).result(), str)
 
 
 def test_eagerly_switches_an_app_for_a_block() -> None:

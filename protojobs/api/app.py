@@ -119,12 +119,16 @@ class AppJob(Generic[P, R]):
     @overload
     def dispatch(self, *, wait: Literal[False], **kwargs: Any) -> Future[str]: ...
 
-    def dispatch(self, *, wait: bool = True, **kwargs: Any) -> str | Future[str]:
+    def dispatch(self, **kwargs: Any) -> str | Future[str]:
         """Queue the job; return its id once the broker acknowledged it (inside an exactly-once
-        job: once buffered in its transaction). `wait=False`: a Future of the id instead.
+        job: once buffered in its transaction). `wait=False`: a Future of the id instead (a
+        job with a parameter named `wait` gets it as an argument: say `_wait=False`).
         `_key`, `_job_id`, `_delay` and `_at` are the Dispatcher's options."""
+        wait = kwargs.pop("_wait", True)
+        if "wait" in kwargs and "wait" not in self._params:
+            wait = kwargs.pop("wait")
         options, data = _split(kwargs)
-        return self.app.send(self, data, options, wait=wait)
+        return self.app.send(self, data, options, wait=bool(wait))
 
     def dispatch_later(self, delay_or_at: Delay | datetime, **kwargs: Any) -> str:
         """Queue the job to run no earlier than a delay ("5m", "1h30m", seconds, a timedelta)
