@@ -88,3 +88,8 @@ class Options(TypedDict):
 def send(to: str, address: Address, options: Options, tags: list[str] | None = None) -> str:
     assert isinstance(address, Address)
     return f"{to} at {address.street} ({','.join(tags or [])}, urgent={options['urgent']})"
+
+
+def double(data: dict[str, Any]) -> int:
+    """A plain handler jobs.toml names (`handler = "app_jobs:double"`): no decorator."""
+    return int(data["n"]) * 2

@@ -24,6 +24,7 @@ from conftest import ROOT, settings_tree
 
 from protojobs.api.app import App, load_app
 from protojobs.config import PayloadError
+from protojobs.engine.dispatch import DispatchError
 from protojobs.ops import dlq
 from protojobs.testing.eager import eagerly
 
@@ -113,6 +114,15 @@ def test_a_job_parameter_named_wait_is_an_argument_and_underscore_wait_the_optio
     future = pause.dispatch(n=2, wait=2.0, _wait=False)
     assert future.result() == app.eager_results[-1].id and app.eager_results[-1].value == 4.0
     assert isinstance(ok.dispatch(n=1, _wait=False).result(), str)
+
+
+def test_a_queue_jobs_toml_names_the_handler_of_is_dispatched_by_name_in_eager_mode() -> None:
+    queues = {**QUEUES, "plain": {"handler": "app_jobs:double"}}
+    app = app_jobs.configure({**tree(), "queues": queues}, eager=True)
+    job_id = app.dispatch("plain", {"n": 21})
+    assert [(r.id, r.queue, r.status, r.value) for r in app.eager_results] == [(job_id, "plain", "done", 42)]
+    with pytest.raises(DispatchError, match="unknown queue 'nope'"):
+        app.dispatch("nope", {"n": 1})
 
 
 def test_eagerly_switches_an_app_for_a_block() -> None:

@@ -310,6 +310,14 @@ class App:
 
     # --- sending (AppJob's methods land here) ------------------------------------------------------------
 
+    def dispatch(self, queue: str, data: Any, **options: Any) -> str:
+        """A job of a queue by name, for queues whose handler jobs.toml names (no decorated
+        job): the id once acknowledged, as `Dispatcher.dispatch` (same options: `key`,
+        `job_id`, `delay`, `at`, `job`); in eager mode it runs at once, like a decorated job's."""
+        if self.eager:
+            return self.runner().dispatch(queue, data, **options)
+        return self.dispatcher().dispatch(queue, data, **options)
+
     def send(self, job: AppJob[Any, Any], data: dict[str, Any], options: dict[str, Any],
              wait: bool = True) -> str | Future[str]:
         payload = job.payload(data)
