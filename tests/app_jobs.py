@@ -33,8 +33,9 @@ def ok(n: int, ctx: JobContext) -> int:
 
 
 @app.job(queue="work")
-def pause(n: int, wait: float) -> float:
+def pause(n: int, wait: float, ctx: JobContext) -> float:
     """A job with a parameter named like dispatch()'s `wait` option."""
+    _ran("pause", n, ctx)
     return n * wait
 
 

@@ -145,6 +145,8 @@ def _dispatch_all() -> None:
     doomed.dispatch(n=4)
     refused.dispatch(n=5)
     twice.dispatch(n=6)
+    pause.dispatch(n=7, wait=0.5)  # its own `wait` argument, not the option
+    app_jobs.app.dispatch("work", {"n": 8}, job="ok")  # by queue and job name
 
 
 @pytest.mark.broker
@@ -162,7 +164,7 @@ def test_eager_and_the_real_broker_agree(protojobs_kafka, protojobs_fresh_prefix
     real = {key: ("dead" if key in dead else "done", n) for key, n in attempts.items()}
     assert real == expected
     assert all(dead[key] == expected[key][1] for key in dead)
-    assert (counters.done, counters.dead, counters.retried) == (3, 3, 1 + 4 + 1)
+    assert (counters.done, counters.dead, counters.retried) == (5, 3, 1 + 4 + 1)
 
 
 @pytest.mark.broker
