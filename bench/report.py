@@ -102,12 +102,16 @@ def _core_rows(r: dict[str, Any], prefix: str) -> list[tuple[str, str, str, str,
 def _other_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     out = [_latency_row(rate, v) for rate, v in r.get("latency", {}).items()]
     dl = r.get("delay", {})
+    if "router_ready_s" in dl:
+        out.append(("4 delay router start-up (group join), measured apart: one 200 ms job until done",
+                    f"{dl['router_ready_s']:.2f} s", "", "", "", "-"))
     for label, v in dl.items():
         if isinstance(v, dict) and "p99_ms" in v:
-            ok = v["early"] == 0 and v["p99_ms"] <= 1000
+            bound = 250 if label == "1s" else 1000  # issue 15: 250 ms for a 1 s delay, 1 s for every delay
+            ok = v["early"] == 0 and v["p99_ms"] <= bound
             out.append((f"4 delay {label}, {v['n']} jobs: lateness p50/p99/max ms, early",
                         f"{v['p50_ms']:.0f} / {v['p99_ms']:.0f} / {v['max_ms']:.0f}, early {v['early']}",
-                        "", "", "0 early, p99 <= 1 s", _check(ok)))
+                        "", "", f"0 early, p99 <= {'250 ms' if bound == 250 else '1 s'}", _check(ok)))
     c = r.get("cost", {})
     if "rss_first_mb" in c:
         raw_cpu = r.get("drain", {}).get("raw", {}).get("cpu_s_per_100k")
