@@ -7,7 +7,9 @@ consumer group, in its own process(es):
   with validate_on_consume on (the default) and off;
 - the raw confluent-kafka loop (raw_consume.py): batched consume, json decode, commit every 1 s.
 Rate = N / (last handler call - first handler call), so process start and group join do not
-count; the subprocess is stopped once the group's committed offsets reach N.
+count; the subprocess is stopped once the group's committed offsets reach N. With 2 processes
+the queue is paused (`protojobs pause`'s control record) until both own partitions: started on
+the pre-loaded topic, the first one drained all 200k jobs before the second had joined.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from protojobs.kafka import admin
 from protojobs.model import envelope
 from protojobs.model import names as topics
 from protojobs.observe.process import rss_of
+from protojobs.ops.pause import set_paused
 
 PROTOJOBS = str(Path(PYTHON).parent / "protojobs")
 
@@ -70,12 +73,22 @@ def drain_protojobs(env: Env, tree: dict[str, Any], topic: str, n: int, processe
                     sample_rss: bool = False, timeout: float = 600) -> dict[str, Any]:
     work = env.scratch("drain")
     config = write_config(work, tree)
+    group = tree["kafka"]["group_id"]
+    settings = make_settings(tree)
+    if processes > 1:  # all of them in the group first: one alone drains 200k jobs before the next joins
+        set_paused(settings, "jobs", True, by="bench")
     proc = spawn([PROTOJOBS, "run", "--config", str(config), "--no-router", "--processes", str(processes)],
                  env={"BENCH_REPORT_DIR": str(work)}, log=work / "worker.log")
-    group = tree["kafka"]["group_id"]
     samples: list[tuple[float, int]] = []
     started = time.monotonic()
     try:
+        if processes > 1:
+            client = admin.client(settings)
+            joined = wait_until(lambda: sum(1 for m in admin.group_members(client, group) if m["assignment"])
+                                >= processes, 60, 0.25)
+            set_paused(settings, "jobs", False, by="bench")
+            if not joined:
+                raise RuntimeError(f"{processes} processes did not all get partitions in 60 s")
         def done() -> bool:
             if sample_rss:
                 samples.append((time.monotonic() - started, rss_of(proc.pid)))
