@@ -226,8 +226,7 @@ class Transactions:
     One transaction at a time. `begin` takes what it publishes (on the caller's thread) and
     hands the broker round trips (`TransactionalProducer.commit`) to the transaction thread, so
     the consume loop goes on while the broker commits (a transaction on a 3-node cluster takes
-    ~100 ms: the loop stood still for each one); `settle` applies its end on the caller's thread.
-    `commit` is both at once."""
+    ~100 ms: the loop stood still for each one); `settle` applies its end on the caller's thread."""
 
     def __init__(self, producer: TransactionalProducer, consumer: Consumer) -> None:
         self.producer = producer
@@ -287,14 +286,6 @@ class Transactions:
             return []
         self.committed += 1
         return points
-
-    def commit(self, points: list[Point], rewind: Callable[[list[tuple[str, int]]], None]) -> bool:
-        """`begin` and `settle` at once: True when committed (or nothing to commit); False after
-        an abort (the partitions were rewound). Raises Fenced."""
-        if not points:
-            return True
-        self.begin(points)
-        return bool(self.settle(rewind))
 
     def close(self) -> None:
         """Wait for the transaction in flight, if any (its end is not applied: the owner stops),
